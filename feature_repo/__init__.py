@@ -1,0 +1,1 @@
+"""Feast definitions and the event/item schema everything else agrees on."""

@@ -1,0 +1,21 @@
+"""The event and item schema that adapters, validation, features, training and
+serving agree on (canonical format of DESIGN.md)."""
+
+from __future__ import annotations
+
+EVENT_TYPES: tuple[str, ...] = ("view", "click", "rating", "add_to_cart", "purchase")
+
+# Columns of a raw event as every adapter hands it over (values as read, strings).
+EVENT_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "event_type", "timestamp", "rating")
+# Where each raw row came from (lineage, quarantine).
+PROVENANCE_COLUMNS: tuple[str, ...] = ("source_file", "source_row")
+
+ITEM_COLUMNS: tuple[str, ...] = ("item_id", "title", "genres", "description")
+GENRE_SEPARATOR = "|"
+
+# Ids: strings of letters, digits and ``_ . : -``, at most 64 characters.
+ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,64}$"
+ID_MAX_LENGTH = 64
+
+# Timestamps before this are treated as invalid (unix seconds of 1990-01-01).
+MIN_TIMESTAMP = 631152000

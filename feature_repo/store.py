@@ -1,0 +1,69 @@
+"""The Feast store for a settings object: ``feature_store.yaml`` rendered under
+``$RECSYS_HOME/feast`` (no host or path in the repository), definitions applied
+from this package."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlparse
+
+import yaml
+from feast import FeatureStore
+
+from feature_repo.data_sources import user_recent_items_push
+from feature_repo.entities import item, user
+from feature_repo.feature_services import behaviour_encoder_v1
+from feature_repo.feature_views import user_recent_items
+from infra.settings import Settings
+
+
+def feast_connection_string(redis_url: str) -> str:
+    """``redis://[user:password@]host:port[/db]`` (or ``rediss://``) -> Feast's
+    ``host:port[,db=..][,username=..][,password=..][,ssl=true]``."""
+    url = urlparse(redis_url)
+    if url.scheme not in ("redis", "rediss"):
+        raise ValueError(f"REDIS_URL must start with redis:// or rediss://, got {url.scheme}://")
+    parts = [f"{url.hostname}:{url.port or 6379}"]
+    db = (url.path or "/0").strip("/") or "0"
+    if db != "0":
+        parts.append(f"db={db}")
+    if url.username:
+        parts.append(f"username={unquote(url.username)}")
+    if url.password:
+        parts.append(f"password={unquote(url.password)}")
+    if url.scheme == "rediss":
+        parts.append("ssl=true")
+    return ",".join(parts)
+
+
+def render_config(settings: Settings, redis_url: str) -> dict:
+    settings.feast_dir.mkdir(parents=True, exist_ok=True)
+    config = {
+        "project": settings.feast_project,
+        "provider": "local",
+        "registry": str(settings.feast_dir / "registry.db"),
+        "online_store": {"type": "redis",
+                         "connection_string": feast_connection_string(redis_url)},
+        "offline_store": {"type": "file"},
+        "entity_key_serialization_version": 3,
+    }
+    # The YAML holds the password when REDIS_URL has one: keep it private.
+    path = settings.feast_dir / "feature_store.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+    return config
+
+
+def open_store(settings: Settings, redis_url: str) -> FeatureStore:
+    render_config(settings, redis_url)
+    return FeatureStore(repo_path=str(settings.feast_dir))
+
+
+def definitions(settings: Settings) -> list:
+    view = user_recent_items(settings)
+    return [user, item, user_recent_items_push(settings), view, behaviour_encoder_v1(view)]
+
+
+def apply_definitions(store: FeatureStore, settings: Settings) -> list[str]:
+    objects = definitions(settings)
+    store.apply(objects)
+    return [o.name for o in objects]

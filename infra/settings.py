@@ -1,0 +1,98 @@
+"""One typed settings object, read from the environment once per call site.
+
+Every other package takes a ``Settings`` instead of reading ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOME = ".recsys"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where state lives and which external services to use.
+
+    ``redis_url`` / ``mlflow_tracking_uri`` are ``None`` when the project should
+    run its own (embedded Redis, local MLflow store under ``home``).
+    """
+
+    home: Path
+    source: Path | None = None
+    redis_url: str | None = None
+    mlflow_tracking_uri: str | None = None
+    recent_items: int = 50
+    feast_project: str = "recsys"
+    serving_threads: int = 1
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        home = Path(env.get("RECSYS_HOME") or DEFAULT_HOME).expanduser().resolve()
+        source = env.get("RECSYS_SOURCE") or None
+        recent = env.get("RECSYS_RECENT_ITEMS") or "50"
+        threads = env.get("RECSYS_SERVING_THREADS") or "1"
+        for name, value in (("RECSYS_RECENT_ITEMS", recent), ("RECSYS_SERVING_THREADS", threads)):
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        return cls(
+            home=home,
+            source=Path(source).expanduser().resolve() if source else None,
+            redis_url=env.get("REDIS_URL") or None,
+            mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
+            recent_items=int(recent),
+            serving_threads=int(threads),
+        )
+
+    # Paths under the state directory: the only places the project writes.
+    @property
+    def offline_dir(self) -> Path:
+        return self.home / "offline"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def event_log_dir(self) -> Path:
+        return self.home / "event_log"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.home / "feast"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.home / "redis"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"
+
+    @property
+    def data_docs_dir(self) -> Path:
+        return self.home / "data_docs"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def generated_source_dir(self) -> Path:
+        return self.home / "generated_source"
+
+    def tracking_uri(self) -> str:
+        """MLflow tracking URI: the external one, or a SQLite store under home."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    def artifact_location(self) -> str:
+        return (self.mlflow_dir / "artifacts").as_uri()

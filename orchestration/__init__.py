@@ -1,0 +1,1 @@
+"""Dagster: the single Definitions, assets, checks, resources, jobs, source adapters."""

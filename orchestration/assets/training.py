@@ -1,0 +1,141 @@
+"""Training: a point-in-time training set from Feast's offline store, the
+behaviour encoder trained and registered in MLflow, and the champion alias."""
+
+
+import pandas as pd
+import torch
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+
+from feature_repo.feature_services import BEHAVIOUR_ENCODER_SERVICE
+from feature_repo.recent_items import feature_times
+from orchestration.assets.ingest import ITEMS, VALIDATED
+from orchestration.resources import FeatureStoreResource, MlflowResource, RecsysState
+from training import registry
+from training.evaluate import evaluate, popularity_scorer
+from training.model import EncoderConfig
+from training.sequences import (
+    ItemIndex,
+    leave_one_out,
+    sequences_from_training_set,
+    training_targets,
+)
+from training.train import TrainConfig, model_scorer, train_encoder
+
+TRAINING_SET = "training_set.parquet"
+
+
+@asset(group_name="training", deps=["online_user_features", "validated_events"])
+def training_set(state: RecsysState, feature_store: FeatureStoreResource) -> MaterializeResult:
+    """Point-in-time training rows: user_recent_items as of just before each target event."""
+    settings = state.settings()
+    events = pd.read_parquet(settings.offline_dir / VALIDATED)
+    entity = training_targets(events, feature_times(events), max_len=settings.recent_items)
+    store = feature_store.store()
+    frame = store.get_historical_features(
+        entity_df=entity, features=store.get_feature_service(BEHAVIOUR_ENCODER_SERVICE),
+    ).to_df()
+    frame = frame.sort_values(["user_id", "event_timestamp"]).reset_index(drop=True)
+    frame.to_parquet(settings.offline_dir / TRAINING_SET, index=False)
+    return MaterializeResult(metadata={
+        "row_count": len(frame), "users": int(frame["user_id"].nunique()),
+        "feature_service": BEHAVIOUR_ENCODER_SERVICE,
+        "rows_without_history": int(frame["recent_item_ids"].isna().sum()),
+    })
+
+
+class EncoderTraining(Config):
+    """Hyper-parameters (defaults suit the built-in data and MovieLens-100K)."""
+
+    epochs: int = 40
+    patience: int = 5
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 1
+    dropout: float = 0.2
+    seed: int = 42
+    threads: int = 2
+
+
+@asset(group_name="training", deps=["training_set", "item_catalogue"])
+def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTraining,
+                              state: RecsysState, mlflow: MlflowResource) -> MaterializeResult:
+    """The behaviour encoder trained, evaluated (protocol of DESIGN.md) and
+    registered in MLflow as a new version with alias ``challenger``."""
+    settings = state.settings()
+    events = pd.read_parquet(settings.offline_dir / VALIDATED)
+    items = pd.read_parquet(settings.offline_dir / ITEMS)
+    frame = pd.read_parquet(settings.offline_dir / TRAINING_SET)
+    split = leave_one_out(events)
+    index = ItemIndex(items["item_id"].tolist())
+    sequences = sequences_from_training_set(frame, index)
+    model_config = EncoderConfig(n_items=len(index), max_len=settings.recent_items,
+                                 hidden=config.hidden, layers=config.layers, heads=config.heads,
+                                 dropout=config.dropout)
+    train_config = TrainConfig(epochs=config.epochs, batch_size=config.batch_size,
+                               learning_rate=config.learning_rate, patience=config.patience,
+                               seed=config.seed, threads=config.threads)
+    result = train_encoder(
+        sequences, split, index, items["title"].tolist(), model_config, train_config,
+        on_epoch=lambda e, m: context.log.info(f"epoch {e}: {m}"))
+    # Test is computed once, after the checkpoint was chosen on validation.
+    test = evaluate(model_scorer(result.model), split, index, "test")
+    popularity = popularity_scorer(split, index)
+    pop_test = evaluate(popularity, split, index, "test")
+    pop_val = evaluate(popularity, split, index, "validation")
+    metrics = {
+        **test,
+        "baseline_pop_ndcg_at_10": pop_test["ndcg_at_10"],
+        "baseline_pop_hr_at_10": pop_test["hr_at_10"],
+        "baseline_pop_mrr": pop_test["mrr"],
+        "baseline_pop_coverage_at_10": pop_test["coverage_at_10"],
+        "best_val_ndcg_at_10": result.validation["val_ndcg_at_10"],
+        "best_val_hr_at_10": result.validation["val_hr_at_10"],
+        "val_baseline_pop_ndcg_at_10": pop_val["ndcg_at_10"],
+        "best_epoch": result.best_epoch,
+        "train_seconds": result.train_seconds,
+        "evaluated_users": len(split.validation),
+    }
+    tags = {"feature_service": BEHAVIOUR_ENCODER_SERVICE, "dagster_run_id": context.run_id,
+            "source": str(settings.source or "generator")}
+    params = {**model_config.to_dict(), **train_config.to_dict(),
+              "training_rows": len(frame), "torch": torch.__version__}
+    registered = registry.log_and_register(mlflow.tracking_uri, mlflow.artifact_location,
+                                           result.model, params, result.history, metrics, tags)
+    return MaterializeResult(metadata={
+        "version": registered.version, "run_id": registered.run_id,
+        **{k: round(float(v), 4) for k, v in metrics.items()},
+    })
+
+
+class Promotion(Config):
+    min_margin: float = 0.0
+
+
+@asset(group_name="training", deps=["behaviour_encoder_version"])
+def champion_model(context: AssetExecutionContext, config: Promotion, state: RecsysState,
+                   mlflow: MlflowResource) -> MaterializeResult:
+    """The served model: the challenger becomes ``champion`` only when it beats the
+    current champion's validation NDCG@10 on the same evaluation data."""
+    settings = state.settings()
+    events = pd.read_parquet(settings.offline_dir / VALIDATED)
+    split = leave_one_out(events)
+    uri = mlflow.tracking_uri
+    challenger = registry.alias_version(uri, registry.CHALLENGER)
+    champion = registry.alias_version(uri, registry.CHAMPION)
+    scores = {}
+    for version in {challenger, champion} - {None}:
+        model = registry.load_version(uri, version)
+        scores[version] = evaluate(model_scorer(model), split, ItemIndex(model.item_ids),
+                                   "validation")["ndcg_at_10"]
+    decision = registry.decide_promotion(challenger, scores[challenger], champion,
+                                         scores.get(champion), config.min_margin)
+    if decision.promote:
+        registry.set_champion(uri, challenger)
+    context.log.info(f"promotion: {decision}")
+    return MaterializeResult(metadata={
+        "champion": challenger if decision.promote else champion,
+        "promoted": decision.promote, "reason": decision.reason,
+        "validation_ndcg_at_10": MetadataValue.json(scores),
+    })

@@ -1,0 +1,16 @@
+"""The one Dagster ``Definitions`` of the project (``dagster dev -m orchestration.definitions``)."""
+
+from dagster import Definitions, load_assets_from_modules
+
+from infra.settings import Settings
+from orchestration.assets import features, ingest, training
+from orchestration.assets.ingest import no_rows_lost
+from orchestration.jobs import pipeline_job
+from orchestration.resources import resources_from_settings
+
+defs = Definitions(
+    assets=load_assets_from_modules([ingest, features, training]),
+    asset_checks=[no_rows_lost],
+    jobs=[pipeline_job],
+    resources=resources_from_settings(Settings.from_env()),
+)

@@ -1,0 +1,8 @@
+"""Jobs."""
+
+from dagster import AssetSelection, define_asset_job
+
+pipeline_job = define_asset_job(
+    "recsys_pipeline", selection=AssetSelection.all(),
+    description="Ingest, validate, features (offline + online), train, register, promote.",
+)

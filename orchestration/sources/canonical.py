@@ -1,0 +1,48 @@
+"""The canonical format: ``events.csv`` or ``events.parquet``
+(``user_id,item_id,event_type,timestamp[,rating]``) and ``items.csv``
+(``item_id,title[,genres,description]``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from orchestration.sources.base import Source, SourceFormatError, finish_events, finish_items
+
+REQUIRED_EVENT_COLUMNS = ("user_id", "item_id", "event_type", "timestamp")
+
+
+@dataclass(frozen=True)
+class CanonicalSource(Source):
+    def events(self) -> pd.DataFrame:
+        frames = []
+        for path in self.event_files:
+            if path.suffix == ".parquet":
+                frame = pd.read_parquet(path).astype("string").astype(object)
+            else:
+                frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""],
+                                    encoding="utf-8", encoding_errors="replace")
+            missing = [c for c in REQUIRED_EVENT_COLUMNS if c not in frame.columns]
+            if missing:
+                raise SourceFormatError(f"{path}: missing column(s) {missing}; expected "
+                                        f"{','.join(REQUIRED_EVENT_COLUMNS)}[,rating]")
+            frames.append(finish_events(frame, path))
+        return pd.concat(frames, ignore_index=True)
+
+    def items(self) -> pd.DataFrame:
+        (path,) = self.item_files
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        if "item_id" not in frame or "title" not in frame:
+            raise SourceFormatError(f"{path}: expected columns item_id,title[,genres,description]")
+        return finish_items(frame)
+
+
+def canonical(directory: Path) -> CanonicalSource | None:
+    events = [p for p in (directory / "events.parquet", directory / "events.csv") if p.exists()]
+    items = directory / "items.csv"
+    if not events or not items.exists():
+        return None
+    return CanonicalSource(name="canonical", directory=directory, event_files=(events[0],),
+                           item_files=(items,), rating_range=(0.0, 5.0))

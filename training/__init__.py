@@ -1,0 +1,1 @@
+"""Models, datasets, training loop, evaluation and MLflow registration."""

@@ -1,0 +1,80 @@
+"""Evaluation under DESIGN.md's protocol: rank ALL items, exclude the user's
+history before the target, report NDCG@10, HR@10, MRR and coverage@10, with the
+popularity baseline on the same split."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
+
+from training.sequences import ItemIndex, Split
+
+K = 10
+
+
+def rank_of_targets(scores: np.ndarray, targets: np.ndarray,
+                    exclude: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """scores: (U, N + 1) with column 0 padding; targets: (U,) indices.
+    Returns the 0-based rank of each target among the non-excluded items, and
+    the top-K indices per user (U, K; 0 where fewer than K items are rankable)."""
+    scores = scores.astype(np.float64, copy=True)
+    scores[:, 0] = -np.inf
+    for row, items in enumerate(exclude):
+        scores[row, items] = -np.inf
+    target_scores = scores[np.arange(len(targets)), targets]
+    # Pessimistic on ties: an item with an equal score counts as ranked above.
+    ranks = (scores > target_scores[:, None]).sum(axis=1) + (
+        (scores == target_scores[:, None]).sum(axis=1) - 1)
+    top = np.argpartition(-scores, K, axis=1)[:, :K]
+    order = np.take_along_axis(-scores, top, axis=1).argsort(axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)
+    # A user who has seen nearly everything has fewer than K rankable items.
+    top[~np.isfinite(np.take_along_axis(scores, top, axis=1))] = 0
+    return ranks, top
+
+
+def metrics_from_ranks(ranks: np.ndarray, top: np.ndarray, n_items: int) -> dict[str, float]:
+    hit = ranks < K
+    return {
+        "ndcg_at_10": float(np.mean(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0))),
+        "hr_at_10": float(np.mean(hit)),
+        "mrr": float(np.mean(1.0 / (ranks + 1.0))),
+        "coverage_at_10": float(len(np.setdiff1d(np.unique(top), [0])) / n_items),
+    }
+
+
+Scorer = Callable[[list[list[int]]], np.ndarray]  # histories -> (U, N + 1) scores
+
+
+def evaluate(scorer: Scorer, split: Split, index: ItemIndex, stage: str,
+             batch: int = 512) -> dict[str, float]:
+    """stage 'validation': input and exclusion = training items;
+    stage 'test': training items + the validation item."""
+    users = sorted(split.validation)
+    histories, targets = [], []
+    for user in users:
+        history = split.train[user] + ([split.validation[user]] if stage == "test" else [])
+        target = (split.test if stage == "test" else split.validation)[user]
+        if target not in index.index:
+            continue
+        histories.append(index.encode(history))
+        targets.append(index.index[target])
+    ranks, tops = [], []
+    for start in range(0, len(histories), batch):
+        chunk = histories[start:start + batch]
+        r, t = rank_of_targets(scorer(chunk), np.asarray(targets[start:start + batch]), chunk)
+        ranks.append(r)
+        tops.append(t)
+    return metrics_from_ranks(np.concatenate(ranks), np.concatenate(tops), len(index))
+
+
+def popularity_scorer(split: Split, index: ItemIndex) -> Scorer:
+    """Training interaction counts as scores, the same for every user."""
+    counts = Counter(i for items in split.train.values() for i in items)
+    row = np.zeros(len(index) + 1)
+    for item, count in counts.items():
+        if item in index.index:
+            row[index.index[item]] = count
+    return lambda histories: np.tile(row, (len(histories), 1))

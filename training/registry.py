@@ -1,0 +1,112 @@
+"""MLflow: log a training run, register ``behaviour_encoder`` versions, move the
+``challenger`` / ``champion`` aliases, load the champion."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import mlflow
+import mlflow.pytorch
+import torch
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+
+from training.model import BehaviourEncoder
+from training.sequences import pad_left
+
+MODEL_NAME = "behaviour_encoder"
+EXPERIMENT = "behaviour_encoder"
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class Registered:
+    version: str
+    run_id: str
+
+
+def client(tracking_uri: str) -> MlflowClient:
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def ensure_experiment(tracking_uri: str, artifact_location: str | None) -> str:
+    c = client(tracking_uri)
+    found = c.get_experiment_by_name(EXPERIMENT)
+    if found:
+        return found.experiment_id
+    return c.create_experiment(EXPERIMENT, artifact_location=artifact_location)
+
+
+def log_and_register(tracking_uri: str, artifact_location: str | None,
+                     model: BehaviourEncoder, params: dict, history: list[dict[str, float]],
+                     metrics: dict[str, float], tags: dict[str, str]) -> Registered:
+    """One MLflow run: params, per-epoch curves, final metrics, the model (with its
+    config and item table), registered as a new ``behaviour_encoder`` version
+    with alias ``challenger``."""
+    experiment_id = ensure_experiment(tracking_uri, artifact_location)
+    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
+        mlflow.log_params(params)
+        for step, row in enumerate(history, start=1):
+            mlflow.log_metrics(row, step=step)
+        mlflow.log_metrics(metrics)
+        mlflow.log_dict(model.config.to_dict(), "encoder_config.json")
+        # Signature of the inference entry point: (B, max_len) item indices -> (B, D).
+        example = pad_left([[1, 2, 3]], model.config.max_len)
+        with torch.inference_mode():
+            signature = infer_signature(example.numpy(), model.encode(example).numpy())
+        info = mlflow.pytorch.log_model(
+            model, name="model", registered_model_name=MODEL_NAME, signature=signature,
+            serialization_format="pickle",
+            pip_requirements=["torch==2.13.0", "transformers==5.23.0"],
+        )
+    version = str(info.registered_model_version)
+    c = client(tracking_uri)
+    for key, value in tags.items():
+        c.set_model_version_tag(MODEL_NAME, version, key, value)
+    c.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
+    return Registered(version=version, run_id=run.info.run_id)
+
+
+def alias_version(tracking_uri: str, alias: str) -> str | None:
+    try:
+        return client(tracking_uri).get_model_version_by_alias(MODEL_NAME, alias).version
+    except MlflowException:
+        return None
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promote: bool
+    reason: str
+
+
+def decide_promotion(challenger: str, challenger_score: float, champion: str | None,
+                     champion_score: float | None, min_margin: float = 0.0,
+                     ) -> PromotionDecision:
+    """Promote when there is no champion, or when the challenger's validation
+    NDCG@10 beats the champion's (measured on the same data) by more than
+    ``min_margin``."""
+    if champion is None or champion_score is None:
+        return PromotionDecision(True, "no champion yet")
+    if champion == challenger:
+        return PromotionDecision(False, f"version {challenger} is already champion")
+    verdict = (f"challenger v{challenger} {challenger_score:.4f} vs champion v{champion} "
+               f"{champion_score:.4f} (margin {min_margin})")
+    return PromotionDecision(challenger_score > champion_score + min_margin, verdict)
+
+
+def set_champion(tracking_uri: str, version: str) -> None:
+    client(tracking_uri).set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+
+
+def load_version(tracking_uri: str, version: str) -> BehaviourEncoder:
+    client(tracking_uri)
+    model = mlflow.pytorch.load_model(f"models:/{MODEL_NAME}/{version}", weights_only=False)
+    model.eval()
+    return model

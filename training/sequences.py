@@ -1,0 +1,104 @@
+"""Item sequences: the evaluation protocol's leave-one-out split and tensors.
+
+Events are ordered stably by (timestamp, original row order); per user the last
+interaction is test, the one before validation, the rest training. Users with
+fewer than ``MIN_INTERACTIONS`` interactions are kept in training only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from training.model import PAD
+
+MIN_INTERACTIONS = 5
+
+
+@dataclass(frozen=True)
+class Split:
+    train: dict[str, list[str]]  # user -> training items in order
+    validation: dict[str, str]  # user -> validation item
+    test: dict[str, str]  # user -> test item
+
+
+def leave_one_out(events: pd.DataFrame) -> Split:
+    """``events`` in stable time order (``validated_events`` is)."""
+    train, validation, test = {}, {}, {}
+    ordered = events.sort_values("event_timestamp", kind="stable")
+    for user_id, items in ordered.groupby("user_id", sort=False)["item_id"]:
+        items = items.tolist()
+        if len(items) < MIN_INTERACTIONS:
+            train[user_id] = items
+            continue
+        train[user_id], validation[user_id], test[user_id] = items[:-2], items[-2], items[-1]
+    return Split(train=train, validation=validation, test=test)
+
+
+class ItemIndex:
+    """item id <-> model index (1..N; 0 is padding)."""
+
+    def __init__(self, item_ids: list[str]):
+        self.item_ids = list(item_ids)
+        self.index = {item: i + 1 for i, item in enumerate(self.item_ids)}
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def encode(self, items: list[str]) -> list[int]:
+        return [self.index[i] for i in items if i in self.index]
+
+
+def pad_left(sequences: list[list[int]], length: int) -> torch.Tensor:
+    """Keep the last ``length`` entries of each sequence, left-pad with PAD: (B, length)."""
+    out = np.full((len(sequences), length), PAD, dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        seq = seq[-length:]
+        if seq:
+            out[row, length - len(seq):] = seq
+    return torch.from_numpy(out)
+
+
+def next_item_pairs(sequences: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sequence (history + target, at most max_len + 1 long) -> inputs and
+    next-item targets at every position: (B, max_len) each."""
+    inputs = pad_left([s[:-1] for s in sequences], max_len)
+    targets = pad_left([s[1:] for s in sequences], max_len)
+    return inputs, targets
+
+
+def training_targets(events: pd.DataFrame, feature_time: pd.Series, max_len: int) -> pd.DataFrame:
+    """Entity rows for a point-in-time training set: per user, targets in the
+    training part of the split, one every ``max_len`` positions counted back
+    from the last training item, so the windows (history + target) tile the
+    whole training history without overlap. ``event_timestamp`` is one
+    microsecond before the target's feature time: features strictly before it."""
+    ordered = events.assign(feature_time=feature_time).sort_values("event_timestamp",
+                                                                     kind="stable")
+    rows = []
+    for user_id, group in ordered.groupby("user_id", sort=False):
+        n = len(group)
+        n_train = n if n < MIN_INTERACTIONS else n - 2
+        items = group["item_id"].to_numpy()
+        times = group["feature_time"].to_numpy()
+        for position in range(n_train - 1, 0, -max_len):
+            rows.append((user_id, times[position], items[position]))
+    frame = pd.DataFrame(rows, columns=["user_id", "feature_time", "target_item_id"])
+    frame["event_timestamp"] = pd.to_datetime(frame["feature_time"], utc=True) - pd.Timedelta(
+        microseconds=1)
+    return frame[["user_id", "event_timestamp", "target_item_id"]]
+
+
+def sequences_from_training_set(frame: pd.DataFrame, index: ItemIndex) -> list[list[int]]:
+    """Training-set rows (``recent_item_ids`` as of just before the target, and
+    ``target_item_id``) -> item-index sequences (history + target)."""
+    out = []
+    for history, target in zip(frame["recent_item_ids"], frame["target_item_id"], strict=True):
+        history = [] if history is None else list(history)
+        seq = index.encode(history + [target])
+        if len(seq) >= 2:
+            out.append(seq)
+    return out

@@ -1,0 +1,100 @@
+"""The training loop: seeded, full-softmax next-item loss, checkpoint chosen on
+validation NDCG@10 (early stopping); test is computed once by the caller."""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from training.evaluate import evaluate
+from training.model import BehaviourEncoder, EncoderConfig
+from training.sequences import ItemIndex, Split, next_item_pairs, pad_left
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 5
+    seed: int = 42
+    threads: int = 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    model: BehaviourEncoder
+    history: list[dict[str, float]]  # per epoch: loss, validation metrics
+    best_epoch: int
+    validation: dict[str, float]
+    train_seconds: float
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def model_scorer(model: BehaviourEncoder) -> Callable[[list[list[int]]], np.ndarray]:
+    def score(histories: list[list[int]]) -> np.ndarray:
+        model.eval()
+        with torch.inference_mode():
+            return model.score(pad_left(histories, model.config.max_len)).numpy()
+    return score
+
+
+def train_encoder(sequences: list[list[int]], split: Split, index: ItemIndex, titles: list[str],
+                  model_config: EncoderConfig, config: TrainConfig,
+                  on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+    """``sequences``: training examples as item indices (history + target)."""
+    seed_everything(config.seed)
+    torch.set_num_threads(config.threads)
+    model = BehaviourEncoder(model_config, index.item_ids, titles)
+    inputs, targets = next_item_pairs(sequences, model_config.max_len)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    history: list[dict[str, float]] = []
+    best, best_state, best_epoch, stale = -1.0, None, 0, 0
+    started = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = torch.randperm(len(inputs), generator=generator)
+        total, batches = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            rows = order[start:start + config.batch_size]
+            loss = model(inputs[rows], targets[rows])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += loss.item()
+            batches += 1
+        metrics = evaluate(model_scorer(model), split, index, "validation")
+        row = {"train_loss": total / max(1, batches),
+               **{f"val_{k}": v for k, v in metrics.items()}}
+        history.append(row)
+        if on_epoch:
+            on_epoch(epoch, row)
+        if metrics["ndcg_at_10"] > best:
+            best, best_epoch, stale = metrics["ndcg_at_10"], epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(model=model, history=history, best_epoch=best_epoch,
+                       validation=history[best_epoch - 1],
+                       train_seconds=time.perf_counter() - started)
