@@ -19,6 +19,8 @@ from training.sequences import pad_left
 MODEL_NAME = "behaviour_encoder"
 EXPERIMENT = "behaviour_encoder"
 CHAMPION, CHALLENGER = "champion", "challenger"
+# Interaction counts per item id, logged with each run (the serving fallback).
+POPULARITY_DOCUMENT = "item_popularity.json"
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 
@@ -45,7 +47,8 @@ def ensure_experiment(tracking_uri: str, artifact_location: str | None) -> str:
 
 def log_and_register(tracking_uri: str, artifact_location: str | None,
                      model: BehaviourEncoder, params: dict, history: list[dict[str, float]],
-                     metrics: dict[str, float], tags: dict[str, str]) -> Registered:
+                     metrics: dict[str, float], tags: dict[str, str],
+                     documents: dict[str, dict] | None = None) -> Registered:
     """One MLflow run: params, per-epoch curves, final metrics, the model (with its
     config and item table), registered as a new ``behaviour_encoder`` version
     with alias ``challenger``."""
@@ -56,6 +59,8 @@ def log_and_register(tracking_uri: str, artifact_location: str | None,
             mlflow.log_metrics(row, step=step)
         mlflow.log_metrics(metrics)
         mlflow.log_dict(model.config.to_dict(), "encoder_config.json")
+        for name, document in (documents or {}).items():
+            mlflow.log_dict(document, name)
         # Signature of the inference entry point: (B, max_len) item indices -> (B, D).
         example = pad_left([[1, 2, 3]], model.config.max_len)
         with torch.inference_mode():
@@ -75,7 +80,7 @@ def log_and_register(tracking_uri: str, artifact_location: str | None,
 
 def alias_version(tracking_uri: str, alias: str) -> str | None:
     try:
-        return client(tracking_uri).get_model_version_by_alias(MODEL_NAME, alias).version
+        return str(client(tracking_uri).get_model_version_by_alias(MODEL_NAME, alias).version)
     except MlflowException:
         return None
 
@@ -103,6 +108,12 @@ def decide_promotion(challenger: str, challenger_score: float, champion: str | N
 
 def set_champion(tracking_uri: str, version: str) -> None:
     client(tracking_uri).set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+
+
+def load_document(tracking_uri: str, version: str, name: str) -> dict:
+    """A JSON document logged with the run that produced ``version``."""
+    run_id = client(tracking_uri).get_model_version(MODEL_NAME, version).run_id
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{name}")
 
 
 def load_version(tracking_uri: str, version: str) -> BehaviourEncoder:

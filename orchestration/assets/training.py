@@ -24,6 +24,7 @@ from training.train import TrainConfig, model_scorer, train_encoder
 TRAINING_SET = "training_set.parquet"
 
 
+
 @asset(group_name="training", deps=["online_user_features", "validated_events"])
 def training_set(state: RecsysState, feature_store: FeatureStoreResource) -> MaterializeResult:
     """Point-in-time training rows: user_recent_items as of just before each target event."""
@@ -101,8 +102,10 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
             "source": str(settings.source or "generator")}
     params = {**model_config.to_dict(), **train_config.to_dict(),
               "training_rows": len(frame), "torch": torch.__version__}
-    registered = registry.log_and_register(mlflow.tracking_uri, mlflow.artifact_location,
-                                           result.model, params, result.history, metrics, tags)
+    counts = events["item_id"].value_counts()
+    registered = registry.log_and_register(
+        mlflow.tracking_uri, mlflow.artifact_location, result.model, params, result.history,
+        metrics, tags, documents={registry.POPULARITY_DOCUMENT: counts.astype(int).to_dict()})
     return MaterializeResult(metadata={
         "version": registered.version, "run_id": registered.run_id,
         **{k: round(float(v), 4) for k, v in metrics.items()},

@@ -1,0 +1,1 @@
+"""The BentoML recommendation service and the logic it serves."""

@@ -1,0 +1,79 @@
+"""The online path: read user_recent_items through Feast by feature service, and
+merge accepted events into it (one writer per user at a time, via a Redis lock),
+after appending them durably to the offline event log."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import redis
+from feast import FeatureStore
+from feast.data_source import PushMode
+
+from feature_repo.data_sources import USER_RECENT_ITEMS_PUSH
+from feature_repo.feature_services import BEHAVIOUR_ENCODER_SERVICE
+from feature_repo.recent_items import merge_recent
+
+LOCK_PREFIX = "recsys:lock:user:"
+
+
+class EventLog:
+    """Append-only JSONL files under ``$RECSYS_HOME/event_log`` (fsynced per call);
+    the next batch run reads them into ``raw_events``."""
+
+    def __init__(self, directory: Path):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"events-{os.getpid()}-{int(time.time())}.jsonl"
+        self._lock = threading.Lock()
+
+    def append(self, events: list[dict]) -> None:
+        lines = "".join(json.dumps(e, sort_keys=True) + "\n" for e in events)
+        with self._lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class OnlineFeatures:
+    def __init__(self, store: FeatureStore, client: redis.Redis, recent_items: int):
+        self.store = store
+        self.client = client
+        self.recent_items = recent_items
+        self.service = store.get_feature_service(BEHAVIOUR_ENCODER_SERVICE)
+
+    def _read(self, user_id: str) -> tuple[list[str], list[int], int]:
+        """(items, their times in us, the stored row's time in whole seconds or 0)."""
+        row = self.store.get_online_features(
+            features=self.service, entity_rows=[{"user_id": user_id}],
+        ).to_dict(include_event_timestamps=True)
+        items = row["recent_item_ids"][0] or []
+        times = row["recent_timestamps"][0] or []
+        stamp = row.get("recent_item_ids__ts", [0])[0] or 0
+        return list(items), [int(t) for t in times], int(stamp)
+
+    def recent(self, user_id: str) -> list[str]:
+        """The user's recent item ids, oldest first ([] for an unknown user)."""
+        return self._read(user_id)[0]
+
+    def append(self, user_id: str, items: list[str], timestamps_us: list[int]) -> list[str]:
+        """Merge events into the user's online row; returns the new recent items."""
+        with self.client.lock(f"{LOCK_PREFIX}{user_id}", timeout=10, blocking_timeout=10):
+            old_items, old_times, stamp_s = self._read(user_id)
+            new_items, new_times = merge_recent(old_items, old_times, items, timestamps_us,
+                                                self.recent_items)
+            # Feast skips a write whose time is not newer than the stored row's, and
+            # reads that time back in whole seconds only: stay strictly above it.
+            row_time = max(time.time_ns() // 1000, new_times[-1], (stamp_s + 1) * 1_000_000)
+            frame = pd.DataFrame({
+                "user_id": [user_id],
+                "event_timestamp": [pd.Timestamp(row_time, unit="us", tz="UTC")],
+                "recent_item_ids": [new_items],
+                "recent_timestamps": [new_times],
+            })
+            self.store.push(USER_RECENT_ITEMS_PUSH, frame, to=PushMode.ONLINE)
+            return new_items

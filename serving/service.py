@@ -1,0 +1,172 @@
+"""``bentoml serve serving.service:Recommender``: top-K recommendations from the
+champion behaviour encoder over online features, and real-time event intake."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Annotated, Literal
+
+import bentoml
+import pandas as pd
+import torch
+from pydantic import BaseModel, Field, StrictInt, StringConstraints, ValidationError
+
+from feature_repo.schema import EVENT_TYPES, ID_MAX_LENGTH, MIN_TIMESTAMP
+from feature_repo.store import open_store
+from infra import redis_server
+from infra.settings import Settings
+from serving.online import EventLog, OnlineFeatures
+from serving.scoring import load_served_model, recommend, score_items
+
+log = logging.getLogger("recsys.serving")
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_LENGTH,
+                                      pattern=r"^[A-Za-z0-9_.:\-]+$")]
+IdLike = Annotated[StrictInt | Id, Field(description="A user or item id (string or integer).")]
+FUTURE_TOLERANCE_S = 86400
+
+
+class RecommendedItem(BaseModel):
+    item_id: str = Field(description="Catalogue item id.")
+    score: float = Field(description="Model score (or popularity count when degraded).")
+    title: str = Field(description="Item title from the catalogue.")
+
+
+class Recommendation(BaseModel):
+    user_id: str = Field(description="The user the items are for.")
+    items: list[RecommendedItem] = Field(description="Top-k items, best first.")
+    model_version: str = Field(description="behaviour_encoder registry version that answered.")
+    degraded: bool = Field(description="True when a fallback answered instead of the model.")
+    reason: str | None = Field(description="Why the answer is degraded, else null.")
+
+
+class Event(BaseModel):
+    user_id: IdLike
+    item_id: IdLike
+    event_type: Literal["view", "click", "rating", "add_to_cart", "purchase"] = Field(
+        description="One of " + ", ".join(EVENT_TYPES) + ".")
+    timestamp: StrictInt | float | str | None = Field(
+        default=None, description="Unix seconds or ISO-8601; default: now.")
+    rating: float | None = Field(default=None, description="Rating, for event_type=rating.")
+
+
+class Rejected(BaseModel):
+    index: int = Field(description="Position of the event in the request.")
+    error: str = Field(description="Why it was rejected.")
+
+
+class EventsAccepted(BaseModel):
+    accepted: int = Field(description="Events now in the online store and the offline log.")
+    rejected: list[Rejected] = Field(description="Events not accepted, with the reason.")
+
+
+class Scores(BaseModel):
+    user_id: str
+    model_version: str
+    scores: dict[str, float | None] = Field(description="item_id -> score (null if unknown).")
+
+
+def event_time_us(value: int | float | str | None, now: float) -> int:
+    """Unix seconds or ISO-8601 -> unix microseconds; raises ValueError when invalid."""
+    if value is None:
+        seconds = now
+    elif isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            stamp = pd.Timestamp(text)  # ISO-8601; raises ValueError when unparseable
+            seconds = (stamp if stamp.tzinfo else stamp.tz_localize("UTC")).timestamp()
+    if not MIN_TIMESTAMP <= seconds <= now + FUTURE_TOLERANCE_S:
+        raise ValueError("timestamp before 1990 or more than a day in the future")
+    return int(round(seconds * 1_000_000))
+
+
+def _error_text(error: ValueError) -> str:
+    if isinstance(error, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+    return str(error)
+
+
+@bentoml.service(name="recommender", traffic={"timeout": 30})
+class Recommender:
+    def __init__(self) -> None:
+        settings = Settings.from_env()
+        torch.set_num_threads(settings.serving_threads)
+        server = redis_server.ensure(settings)
+        self.redis = server.client()
+        self.online = OnlineFeatures(open_store(settings, server.url), self.redis,
+                                     settings.recent_items)
+        self.served = load_served_model(settings.tracking_uri())
+        self.event_log = EventLog(settings.event_log_dir)
+        log.info("serving behaviour_encoder version %s from %s", self.served.version,
+                 settings.home)
+
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        self.redis.close()
+
+    @bentoml.api
+    def recommend(self, user_id: IdLike,
+                  k: Annotated[int, Field(ge=1, le=1000, description="How many items.")] = 10,
+                  exclude_seen: Annotated[bool, Field(
+                      description="Leave out items in the user's recent history.")] = True,
+                  ) -> Recommendation:
+        """Top-k items for a user from the champion model over online features."""
+        user = str(user_id)
+        served = self.served
+        history = self.online.recent(user)
+        items, from_model = recommend(served, history, k, exclude_seen)
+        return Recommendation(
+            user_id=user, model_version=served.version,
+            items=[RecommendedItem(item_id=i, score=s, title=t) for i, s, t in items],
+            degraded=not from_model,
+            reason=None if from_model else "no history for this user: popularity",
+        )
+
+    @bentoml.api
+    def score(self, user_id: IdLike,
+              item_ids: Annotated[list[IdLike], Field(min_length=1, max_length=1000)],
+              ) -> Scores:
+        """Scores of the given candidate items for a user."""
+        user = str(user_id)
+        served = self.served
+        ids = [str(i) for i in item_ids]
+        values = score_items(served, self.online.recent(user), ids)
+        return Scores(user_id=user, model_version=served.version,
+                      scores=dict(zip(ids, values, strict=True)))
+
+    @bentoml.api
+    def events(self, events: Annotated[list[dict], Field(min_length=1, max_length=1000)],
+               ) -> EventsAccepted:
+        """Accept behaviour events: online features updated before the reply, and
+        each event appended to the offline event log."""
+        now = time.time()
+        rejected: list[Rejected] = []
+        accepted: list[tuple[Event, int]] = []
+        for position, raw in enumerate(events):
+            try:
+                event = Event.model_validate(raw)
+                stamp = event_time_us(event.timestamp, now)
+                if str(event.item_id) not in self.served.index.index:
+                    raise ValueError(f"item_id {event.item_id!r} is not in the catalogue")
+            except ValueError as error:  # pydantic's ValidationError is a ValueError
+                rejected.append(Rejected(index=position, error=_error_text(error)))
+                continue
+            accepted.append((event, stamp))
+        if accepted:
+            self.event_log.append([{
+                "user_id": str(e.user_id), "item_id": str(e.item_id),
+                "event_type": e.event_type, "timestamp": stamp / 1e6,
+                "rating": e.rating} for e, stamp in accepted])
+            by_user: dict[str, tuple[list[str], list[int]]] = {}
+            for event, stamp in accepted:
+                items, times = by_user.setdefault(str(event.user_id), ([], []))
+                items.append(str(event.item_id))
+                times.append(stamp)
+            for user, (items, times) in by_user.items():
+                self.online.append(user, items, times)
+        return EventsAccepted(accepted=len(accepted), rejected=rejected)
