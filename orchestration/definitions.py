@@ -8,9 +8,12 @@ from orchestration.assets.ingest import no_rows_lost
 from orchestration.jobs import pipeline_job
 from orchestration.resources import resources_from_settings
 
+ASSETS = load_assets_from_modules([ingest, features, training])
+CHECKS = [no_rows_lost]
+
 defs = Definitions(
-    assets=load_assets_from_modules([ingest, features, training]),
-    asset_checks=[no_rows_lost],
+    assets=ASSETS,
+    asset_checks=CHECKS,
     jobs=[pipeline_job],
     resources=resources_from_settings(Settings.from_env()),
 )

@@ -106,8 +106,11 @@ def _run_checkpoint(frame: pd.DataFrame, gx_root: Path, docs_dir: Path):
              else datasource.add_dataframe_asset("raw_events"))
     batch = next((b for b in asset.batch_definitions if b.name == "whole"), None) \
         or asset.add_batch_definition_whole_dataframe("whole")
-    pairs = _expectations(frame)
-    suite = gx.ExpectationSuite(name=SUITE_NAME, expectations=[e for e, _ in pairs])
+    expectations = []
+    for expectation, reason in _expectations(frame):
+        expectation.meta = {"reason": reason}  # results come back in no fixed order
+        expectations.append(expectation)
+    suite = gx.ExpectationSuite(name=SUITE_NAME, expectations=expectations)
     suite = context.suites.add_or_update(suite)
     definition = context.validation_definitions.add_or_update(
         gx.ValidationDefinition(name="raw_events_validation", data=batch, suite=suite))
@@ -117,7 +120,7 @@ def _run_checkpoint(frame: pd.DataFrame, gx_root: Path, docs_dir: Path):
         result_format={"result_format": "COMPLETE"}))
     result = checkpoint.run(batch_parameters={"dataframe": frame})
     (validation,) = result.run_results.values()
-    return validation, pairs
+    return validation
 
 
 def validate_events(raw: pd.DataFrame, catalogue_ids: set[str],
@@ -130,13 +133,20 @@ def validate_events(raw: pd.DataFrame, catalogue_ids: set[str],
     raw = raw.reset_index(drop=True)
     now = time.time() if now is None else now
     frame = _prepare(raw, catalogue_ids, rating_range, now, future_tolerance_s)
-    validation, pairs = _run_checkpoint(frame, gx_root, docs_dir)
+    validation = _run_checkpoint(frame, gx_root, docs_dir)
+    order = {reason: k for k, (_, reason) in enumerate(_expectations(frame))}
     reasons: dict[int, list[str]] = {}
-    for (expectation, reason), outcome in zip(pairs, validation.results, strict=True):
+    for outcome in validation.results:
         if outcome.success:
             continue
+        reason = outcome.expectation_config.meta["reason"]
+        if (outcome.exception_info or {}).get("raised_exception"):
+            raise RuntimeError(f"Great Expectations could not evaluate '{reason}': "
+                               f"{outcome.exception_info.get('exception_message')}")
         for index in outcome.result.get("unexpected_index_list") or []:
             reasons.setdefault(int(index), []).append(reason)
+    for listed in reasons.values():
+        listed.sort(key=order.__getitem__)  # the suite's order, whatever GX returned
     bad = np.zeros(len(raw), dtype=bool)
     bad[list(reasons)] = True
     quarantined = raw[bad].copy()

@@ -42,6 +42,7 @@ class GeneratorConfig:
     series_fraction: float = 0.3  # share of items that belong to a series
     series_continue: float = 0.7  # chance the next event continues an open series
     drift: float = 1.0  # how far tastes move from the first to the last event
+    popularity_exponent: float = 1.4  # Zipf exponent of item popularity
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def generate(cfg: GeneratorConfig = GeneratorConfig()) -> GeneratedData:
     ids = items["item_id"].to_numpy()
     genre_idx = items["g"].to_numpy()
     # Zipf popularity within the catalogue, shuffled so it is unrelated to id order.
-    pop = 1.0 / np.arange(1, cfg.items + 1) ** 1.1
+    pop = 1.0 / np.arange(1, cfg.items + 1) ** cfg.popularity_exponent
     pop = pop[rng.permutation(cfg.items)]
     by_genre = [np.flatnonzero(genre_idx == g) for g in range(n_genres)]
     # Series are entered at Part 1 only.
@@ -129,9 +130,11 @@ def generate(cfg: GeneratorConfig = GeneratorConfig()) -> GeneratedData:
                 g = min(int(np.searchsorted(taste_cdf, draws[step, 1] * taste_cdf[-1])), n_genres - 1)
                 cands = by_genre[g]
                 weights = pop[cands] * entry_ok[cands] * ~seen[cands]
-                if weights.sum() == 0:
+                if weights.sum() == 0:  # genre exhausted: any unseen series entry or single
                     cands = np.arange(cfg.items)
-                    weights = pop * ~seen
+                    weights = pop * entry_ok * ~seen
+                if weights.sum() == 0:  # nothing left to enter: anything unseen, else anything
+                    weights = pop * ~seen if (~seen).any() else pop
                 cdf = np.cumsum(weights)
                 pick = min(int(np.searchsorted(cdf, draws[step, 2] * cdf[-1], side="right")),
                            len(cands) - 1)

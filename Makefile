@@ -1,0 +1,45 @@
+# The project's commands. Each target creates .venv when missing, so each works
+# alone on a fresh clone (torch==2.13.0 first: the local CPU build).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 3000
+export RECSYS_HOME ?= $(CURDIR)/.recsys
+export DAGSTER_HOME := $(RECSYS_HOME)/dagster
+
+.PHONY: demo test bench ui serve mlflow-ui stop install lint
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/recsys demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+ui: $(STAMP)
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -m orchestration.definitions -p 3001
+
+serve: $(STAMP)
+	$(BIN)/recsys serve --port $(PORT)
+
+mlflow-ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(RECSYS_HOME)/mlflow/mlflow.db}" --port 5000
+
+stop: $(STAMP)
+	$(BIN)/recsys stop

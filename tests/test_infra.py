@@ -1,0 +1,64 @@
+"""Settings and the embedded Redis lifecycle (a real redis-server)."""
+
+import redis
+
+from infra import redis_server
+from infra.settings import Settings
+
+
+def test_settings_from_env(tmp_path):
+    s = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_SOURCE": str(tmp_path / "src"),
+                           "REDIS_URL": "redis://h:1/0", "MLFLOW_TRACKING_URI": "http://m:5000"})
+    assert s.home == tmp_path
+    assert s.source == tmp_path / "src"
+    assert s.redis_url == "redis://h:1/0"
+    assert s.tracking_uri() == "http://m:5000"
+    assert s.quarantine_dir == tmp_path / "quarantine"
+
+
+def test_settings_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = Settings.from_env({})
+    assert s.home == tmp_path / ".recsys"
+    assert s.source is None and s.redis_url is None
+    assert s.tracking_uri() == f"sqlite:///{tmp_path / '.recsys' / 'mlflow' / 'mlflow.db'}"
+
+
+def test_settings_reject_bad_numbers():
+    try:
+        Settings.from_env({"RECSYS_RECENT_ITEMS": "zero"})
+    except ValueError as error:
+        assert "RECSYS_RECENT_ITEMS" in str(error)
+    else:
+        raise AssertionError("a non-numeric RECSYS_RECENT_ITEMS was accepted")
+
+
+def test_embedded_redis_start_reuse_stop_restart_keeps_data(home):
+    first = redis_server.ensure(home)
+    assert first.url.startswith("redis://127.0.0.1:")
+    assert (home.redis_dir / "server.json").exists()
+    first.client().set("feature", "kept")
+    # Reused while alive: same server, same pid.
+    assert redis_server.ensure(home) == first
+    assert redis_server.stop(home) is True
+    assert redis_server.running(home) is None
+    try:
+        redis.Redis.from_url(first.url, socket_timeout=1).ping()
+    except redis.ConnectionError:
+        pass
+    else:
+        raise AssertionError("the server still answers after stop")
+    # A restart (new port, new pid) keeps the data (append-only file under home).
+    second = redis_server.ensure(home)
+    assert second.pid != first.pid
+    assert second.client().get("feature") == b"kept"
+    assert redis_server.stop(home) is True
+    assert redis_server.stop(home) is False
+
+
+def test_external_redis_url_is_honoured(home):
+    external = redis_server.ensure(home)  # stands in for a server run by someone else
+    settings = Settings(home=home.home / "other", redis_url=external.url)
+    assert redis_server.ensure(settings).url == external.url
+    assert redis_server.ensure(settings).pid is None
+    assert not (settings.redis_dir / "server.json").exists()

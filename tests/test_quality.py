@@ -1,0 +1,68 @@
+"""The Great Expectations suite on good and bad rows: every row lands in exactly
+one place, with every reason that applies."""
+
+import pandas as pd
+import pytest
+
+from orchestration.quality import parse_timestamps, validate_events
+
+NOW = 1_700_000_000.0
+COLUMNS = ["user_id", "item_id", "event_type", "timestamp", "rating"]
+
+
+def raw(rows):
+    frame = pd.DataFrame(rows, columns=COLUMNS).astype(object)
+    frame = frame.where(frame.notna(), None)
+    frame["source_file"] = "events.csv"
+    frame["source_row"] = range(1, len(frame) + 1)
+    return frame
+
+
+def test_parse_timestamps():
+    values = pd.Series(["1600000000", "2020-09-13T12:26:40Z", "text", None, "1600000000.5"])
+    parsed = parse_timestamps(values).tolist()
+    assert parsed[0] == 1600000000.0
+    assert parsed[1] == 1600000000.0
+    assert pd.isna(parsed[2]) and pd.isna(parsed[3])
+    assert parsed[4] == 1600000000.5
+
+
+def test_good_and_bad_rows(tmp_path):
+    frame = raw([
+        ["u1", "i1", "view", "1600000000", None],          # good
+        ["u1", "i2", "rating", "1600000100", "4"],         # good
+        ["u1", "i2", "rating", "1600000100", "4"],         # exact duplicate
+        ["u2", "i1", "like", "1600000000", None],          # bad event type
+        ["u2", "i9", "view", "1600000000", None],          # unknown item
+        ["u2", "i1", "rating", "0", "7"],                  # timestamp 0 and rating range
+        [None, "i1", "view", "1600000000", None],          # missing user
+        ["u 3", "i1", "view", "soon", "x"],                # bad id, time, rating text
+        ["u4", "i1", "view", str(int(NOW) + 10 * 86400), None],  # far future
+    ])
+    result = validate_events(frame, {"i1", "i2"}, (1.0, 5.0), tmp_path / "gx",
+                             tmp_path / "docs", now=NOW)
+    assert len(result.validated) + len(result.quarantined) == len(frame)
+    assert result.validated[["user_id", "item_id"]].values.tolist() == [["u1", "i1"],
+                                                                        ["u1", "i2"]]
+    assert result.validated["rating"].iloc[1] == 4.0
+    assert str(result.validated["event_timestamp"].iloc[0]) == "2020-09-13 12:26:40+00:00"
+    reasons = dict(zip(result.quarantined["source_row"], result.quarantined["reason"],
+                       strict=True))
+    assert reasons[3] == "duplicate of an earlier event"
+    assert reasons[4].startswith("event_type is not one of")
+    assert reasons[5] == "item_id not in the catalogue"
+    assert reasons[6] == "timestamp before 1990 or in the future; rating outside 1..5"
+    assert reasons[7] == "user_id is missing"
+    assert reasons[8] == ("user_id is not a valid id; timestamp is missing or unparseable; "
+                          "rating is not a number")
+    assert reasons[9] == "timestamp before 1990 or in the future"
+    # Quarantine keeps the fields as read.
+    row8 = result.quarantined.set_index("source_row").loc[8]
+    assert (row8["user_id"], row8["timestamp"], row8["rating"]) == ("u 3", "soon", "x")
+    assert result.reason_counts["duplicate of an earlier event"] == 1
+    assert (tmp_path / "docs" / "index.html").exists()
+
+
+def test_no_rows_is_a_clear_failure(tmp_path):
+    with pytest.raises(ValueError, match="no rows"):
+        validate_events(raw([]), {"i1"}, (1.0, 5.0), tmp_path / "gx", tmp_path / "docs")

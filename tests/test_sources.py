@@ -1,0 +1,88 @@
+"""Source adapters on small fixtures written in each publisher's format."""
+
+import pytest
+
+from orchestration.sources.base import SourceFormatError
+from orchestration.sources.detect import detect_source
+from tests.conftest import ML100K
+
+U_ITEM = (
+    "1|Toy Story (1995)|01-Jan-1995||http://x|0|0|0|1|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0\n"
+    "2|Misérables, Les (1995)|01-Jan-1995||http://y|0|0|0|0|0|0|0|0|1|0|0|0|1|0|0|0|0|0|0\n"
+    "3|Nowhere (1997)|||http://z|1|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0\n"
+)
+U_DATA = "196\t1\t3\t881250949\n186\t2\t5\t891717742\n22\t3\t1\t878887116\n"
+
+
+@pytest.fixture
+def ml100k_dir(tmp_path):
+    (tmp_path / "u.item").write_bytes(U_ITEM.encode("latin-1"))
+    (tmp_path / "u.data").write_text(U_DATA)
+    return tmp_path
+
+
+def test_movielens_100k_fixture_exact_values(ml100k_dir):
+    source = detect_source(ml100k_dir)
+    assert source.name == "movielens-100k"
+    assert source.rating_range == (1.0, 5.0)
+    events = source.events()
+    assert events.to_dict("records")[1] == {
+        "user_id": "186", "item_id": "2", "event_type": "rating", "timestamp": "891717742",
+        "rating": "5", "source_file": "u.data", "source_row": 2,
+    }
+    items = source.items().set_index("item_id")
+    assert items.loc["2", "title"] == "Misérables, Les (1995)"  # latin-1 decoded
+    assert items.loc["1", "genres"] == "Animation|Children's|Comedy"
+    assert items.loc["2", "genres"] == "Drama|Musical"
+    assert items.loc["3", "genres"] == "unknown"
+    assert items.loc["3", "description"] == "Released on an unknown date"
+
+
+def test_canonical_csv(tmp_path):
+    (tmp_path / "events.csv").write_text(
+        "user_id,item_id,event_type,timestamp,rating\n"
+        "7,a1,view,1600000000,\n"
+        "8,a2,rating,2020-09-13T12:26:40Z,4.5\n")
+    (tmp_path / "items.csv").write_text(
+        "item_id,title,genres,description\na1,First,Drama|War,Long\na2,Second,,\n")
+    source = detect_source(tmp_path)
+    assert source.name == "canonical"
+    rows = source.events().to_dict("records")
+    assert rows[0]["rating"] is None or rows[0]["rating"] != rows[0]["rating"]  # empty
+    assert rows[1]["timestamp"] == "2020-09-13T12:26:40Z" and rows[1]["rating"] == "4.5"
+    items = source.items().to_dict("records")
+    assert items == [
+        {"item_id": "a1", "title": "First", "genres": "Drama|War", "description": "Long"},
+        {"item_id": "a2", "title": "Second", "genres": "", "description": ""},
+    ]
+
+
+def test_unknown_directory_names_every_expected_format(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(SourceFormatError) as error:
+        detect_source(tmp_path)
+    message = str(error.value)
+    assert "u.data" in message and "events.csv" in message and "notes.txt" in message
+
+
+def test_missing_item_file_is_a_clear_error(ml100k_dir):
+    (ml100k_dir / "u.item").unlink()
+    with pytest.raises(SourceFormatError, match="u.item"):
+        detect_source(ml100k_dir)
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(SourceFormatError, match="not a directory"):
+        detect_source(tmp_path / "nope")
+
+
+@pytest.mark.skipif(not (ML100K / "u.data").exists(),
+                    reason=f"MovieLens-100K not present at {ML100K}")
+def test_real_movielens_100k():
+    source = detect_source(ML100K)
+    events, items = source.events(), source.items()
+    assert len(events) == 100_000
+    assert events["user_id"].nunique() == 943
+    assert len(items) == 1682
+    assert items.set_index("item_id").loc["1", "title"] == "Toy Story (1995)"
+    assert set(events["rating"]) == {"1", "2", "3", "4", "5"}
