@@ -27,9 +27,11 @@ def rank_of_targets(scores: np.ndarray, targets: np.ndarray,
     # Pessimistic on ties: an item with an equal score counts as ranked above.
     ranks = (scores > target_scores[:, None]).sum(axis=1) + (
         (scores == target_scores[:, None]).sum(axis=1) - 1)
-    top = np.argpartition(-scores, K, axis=1)[:, :K]
+    width = min(K, scores.shape[1])
+    top = np.argpartition(-scores, width - 1, axis=1)[:, :width]
     order = np.take_along_axis(-scores, top, axis=1).argsort(axis=1, kind="stable")
     top = np.take_along_axis(top, order, axis=1)
+    top = np.pad(top, ((0, 0), (0, K - width)))  # tiny catalogues: pad with 0 (padding)
     # A user who has seen nearly everything has fewer than K rankable items.
     top[~np.isfinite(np.take_along_axis(scores, top, axis=1))] = 0
     return ranks, top
