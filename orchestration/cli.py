@@ -94,7 +94,7 @@ def run_pipeline(settings: Settings):
     from orchestration.definitions import defs
 
     instance = DagsterInstance.get()
-    result = defs.get_job_def("recsys_pipeline").execute_in_process(instance=instance)
+    result = defs.resolve_job_def("recsys_pipeline").execute_in_process(instance=instance)
     steps = instance.get_run_step_stats(result.run_id)
     return result, [(s.step_key, (s.end_time or 0) - (s.start_time or 0)) for s in steps]
 
