@@ -89,12 +89,17 @@ def run_pipeline(settings: Settings):
     """The whole asset graph, headless, recorded in the Dagster instance under home."""
     os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    config = settings.dagster_home / "dagster.yaml"
+    if not config.exists():
+        config.write_text("telemetry:\n  enabled: false\n")
     from dagster import DagsterInstance
 
     from orchestration.definitions import defs
 
     instance = DagsterInstance.get()
-    result = defs.resolve_job_def("recsys_pipeline").execute_in_process(instance=instance)
+    result = defs.resolve_job_def("recsys_pipeline").execute_in_process(
+        instance=instance,
+        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
     steps = instance.get_run_step_stats(result.run_id)
     return result, [(s.step_key, (s.end_time or 0) - (s.start_time or 0)) for s in steps]
 

@@ -92,7 +92,10 @@ def _run_checkpoint(frame: pd.DataFrame, gx_root: Path, docs_dir: Path):
     import great_expectations as gx
 
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="file", project_root_dir=str(gx_root))
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
     if SITE_NAME not in (context.get_config().data_docs_sites or {}):
         context.add_data_docs_site(site_name=SITE_NAME, site_config={
             "class_name": "SiteBuilder",
