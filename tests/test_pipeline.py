@@ -107,3 +107,34 @@ def test_a_weaker_model_never_becomes_champion(pipeline):
     # leave the registry as the service tests expect it
     registry.client(uri).set_registered_model_alias(registry.MODEL_NAME, registry.CHALLENGER,
                                                     "1")
+
+
+def test_dagster_cli_materializes_ingest_headless(tmp_path):
+    """The fixed command, on a small MovieLens-100K-format source with one bad row."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "u.item").write_bytes(
+        "1|Toy Story (1995)|01-Jan-1995||u|0|0|0|1|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0\n"
+        "2|Misérables, Les (1995)|01-Jan-1995||u|0|0|0|0|0|0|0|0|1|0|0|0|1|0|0|0|0|0|0\n"
+        .encode("latin-1"))
+    (source / "u.data").write_text("1\t1\t5\t881250949\n1\t2\t9\t881250950\n2\t1\t3\t881250951\n")
+    home = tmp_path / "home"
+    env = {**os.environ, "RECSYS_HOME": str(home), "RECSYS_SOURCE": str(source),
+           "DAGSTER_HOME": str(tmp_path / "dagster")}
+    Path(env["DAGSTER_HOME"]).mkdir()
+    dagster = Path(sys.executable).with_name("dagster")
+    done = subprocess.run(
+        [str(dagster), "asset", "materialize", "-m", "orchestration.definitions", "--select",
+         "raw_events,item_catalogue,validated_events,quarantined_events"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    validated = pd.read_parquet(home / "offline" / "validated_events.parquet")
+    quarantined = pd.read_parquet(home / "quarantine" / "quarantined_events.parquet")
+    assert validated[["user_id", "item_id"]].values.tolist() == [["1", "1"], ["2", "1"]]
+    assert quarantined[["source_row", "rating", "reason"]].values.tolist() == [
+        [2, "9", "rating outside 1..5"]]

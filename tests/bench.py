@@ -1,0 +1,139 @@
+"""``make bench``: latency figures on this machine, printed as a table and
+written to ``bench_results/bench.json``.
+
+Runs the pipeline once on generated data in a temporary RECSYS_HOME (or uses
+``BENCH_HOME`` if it already holds a champion), then measures:
+- online feature read for one user through Feast (``behaviour_encoder_v1``)
+  next to a raw redis-py HMGET of the same hash fields;
+- the in-process floor: feature read + encode + top-K, no HTTP;
+- ``/recommend`` over HTTP against a real ``bentoml serve`` (sequential);
+- event-to-visible: ``/events`` then ``/recommend`` that no longer offers the item.
+"""
+
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from feast.infra.online_stores.helpers import _mmh3, _redis_key
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import Value
+
+from feature_repo.store import open_store
+from infra import redis_server
+from infra.settings import Settings
+from orchestration.cli import free_port, start_service, stop_service, wait_ready
+from serving.online import OnlineFeatures
+from serving.scoring import load_served_model, recommend
+from training import registry
+
+SIZE = {"generator_users": 2000, "generator_items": 1000, "generator_events": 60_000}
+
+
+def percentiles(samples_s: list[float]) -> dict[str, float]:
+    ms = np.asarray(samples_s) * 1000
+    return {"n": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 3),
+            "p95_ms": round(float(np.percentile(ms, 95)), 3),
+            "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+
+
+def prepare(settings: Settings) -> None:
+    if registry.alias_version(settings.tracking_uri(), registry.CHAMPION):
+        return
+    from dagster import materialize
+
+    from orchestration.definitions import ASSETS, CHECKS
+    from orchestration.resources import RecsysState, resources_from_settings
+
+    resources = resources_from_settings(settings)
+    resources["state"] = RecsysState(home=str(settings.home), **SIZE)
+    result = materialize([*ASSETS, *CHECKS], resources=resources, run_config={
+        "ops": {"behaviour_encoder_version": {"config": {"epochs": 5}}}})
+    assert result.success
+
+
+def timed(fn, users, repeat):
+    samples = []
+    for _ in range(repeat):
+        user = random.choice(users)
+        started = time.perf_counter()
+        fn(user)
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def main() -> None:
+    random.seed(0)
+    home = Path(os.environ.get("BENCH_HOME") or tempfile.mkdtemp(prefix="recsys_bench_"))
+    settings = Settings(home=home, recent_items=50)
+    print(f"state: {home}")
+    prepare(settings)
+    server = redis_server.ensure(settings)
+    client = server.client()
+    store = open_store(settings, server.url)
+    online = OnlineFeatures(store, client, settings.recent_items)
+    served = load_served_model(settings.tracking_uri())
+    import pandas as pd
+
+    users = pd.read_parquet(settings.offline_dir / "validated_events.parquet",
+                            columns=["user_id"])["user_id"].unique().tolist()
+    fields = [_mmh3(f"user_recent_items:{f}") for f in ("recent_item_ids", "recent_timestamps")]
+    fields.append(b"_ts:user_recent_items")
+
+    def raw_read(user):
+        key = _redis_key(settings.feast_project, EntityKey(
+            join_keys=["user_id"], entity_values=[Value(string_val=user)]))
+        return client.hmget(key, fields)
+
+    results = {}
+    for name, fn in [("feast_online_read", online.recent), ("raw_redis_hmget", raw_read)]:
+        timed(fn, users, 200)  # warm up
+        results[name] = percentiles(timed(fn, users, 3000))
+    import torch
+
+    torch.set_num_threads(1)
+    floor = lambda user: recommend(served, online.recent(user), 10, True)  # noqa: E731
+    timed(floor, users, 100)
+    results["in_process_floor"] = percentiles(timed(floor, users, 2000))
+
+    port = free_port()
+    process = start_service(settings, port, settings.home / "bench_serve.log")
+    try:
+        wait_ready(port, process)
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(timeout=10) as http:
+            call = lambda user: http.post(f"{url}/recommend", json={"user_id": user, "k": 10})  # noqa: E731
+            timed(call, users, 50)
+            results["http_recommend_sequential"] = percentiles(timed(call, users, 1000))
+            samples = []
+            for _ in range(100):
+                user = random.choice(users)
+                item = http.post(f"{url}/recommend", json={"user_id": user, "k": 1}
+                                 ).json()["items"][0]["item_id"]
+                started = time.perf_counter()
+                http.post(f"{url}/events", json={"events": [
+                    {"user_id": user, "item_id": item, "event_type": "click"}]})
+                after = http.post(f"{url}/recommend", json={"user_id": user, "k": 10}).json()
+                samples.append(time.perf_counter() - started)
+                assert item not in [i["item_id"] for i in after["items"]]
+            results["event_to_visible"] = percentiles(samples)
+    finally:
+        stop_service(settings)
+    print(f"\n{'measure':<28} {'n':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+    for name, row in results.items():
+        print(f"{name:<28} {row['n']:>6} {row['p50_ms']:>8.3f} {row['p95_ms']:>8.3f} "
+              f"{row['p99_ms']:>8.3f}")
+    out = Path("bench_results")
+    out.mkdir(exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(results, indent=2))
+    print(f"\nwritten to {out / 'bench.json'}")
+    if not os.environ.get("BENCH_HOME"):
+        redis_server.stop(settings)
+
+
+if __name__ == "__main__":
+    main()
