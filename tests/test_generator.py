@@ -33,7 +33,8 @@ def test_series_are_watched_in_order():
     position = {item: k for ids in data.series.values() for k, item in enumerate(ids)}
     series_of = {item: sid for sid, ids in data.series.items() for item in ids}
     in_order = out_of_order = 0
-    for _, items in data.events.sort_values("timestamp", kind="stable").groupby("user_id")["item_id"]:
+    ordered = data.events.sort_values("timestamp", kind="stable")
+    for _, items in ordered.groupby("user_id")["item_id"]:
         seen_positions: dict[str, int] = {}
         for item in items:
             if item not in series_of:

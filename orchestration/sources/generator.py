@@ -127,7 +127,8 @@ def generate(cfg: GeneratorConfig = GeneratorConfig()) -> GeneratedData:
             if item < 0 or seen[item]:
                 w = step / max(1, n - 1) * cfg.drift
                 taste_cdf = np.cumsum((1 - w) * start_taste + w * end_taste)
-                g = min(int(np.searchsorted(taste_cdf, draws[step, 1] * taste_cdf[-1])), n_genres - 1)
+                g = int(np.searchsorted(taste_cdf, draws[step, 1] * taste_cdf[-1]))
+                g = min(g, n_genres - 1)
                 cands = by_genre[g]
                 weights = pop[cands] * entry_ok[cands] * ~seen[cands]
                 if weights.sum() == 0:  # genre exhausted: any unseen series entry or single
