@@ -18,7 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from feature_repo.schema import EVENT_TYPES, ID_PATTERN, MIN_TIMESTAMP
+from feature_repo.schema import (
+    EVENT_TYPES,
+    FUTURE_TOLERANCE_S,
+    ID_PATTERN,
+    MIN_TIMESTAMP,
+    parse_timestamps,
+)
 
 SUITE_NAME = "raw_events_suite"
 SITE_NAME = "recsys"
@@ -31,15 +37,6 @@ class ValidationResult:
     reason_counts: dict[str, int]
     data_docs: Path
     success_percent: float
-
-
-def parse_timestamps(values: pd.Series) -> pd.Series:
-    """Unix seconds (integers) or ISO-8601 strings -> float unix seconds (NaN if unparseable)."""
-    text = values.astype("string").str.strip()
-    numeric = pd.to_numeric(text, errors="coerce")
-    iso = pd.to_datetime(text.where(numeric.isna()), errors="coerce", utc=True, format="ISO8601")
-    iso_seconds = (iso - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
-    return numeric.fillna(iso_seconds).astype(float)
 
 
 def _prepare(raw: pd.DataFrame, catalogue_ids: set[str], rating_range: tuple[float, float],
@@ -128,7 +125,7 @@ def _run_checkpoint(frame: pd.DataFrame, gx_root: Path, docs_dir: Path):
 
 def validate_events(raw: pd.DataFrame, catalogue_ids: set[str],
                     rating_range: tuple[float, float], gx_root: Path, docs_dir: Path,
-                    future_tolerance_s: float = 86400.0, now: float | None = None,
+                    future_tolerance_s: float = FUTURE_TOLERANCE_S, now: float | None = None,
                     ) -> ValidationResult:
     """Split raw events into validated and quarantined rows; every row lands in one."""
     if raw.empty:

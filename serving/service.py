@@ -12,7 +12,13 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, Field, StrictInt, StringConstraints, ValidationError
 
-from feature_repo.schema import EVENT_TYPES, ID_MAX_LENGTH, MIN_TIMESTAMP
+from feature_repo.schema import (
+    EVENT_TYPES,
+    FUTURE_TOLERANCE_S,
+    ID_MAX_LENGTH,
+    MIN_TIMESTAMP,
+    parse_timestamps,
+)
 from feature_repo.store import open_store
 from infra import redis_server
 from infra.settings import Settings
@@ -24,8 +30,6 @@ log = logging.getLogger("recsys.serving")
 Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_LENGTH,
                                       pattern=r"^[A-Za-z0-9_.:\-]+$")]
 IdLike = Annotated[StrictInt | Id, Field(description="A user or item id (string or integer).")]
-FUTURE_TOLERANCE_S = 86400
-
 
 class RecommendedItem(BaseModel):
     item_id: str = Field(description="Catalogue item id.")
@@ -67,28 +71,16 @@ class Scores(BaseModel):
     scores: dict[str, float | None] = Field(description="item_id -> score (null if unknown).")
 
 
-def event_time_us(value: int | float | str | None, now: float) -> int:
-    """Unix seconds or ISO-8601 -> unix microseconds; raises ValueError when invalid."""
-    if value is None:
-        seconds = now
-    elif isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        text = value.strip()
-        try:
-            seconds = float(text)
-        except ValueError:
-            stamp = pd.Timestamp(text)  # ISO-8601; raises ValueError when unparseable
-            seconds = (stamp if stamp.tzinfo else stamp.tz_localize("UTC")).timestamp()
-    if not MIN_TIMESTAMP <= seconds <= now + FUTURE_TOLERANCE_S:
-        raise ValueError("timestamp before 1990 or more than a day in the future")
-    return int(round(seconds * 1_000_000))
+def event_times_us(values: list[int | float | str | None], now: float) -> list[int | None]:
+    """Unix seconds or ISO-8601 (None = now) -> unix microseconds; None where the
+    value is unparseable, before 1990 or more than the tolerance in the future."""
+    seconds = parse_timestamps(pd.Series([now if v is None else v for v in values], dtype=object))
+    valid = seconds.between(MIN_TIMESTAMP, now + FUTURE_TOLERANCE_S)
+    return [int(round(x * 1_000_000)) if ok else None for x, ok in zip(seconds, valid, strict=True)]
 
 
-def _error_text(error: ValueError) -> str:
-    if isinstance(error, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-    return str(error)
+def _error_text(error: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
 
 
 @bentoml.service(name="recommender", traffic={"timeout": 30})
@@ -144,19 +136,29 @@ class Recommender:
                ) -> EventsAccepted:
         """Accept behaviour events: online features updated before the reply, and
         each event appended to the offline event log."""
-        now = time.time()
         rejected: list[Rejected] = []
-        accepted: list[tuple[Event, int]] = []
+        parsed: list[tuple[int, Event]] = []
         for position, raw in enumerate(events):
             try:
                 event = Event.model_validate(raw)
-                stamp = event_time_us(event.timestamp, now)
-                if str(event.item_id) not in self.served.index.index:
-                    raise ValueError(f"item_id {event.item_id!r} is not in the catalogue")
-            except ValueError as error:  # pydantic's ValidationError is a ValueError
+            except ValidationError as error:
                 rejected.append(Rejected(index=position, error=_error_text(error)))
                 continue
-            accepted.append((event, stamp))
+            if str(event.item_id) not in self.served.index.index:
+                rejected.append(Rejected(
+                    index=position, error=f"item_id {event.item_id!r} is not in the catalogue"))
+                continue
+            parsed.append((position, event))
+        stamps = event_times_us([e.timestamp for _, e in parsed], time.time())
+        accepted: list[tuple[Event, int]] = []
+        for (position, event), stamp in zip(parsed, stamps, strict=True):
+            if stamp is None:
+                rejected.append(Rejected(index=position, error=(
+                    "timestamp: unparseable, before 1990 or more than "
+                    f"{FUTURE_TOLERANCE_S} s in the future")))
+            else:
+                accepted.append((event, stamp))
+        rejected.sort(key=lambda r: r.index)
         if accepted:
             self.event_log.append([{
                 "user_id": str(e.user_id), "item_id": str(e.item_id),

@@ -4,7 +4,8 @@ one place, with every reason that applies."""
 import pandas as pd
 import pytest
 
-from orchestration.quality import parse_timestamps, validate_events
+from feature_repo.schema import parse_timestamps
+from orchestration.quality import validate_events
 
 NOW = 1_700_000_000.0
 COLUMNS = ["user_id", "item_id", "event_type", "timestamp", "rating"]

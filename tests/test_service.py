@@ -45,13 +45,15 @@ def test_event_then_recommend_excludes_the_new_item(pipeline, service):
         {"user_id": user, "item_id": new_item, "event_type": "click"},
         {"user_id": user, "item_id": "no-such-item", "event_type": "view"},
         {"user_id": user, "item_id": new_item, "event_type": "like"},
+        {"user_id": user, "item_id": new_item, "event_type": "view", "timestamp": "yesterday"},
     ]})
     assert answer.status_code == 200
     body = answer.json()
     assert body["accepted"] == 1
-    assert [r["index"] for r in body["rejected"]] == [1, 2]
+    assert [r["index"] for r in body["rejected"]] == [1, 2, 3]
     assert "catalogue" in body["rejected"][0]["error"]
     assert "event_type" in body["rejected"][1]["error"]
+    assert "timestamp" in body["rejected"][2]["error"]
     after = post(service, "/recommend", {"user_id": user, "k": 5}).json()
     assert new_item not in [i["item_id"] for i in after["items"]]
     # ... and the event is in the offline log, for the next batch run.
@@ -91,3 +93,13 @@ def test_health_endpoints(service):
     for path in ("/healthz", "/livez", "/readyz"):
         assert httpx.get(f"{service}{path}", timeout=10).status_code == 200
     assert "bentoml" in httpx.get(f"{service}/metrics", timeout=10).text
+
+
+def test_event_times_are_parsed_like_the_batch_validation():
+    from serving.service import event_times_us
+
+    now = 1_700_000_000.0
+    got = event_times_us([None, 1_600_000_000, "2020-09-13T12:26:40Z", "1600000000.5",
+                          "garbage", 0, now + 10 * 86400], now)
+    assert got == [1_700_000_000_000_000, 1_600_000_000_000_000, 1_600_000_000_000_000,
+                   1_600_000_000_500_000, None, None, None]
