@@ -86,3 +86,41 @@ def test_real_movielens_100k():
     assert len(items) == 1682
     assert items.set_index("item_id").loc["1", "title"] == "Toy Story (1995)"
     assert set(events["rating"]) == {"1", "2", "3", "4", "5"}
+
+
+def test_movielens_1m_fixture_exact_values(tmp_path):
+    (tmp_path / "ratings.dat").write_text("1::1193::5::978300760\n2::3408::4::978298413\n")
+    (tmp_path / "movies.dat").write_bytes(
+        "1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n"
+        "3408::Erin Brockovich (2000)::Drama|Romance\n"
+        "3::Cité des enfants perdus, La (1995)::Adventure|Sci-Fi\n".encode("latin-1"))
+    source = detect_source(tmp_path)
+    assert (source.name, source.rating_range) == ("movielens-1m", (1.0, 5.0))
+    first = source.events().to_dict("records")[0]
+    assert first == {"user_id": "1", "item_id": "1193", "event_type": "rating",
+                     "timestamp": "978300760", "rating": "5", "source_file": "ratings.dat",
+                     "source_row": 1}
+    items = source.items().set_index("item_id")
+    assert items.loc["3", "title"] == "Cité des enfants perdus, La (1995)"
+    assert items.loc["3408", "genres"] == "Drama|Romance"
+
+
+def test_movielens_latest_fixture_with_tags(tmp_path):
+    (tmp_path / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,3.5,964981247\n")
+    (tmp_path / "movies.csv").write_text(
+        'movieId,title,genres\n1,Toy Story (1995),Adventure|Animation|Children\n'
+        '3,"Grumpier Old Men, The (1995)",Comedy|Romance\n4,Unknown (2000),(no genres listed)\n',
+        encoding="utf-8")
+    (tmp_path / "tags.csv").write_text(
+        "userId,movieId,tag,timestamp\n2,1,pixar,1\n3,1,fun,2\n4,1,pixar,3\n")
+    source = detect_source(tmp_path)
+    assert (source.name, source.rating_range) == ("movielens-latest", (0.5, 5.0))
+    events = source.events()
+    assert events[["user_id", "item_id", "rating", "timestamp"]].values.tolist() == [
+        ["1", "1", "4.0", "964982703"], ["1", "3", "3.5", "964981247"]]
+    items = source.items().set_index("item_id")
+    assert items.loc["3", "title"] == "Grumpier Old Men, The (1995)"
+    assert items.loc["1", "description"] == "pixar, fun"
+    assert items.loc["4", "genres"] == ""
+    assert items.loc["3", "description"] == ""

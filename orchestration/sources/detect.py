@@ -6,13 +6,15 @@ from pathlib import Path
 
 from orchestration.sources.base import Source, SourceFormatError
 from orchestration.sources.canonical import canonical
-from orchestration.sources.movielens import movielens_100k
+from orchestration.sources.movielens import movielens_1m, movielens_100k, movielens_latest
 
 EXPECTED = (
     "MovieLens-100K: u.data, u.item (u.user optional); "
+    "MovieLens-1M: ratings.dat, movies.dat (users.dat optional); "
+    "MovieLens latest: ratings.csv, movies.csv (tags.csv optional); "
     "canonical: events.csv or events.parquet, and items.csv"
 )
-DETECTORS = (movielens_100k, canonical)
+DETECTORS = (movielens_100k, movielens_1m, movielens_latest, canonical)
 
 
 def detect_source(directory: Path) -> Source:

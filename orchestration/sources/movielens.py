@@ -47,3 +47,70 @@ def movielens_100k(directory: Path) -> MovieLens100K | None:
         return None
     return MovieLens100K(name="movielens-100k", directory=directory, event_files=(data,),
                          item_files=(item,), rating_range=(1.0, 5.0))
+
+
+@dataclass(frozen=True)
+class MovieLens1M(Source):
+    """``ratings.dat`` (``UserID::MovieID::Rating::Timestamp``) and ``movies.dat``
+    (``MovieID::Title::Genres``, genres ``|``-separated), latin-1."""
+
+    def events(self) -> pd.DataFrame:
+        (path,) = self.event_files
+        # "::" between numeric fields: split on ":" and keep every other column (C parser).
+        frame = pd.read_csv(path, sep=":", header=None, dtype=str, keep_default_na=False,
+                            usecols=[0, 2, 4, 6], encoding="latin-1")
+        frame.columns = ["user_id", "item_id", "rating", "timestamp"]
+        frame["event_type"] = "rating"
+        return finish_events(frame, path)
+
+    def items(self) -> pd.DataFrame:
+        (path,) = self.item_files
+        rows = [line.rstrip("\r\n").split("::", 2)
+                for line in path.read_text(encoding="latin-1").splitlines() if line.strip()]
+        frame = pd.DataFrame(rows, columns=["item_id", "title", "genres"])
+        return finish_items(frame)
+
+
+@dataclass(frozen=True)
+class MovieLensLatest(Source):
+    """``ratings.csv`` (``userId,movieId,rating,timestamp``), ``movies.csv``
+    (``movieId,title,genres``) and optional ``tags.csv`` (``userId,movieId,tag,timestamp``),
+    UTF-8 with a header row; tags become the item description."""
+
+    def events(self) -> pd.DataFrame:
+        (path,) = self.event_files
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8",
+                            encoding_errors="replace")
+        frame = frame.rename(columns={"userId": "user_id", "movieId": "item_id"})
+        frame["event_type"] = "rating"
+        return finish_events(frame, path)
+
+    def items(self) -> pd.DataFrame:
+        movies = self.item_files[0]
+        frame = pd.read_csv(movies, dtype=str, keep_default_na=False, encoding="utf-8",
+                            encoding_errors="replace").rename(columns={"movieId": "item_id"})
+        frame["genres"] = frame["genres"].replace("(no genres listed)", "")
+        tags = self.directory / "tags.csv"
+        if tags.exists():
+            tag_frame = pd.read_csv(tags, dtype=str, keep_default_na=False, encoding="utf-8",
+                                    encoding_errors="replace")
+            text = (tag_frame.groupby("movieId")["tag"]
+                    .agg(lambda t: ", ".join(dict.fromkeys(x.strip() for x in t if x.strip()))))
+            frame["description"] = frame["item_id"].map(text).fillna("")
+        return finish_items(frame)
+
+
+def movielens_1m(directory: Path) -> MovieLens1M | None:
+    ratings = directory / "ratings.dat"
+    if not ratings.exists():
+        return None
+    return MovieLens1M(name="movielens-1m", directory=directory, event_files=(ratings,),
+                       item_files=(directory / "movies.dat",), rating_range=(1.0, 5.0))
+
+
+def movielens_latest(directory: Path) -> MovieLensLatest | None:
+    ratings = directory / "ratings.csv"
+    if not ratings.exists():
+        return None
+    return MovieLensLatest(name="movielens-latest", directory=directory, event_files=(ratings,),
+                           item_files=(directory / "movies.csv",), rating_range=(0.5, 5.0))
