@@ -9,8 +9,9 @@ EVENT_TYPES: tuple[str, ...] = ("view", "click", "rating", "add_to_cart", "purch
 
 # Columns of a raw event as every adapter hands it over (values as read, strings).
 EVENT_COLUMNS: tuple[str, ...] = ("user_id", "item_id", "event_type", "timestamp", "rating")
-# Where each raw row came from (lineage, quarantine).
-PROVENANCE_COLUMNS: tuple[str, ...] = ("source_file", "source_row")
+# Where each raw row came from (lineage, quarantine), and why a line could not be
+# split into fields (None when it could).
+PROVENANCE_COLUMNS: tuple[str, ...] = ("source_file", "source_row", "parse_error")
 
 ITEM_COLUMNS: tuple[str, ...] = ("item_id", "title", "genres", "description")
 GENRE_SEPARATOR = "|"

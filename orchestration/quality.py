@@ -27,6 +27,7 @@ from feature_repo.schema import (
 )
 
 SUITE_NAME = "raw_events_suite"
+MALFORMED = "malformed line"
 SITE_NAME = "recsys"
 
 
@@ -42,6 +43,7 @@ class ValidationResult:
 def _prepare(raw: pd.DataFrame, catalogue_ids: set[str], rating_range: tuple[float, float],
              now: float, future_tolerance_s: float) -> pd.DataFrame:
     frame = raw[["user_id", "item_id", "event_type"]].apply(lambda s: s.str.strip())
+    frame["parse_error"] = raw["parse_error"]
     frame["ts_seconds"] = parse_timestamps(raw["timestamp"])
     rating_text = raw["rating"].astype("string").str.strip().replace("", pd.NA)
     frame["rating_value"] = pd.to_numeric(rating_text, errors="coerce")
@@ -59,7 +61,9 @@ def _expectations(frame: pd.DataFrame) -> list[tuple[object, str]]:
 
     low, high = frame.attrs["rating_range"]
     max_ts = frame.attrs["max_ts"]
-    out: list[tuple[object, str]] = []
+    out: list[tuple[object, str]] = [
+        (gxe.ExpectColumnValuesToBeNull(column="parse_error"), MALFORMED),
+    ]
     for column in ("user_id", "item_id", "event_type"):
         out.append((gxe.ExpectColumnValuesToNotBeNull(column=column), f"{column} is missing"))
     for column in ("user_id", "item_id"):
@@ -150,7 +154,9 @@ def validate_events(raw: pd.DataFrame, catalogue_ids: set[str],
     bad = np.zeros(len(raw), dtype=bool)
     bad[list(reasons)] = True
     quarantined = raw[bad].copy()
-    quarantined["reason"] = ["; ".join(reasons[i]) for i in np.flatnonzero(bad)]
+    # A malformed line says how: "line has 7 fields, expected 5".
+    quarantined["reason"] = ["; ".join(raw.at[i, "parse_error"] if r == MALFORMED else r
+                                       for r in reasons[i]) for i in np.flatnonzero(bad)]
     good = frame[~bad]
     validated = pd.DataFrame({
         "user_id": good["user_id"],

@@ -16,6 +16,7 @@ def raw(rows):
     frame = frame.where(frame.notna(), None)
     frame["source_file"] = "events.csv"
     frame["source_row"] = range(1, len(frame) + 1)
+    frame["parse_error"] = None
     return frame
 
 
@@ -67,3 +68,13 @@ def test_good_and_bad_rows(tmp_path):
 def test_no_rows_is_a_clear_failure(tmp_path):
     with pytest.raises(ValueError, match="no rows"):
         validate_events(raw([]), {"i1"}, (1.0, 5.0), tmp_path / "gx", tmp_path / "docs")
+
+
+def test_malformed_lines_are_quarantined_with_how(tmp_path):
+    frame = raw([["u1", "i1", "view", "1600000000", None], ["u1", "i1", "view", None, None]])
+    frame.loc[1, "parse_error"] = "line has 2 fields, expected 5"
+    result = validate_events(frame, {"i1"}, (1.0, 5.0), tmp_path / "gx", tmp_path / "docs",
+                             now=NOW)
+    assert len(result.validated) == 1
+    assert result.quarantined["reason"].tolist() == [
+        "line has 2 fields, expected 5; timestamp is missing or unparseable"]

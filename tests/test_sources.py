@@ -28,7 +28,7 @@ def test_movielens_100k_fixture_exact_values(ml100k_dir):
     events = source.events()
     assert events.to_dict("records")[1] == {
         "user_id": "186", "item_id": "2", "event_type": "rating", "timestamp": "891717742",
-        "rating": "5", "source_file": "u.data", "source_row": 2,
+        "rating": "5", "source_file": "u.data", "source_row": 2, "parse_error": None,
     }
     items = source.items().set_index("item_id")
     assert items.loc["2", "title"] == "Misérables, Les (1995)"  # latin-1 decoded
@@ -99,7 +99,7 @@ def test_movielens_1m_fixture_exact_values(tmp_path):
     first = source.events().to_dict("records")[0]
     assert first == {"user_id": "1", "item_id": "1193", "event_type": "rating",
                      "timestamp": "978300760", "rating": "5", "source_file": "ratings.dat",
-                     "source_row": 1}
+                     "source_row": 1, "parse_error": None}
     items = source.items().set_index("item_id")
     assert items.loc["3", "title"] == "Cité des enfants perdus, La (1995)"
     assert items.loc["3408", "genres"] == "Drama|Romance"
@@ -124,3 +124,44 @@ def test_movielens_latest_fixture_with_tags(tmp_path):
     assert items.loc["1", "description"] == "pixar, fun"
     assert items.loc["4", "genres"] == ""
     assert items.loc["3", "description"] == ""
+
+
+def test_bad_lines_are_kept_as_rows_with_a_parse_error(tmp_path):
+    """Nothing is dropped at read time: wrong field counts, empty lines, stray
+    latin-1 bytes in a UTF-8 file, and a 1 MB line all come through as rows."""
+    huge = "x" * 1_000_000
+    (tmp_path / "events.csv").write_bytes(
+        b"user_id,item_id,event_type,timestamp,rating\n"
+        b"u1,a1,view,1600000000,\n"
+        b"u1,a1,view,1600000001,,extra,fields\n"
+        b"\n"
+        b"u\xe9,a1,view,1600000002,\n"
+        + f"u2,{huge},view,1600000003,\n".encode()
+        + b'"u3","a1","click","2020-09-13T12:26:40Z",""\n')
+    (tmp_path / "items.csv").write_text("item_id,title\na1,First\n")
+    rows = detect_source(tmp_path).events().to_dict("records")
+    assert len(rows) == 6
+    assert rows[0]["parse_error"] is None and rows[0]["rating"] is None
+    assert rows[1]["parse_error"] == "line has 7 fields, expected 5"
+    assert rows[1]["timestamp"] == "1600000001"
+    assert rows[2]["parse_error"] == "line has 0 fields, expected 5"
+    assert rows[3]["user_id"] == "u\ufffd" and rows[3]["parse_error"] is None
+    assert len(rows[4]["item_id"]) == 1_000_000
+    assert rows[5]["user_id"] == "u3" and rows[5]["timestamp"] == "2020-09-13T12:26:40Z"
+    assert [r["source_row"] for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_header_only_and_empty_files(tmp_path):
+    (tmp_path / "items.csv").write_text("item_id,title\na1,First\n")
+    (tmp_path / "events.csv").write_text("user_id,item_id,event_type,timestamp\n")
+    assert detect_source(tmp_path).events().empty
+    (tmp_path / "events.csv").write_text("")
+    with pytest.raises(SourceFormatError, match="empty"):
+        detect_source(tmp_path).events()
+
+
+def test_movielens_100k_malformed_line(ml100k_dir):
+    (ml100k_dir / "u.data").write_text(U_DATA + "5\t1\n")
+    rows = detect_source(ml100k_dir).events().to_dict("records")
+    assert rows[-1]["parse_error"] == "line has 2 fields, expected 4"
+    assert rows[-1]["user_id"] == "5" and rows[-1]["timestamp"] is None

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from orchestration.sources.base import Source, SourceFormatError, finish_events, finish_items
+from orchestration.sources.base import (
+    Source,
+    SourceFormatError,
+    csv_split,
+    finish_events,
+    finish_items,
+    read_lines,
+)
 
 REQUIRED_EVENT_COLUMNS = ("user_id", "item_id", "event_type", "timestamp")
 
@@ -21,15 +28,29 @@ class CanonicalSource(Source):
         for path in self.event_files:
             if path.suffix == ".parquet":
                 frame = pd.read_parquet(path).astype("string").astype(object)
+                frame = frame.where(frame.notna(), None)
             else:
-                frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""],
-                                    encoding="utf-8", encoding_errors="replace")
+                frame = self._read_csv(path)
             missing = [c for c in REQUIRED_EVENT_COLUMNS if c not in frame.columns]
             if missing:
                 raise SourceFormatError(f"{path}: missing column(s) {missing}; expected "
                                         f"{','.join(REQUIRED_EVENT_COLUMNS)}[,rating]")
             frames.append(finish_events(frame, path))
         return pd.concat(frames, ignore_index=True)
+
+    @staticmethod
+    def _read_csv(path: Path) -> pd.DataFrame:
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            header = [h.strip() for h in csv_split(f.readline().rstrip("\r\n"))]
+        if not header:
+            raise SourceFormatError(f"{path} is empty: expected a header line "
+                                    f"{','.join(REQUIRED_EVENT_COLUMNS)}[,rating]")
+        frame = read_lines(path, csv_split, len(header), skip_header=True)
+        frame = frame.rename(columns=dict(enumerate(header)))
+        # An empty field is a missing value, as in every CSV reader.
+        values = frame[header]
+        frame[header] = values.where(values != "", None)
+        return frame
 
     def items(self) -> pd.DataFrame:
         (path,) = self.item_files

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from orchestration.sources.base import Source, finish_events, finish_items
+from orchestration.sources.base import Source, csv_split, finish_events, finish_items, read_lines
 
 # The order of the genre flags in u.item (u.genre of the GroupLens release).
 ML100K_GENRES = (
@@ -22,9 +22,9 @@ ML100K_GENRES = (
 class MovieLens100K(Source):
     def events(self) -> pd.DataFrame:
         (path,) = self.event_files
-        frame = pd.read_csv(path, sep="\t", header=None, dtype=str, keep_default_na=False,
-                            names=["user_id", "item_id", "rating", "timestamp"],
-                            encoding="latin-1")
+        frame = read_lines(path, lambda line: line.split("\t") if line else [], 4,
+                           encoding="latin-1")
+        frame.columns = ["user_id", "item_id", "rating", "timestamp", "parse_error"]
         frame["event_type"] = "rating"
         return finish_events(frame, path)
 
@@ -56,10 +56,9 @@ class MovieLens1M(Source):
 
     def events(self) -> pd.DataFrame:
         (path,) = self.event_files
-        # "::" between numeric fields: split on ":" and keep every other column (C parser).
-        frame = pd.read_csv(path, sep=":", header=None, dtype=str, keep_default_na=False,
-                            usecols=[0, 2, 4, 6], encoding="latin-1")
-        frame.columns = ["user_id", "item_id", "rating", "timestamp"]
+        frame = read_lines(path, lambda line: line.split("::") if line else [], 4,
+                           encoding="latin-1")
+        frame.columns = ["user_id", "item_id", "rating", "timestamp", "parse_error"]
         frame["event_type"] = "rating"
         return finish_events(frame, path)
 
@@ -79,9 +78,8 @@ class MovieLensLatest(Source):
 
     def events(self) -> pd.DataFrame:
         (path,) = self.event_files
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8",
-                            encoding_errors="replace")
-        frame = frame.rename(columns={"userId": "user_id", "movieId": "item_id"})
+        frame = read_lines(path, csv_split, 4, skip_header=True)
+        frame.columns = ["user_id", "item_id", "rating", "timestamp", "parse_error"]
         frame["event_type"] = "rating"
         return finish_events(frame, path)
 
