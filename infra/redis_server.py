@@ -22,6 +22,7 @@ import redis
 from infra.settings import Settings
 
 STATE_FILE = "server.json"
+PORT_FILE = "port"  # kept across stops: a restart comes back at the same address
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,23 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _port_to_use(path: Path) -> int:
+    """The port this home's server had before, if it is free again; else a new one."""
+    if path.exists():
+        port = int(path.read_text())
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # as redis-server itself binds: connections in TIME_WAIT do not block the port
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                pass
+    port = _free_port()
+    path.write_text(str(port))
+    return port
 
 
 def _alive(pid: int) -> bool:
@@ -91,7 +109,7 @@ def ensure(settings: Settings, timeout: float = 15.0) -> RedisServer:
         return current
     directory = settings.redis_dir
     directory.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = _port_to_use(directory / PORT_FILE)
     pidfile = directory / "redis.pid"
     cmd = [
         _executable(),

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 import bentoml
 import pandas as pd
+import redis
 import torch
 from pydantic import BaseModel, Field, StrictInt, StringConstraints, ValidationError
 
@@ -101,6 +102,21 @@ class Recommender:
     def close(self) -> None:
         self.redis.close()
 
+    def __is_ready__(self) -> bool:
+        """/readyz: 503 while the online store (Redis) does not answer."""
+        try:
+            return bool(self.redis.ping())
+        except redis.RedisError:
+            return False
+
+    def _history(self, user: str) -> list[str] | None:
+        """The user's online history; None when the online store is unreachable."""
+        try:
+            return self.online.recent(user)
+        except redis.RedisError as error:
+            log.warning("online store unavailable: %s", type(error).__name__)
+            return None
+
     @bentoml.api
     def recommend(self, user_id: IdLike,
                   k: Annotated[int, Field(ge=1, le=1000, description="How many items.")] = 10,
@@ -110,13 +126,16 @@ class Recommender:
         """Top-k items for a user from the champion model over online features."""
         user = str(user_id)
         served = self.served
-        history = self.online.recent(user)
-        items, from_model = recommend(served, history, k, exclude_seen)
+        history = self._history(user)
+        items, from_model = recommend(served, history or [], k, exclude_seen)
+        if history is None:
+            reason = "online store unavailable: popularity"
+        else:
+            reason = None if from_model else "no history for this user: popularity"
         return Recommendation(
             user_id=user, model_version=served.version,
             items=[RecommendedItem(item_id=i, score=s, title=t) for i, s, t in items],
-            degraded=not from_model,
-            reason=None if from_model else "no history for this user: popularity",
+            degraded=reason is not None, reason=reason,
         )
 
     @bentoml.api
@@ -127,15 +146,21 @@ class Recommender:
         user = str(user_id)
         served = self.served
         ids = [str(i) for i in item_ids]
-        values = score_items(served, self.online.recent(user), ids)
+        values = score_items(served, self._history(user) or [], ids)
         return Scores(user_id=user, model_version=served.version,
                       scores=dict(zip(ids, values, strict=True)))
 
     @bentoml.api
     def events(self, events: Annotated[list[dict], Field(min_length=1, max_length=1000)],
-               ) -> EventsAccepted:
+               ctx: bentoml.Context) -> EventsAccepted:
         """Accept behaviour events: online features updated before the reply, and
-        each event appended to the offline event log."""
+        each event appended to the offline event log. 503 (nothing written, every
+        event rejected with the reason) while the online store is unavailable."""
+        if not self.__is_ready__():
+            ctx.response.status_code = 503
+            error = "the online store (Redis) is unavailable; nothing was written, retry later"
+            return EventsAccepted(accepted=0, rejected=[
+                Rejected(index=i, error=error) for i in range(len(events))])
         rejected: list[Rejected] = []
         parsed: list[tuple[int, Event]] = []
         for position, raw in enumerate(events):

@@ -48,9 +48,10 @@ def test_embedded_redis_start_reuse_stop_restart_keeps_data(home):
         pass
     else:
         raise AssertionError("the server still answers after stop")
-    # A restart (new port, new pid) keeps the data (append-only file under home).
+    # A restart (new pid, same address) keeps the data (append-only file under home).
     second = redis_server.ensure(home)
     assert second.pid != first.pid
+    assert second.url == first.url
     assert second.client().get("feature") == b"kept"
     assert redis_server.stop(home) is True
     assert redis_server.stop(home) is False

@@ -103,3 +103,35 @@ def test_event_times_are_parsed_like_the_batch_validation():
                           "garbage", 0, now + 10 * 86400], now)
     assert got == [1_700_000_000_000_000, 1_600_000_000_000_000, 1_600_000_000_000_000,
                    1_600_000_000_500_000, None, None, None]
+
+
+def test_redis_down_degrades_then_recovers(pipeline, service):
+    """Last in this file: stops the embedded Redis under the running service."""
+    import time
+
+    from infra import redis_server
+
+    settings = pipeline.settings
+    url = redis_server.ensure(settings).url
+    assert redis_server.stop(settings)
+    try:
+        body = post(service, "/recommend", {"user_id": "u00001", "k": 4}).json()
+        assert body["degraded"] is True
+        assert body["reason"] == "online store unavailable: popularity"
+        assert len(body["items"]) == 4
+        assert httpx.get(f"{service}/readyz", timeout=10).status_code == 503
+        answer = post(service, "/events", {"events": [
+            {"user_id": "u00001", "item_id": "i00001", "event_type": "view"}]})
+        assert answer.status_code == 503
+        assert answer.json()["accepted"] == 0
+        assert "Redis" in answer.json()["rejected"][0]["error"]
+    finally:
+        assert redis_server.ensure(settings).url == url  # back at the same address
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        body = post(service, "/recommend", {"user_id": "u00001", "k": 4}).json()
+        if not body["degraded"]:
+            break
+        time.sleep(0.2)
+    assert body["degraded"] is False
+    assert httpx.get(f"{service}/readyz", timeout=10).status_code == 200
