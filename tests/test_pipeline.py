@@ -9,6 +9,7 @@ from feature_repo.feature_services import BEHAVIOUR_ENCODER_SERVICE
 from feature_repo.recent_items import feature_times
 from feature_repo.store import open_store
 from infra import redis_server
+from infra.fingerprint import file_sha256
 from orchestration.definitions import defs
 from orchestration.resources import resources_from_settings
 from training import registry
@@ -31,6 +32,10 @@ def test_row_counts_add_up(pipeline):
     quarantined = pipeline.metadata("quarantined_events")["row_count"]
     assert raw == validated + quarantined
     assert raw > 10_000
+    raw_files = pipeline.metadata("raw_events")["files"]
+    source_dir = pipeline.settings.generated_source_dir
+    assert raw_files["events.csv"] == {"path": str(source_dir / "events.csv"), "rows": raw,
+                                   "sha256": file_sha256(source_dir / "events.csv")}
     files = pd.read_parquet(pipeline.settings.offline_dir / "validated_events.parquet")
     assert len(files) == validated
     checks = pipeline.result.get_asset_check_evaluations()
@@ -79,6 +84,15 @@ def test_champion_registered_and_beats_popularity(pipeline):
     assert m["hr_at_10"] > m["baseline_pop_hr_at_10"]
     assert m["train_seconds"] > 0
     assert run.data.tags["feature_service"] == BEHAVIOUR_ENCODER_SERVICE
+    # Lineage: the exact bytes of the validated events and training set, on the
+    # run and on the registered version, and the dataset logged as an input.
+    offline = pipeline.settings.offline_dir
+    version = c.get_model_version(registry.MODEL_NAME, champion)
+    for key, name in [("validated_events_sha256", "validated_events.parquet"),
+                      ("training_set_sha256", "training_set.parquet")]:
+        assert run.data.tags[key] == version.tags[key] == file_sha256(offline / name)
+    assert run.data.tags["dagster_run_id"] == pipeline.result.run_id
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["validated_events"]
     assert run.data.params["hidden"] == "64"
     assert pipeline.metadata("behaviour_encoder_version")["version"] == "1"
 

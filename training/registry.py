@@ -7,7 +7,9 @@ import logging
 from dataclasses import dataclass
 
 import mlflow
+import mlflow.data
 import mlflow.pytorch
+import pandas as pd
 import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -48,16 +50,22 @@ def ensure_experiment(tracking_uri: str, artifact_location: str | None) -> str:
 def log_and_register(tracking_uri: str, artifact_location: str | None,
                      model: BehaviourEncoder, params: dict, history: list[dict[str, float]],
                      metrics: dict[str, float], tags: dict[str, str],
-                     documents: dict[str, dict] | None = None) -> Registered:
+                     documents: dict[str, dict] | None = None,
+                     inputs: list[tuple[pd.DataFrame, str, str, str]] = ()) -> Registered:
     """One MLflow run: params, per-epoch curves, final metrics, the model (with its
     config and item table), registered as a new ``behaviour_encoder`` version
-    with alias ``challenger``."""
+    with alias ``challenger``. ``inputs``: (frame, name, source path, context)
+    logged as MLflow datasets with their digests; ``tags`` go on the run and on
+    the registered version (lineage)."""
     experiment_id = ensure_experiment(tracking_uri, artifact_location)
     with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
         mlflow.log_params(params)
         for step, row in enumerate(history, start=1):
             mlflow.log_metrics(row, step=step)
         mlflow.log_metrics(metrics)
+        for frame, name, source, purpose in inputs:
+            mlflow.log_input(mlflow.data.from_pandas(frame, source=source, name=name),
+                             context=purpose)
         mlflow.log_dict(model.config.to_dict(), "encoder_config.json")
         for name, document in (documents or {}).items():
             mlflow.log_dict(document, name)

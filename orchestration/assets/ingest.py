@@ -19,6 +19,7 @@ from dagster import (
 )
 
 from feature_repo.schema import EVENT_COLUMNS, PROVENANCE_COLUMNS
+from infra.fingerprint import file_sha256
 from orchestration.quality import validate_events
 from orchestration.resources import RecsysState
 
@@ -66,9 +67,13 @@ def raw_events(state: RecsysState) -> MaterializeResult:
     path = state.settings().offline_dir / RAW_EVENTS
     path.parent.mkdir(parents=True, exist_ok=True)
     events.astype({c: "string" for c in EVENT_COLUMNS}).to_parquet(path, index=False)
+    rows = events["source_file"].value_counts().to_dict()
+    files = {p.name: {"path": str(p), "sha256": file_sha256(p), "rows": int(rows.get(p.name, 0))}
+             for p in source.files}
     return MaterializeResult(metadata={
         "row_count": len(events), "source": source.name,
-        "files": MetadataValue.json({p.name: str(p) for p in source.files}),
+        "files": MetadataValue.json(files),
+        "event_log_rows": int(len(events) - sum(rows.get(p.name, 0) for p in source.files)),
         "path": MetadataValue.path(str(path)),
     })
 

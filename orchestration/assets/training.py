@@ -8,6 +8,7 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 
 from feature_repo.feature_services import BEHAVIOUR_ENCODER_SERVICE
 from feature_repo.recent_items import feature_times
+from infra.fingerprint import file_sha256
 from orchestration.assets.ingest import ITEMS, VALIDATED
 from orchestration.resources import FeatureStoreResource, MlflowResource, RecsysState
 from training import registry
@@ -98,14 +99,19 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
         "train_seconds": result.train_seconds,
         "evaluated_users": len(split.validation),
     }
+    offline = settings.offline_dir
     tags = {"feature_service": BEHAVIOUR_ENCODER_SERVICE, "dagster_run_id": context.run_id,
-            "source": str(settings.source or "generator")}
+            "source": str(settings.source or "generator"),
+            "validated_events_sha256": file_sha256(offline / VALIDATED),
+            "training_set_sha256": file_sha256(offline / TRAINING_SET)}
     params = {**model_config.to_dict(), **train_config.to_dict(),
               "training_rows": len(frame), "torch": torch.__version__}
     counts = events["item_id"].value_counts()
     registered = registry.log_and_register(
         mlflow.tracking_uri, mlflow.artifact_location, result.model, params, result.history,
-        metrics, tags, documents={registry.POPULARITY_DOCUMENT: counts.astype(int).to_dict()})
+        metrics, tags, documents={registry.POPULARITY_DOCUMENT: counts.astype(int).to_dict()},
+        inputs=[(events.drop(columns=["source_file", "source_row"]), "validated_events",
+                 str(offline / VALIDATED), "training")])
     return MaterializeResult(metadata={
         "version": registered.version, "run_id": registered.run_id,
         **{k: round(float(v), 4) for k, v in metrics.items()},
