@@ -180,6 +180,10 @@ def show_metrics(settings: Settings) -> None:
     print(f"  {'popularity':<12} {m['baseline_pop_ndcg_at_10']:8.4f} "
           f"{m['baseline_pop_hr_at_10']:8.4f} {m['baseline_pop_mrr']:8.4f} "
           f"{m['baseline_pop_coverage_at_10']:8.4f}")
+    if "baseline_ease_ndcg_at_10" in m:
+        print(f"  {'EASE':<12} {m['baseline_ease_ndcg_at_10']:8.4f} "
+              f"{m['baseline_ease_hr_at_10']:8.4f} {m['baseline_ease_mrr']:8.4f} "
+              f"{m['baseline_ease_coverage_at_10']:8.4f}")
     print(f"  trained in {m['train_seconds']:.0f} s, best epoch {m['best_epoch']:.0f}")
 
 

@@ -7,7 +7,14 @@ import pandas as pd
 import pytest
 
 from feature_repo.recent_items import feature_times
-from training.evaluate import evaluate, metrics_from_ranks, popularity_scorer, rank_of_targets
+from training.evaluate import (
+    ease_baseline,
+    ease_scorer,
+    evaluate,
+    metrics_from_ranks,
+    popularity_scorer,
+    rank_of_targets,
+)
 from training.registry import decide_promotion
 from training.sequences import ItemIndex, leave_one_out, next_item_pairs, training_targets
 
@@ -92,3 +99,22 @@ def test_popularity_baseline_on_the_split():
 def test_promotion_gate(challenger, score, champion, champion_score, margin, promote):
     decision = decide_promotion(challenger, score, champion, champion_score, margin)
     assert decision.promote is promote
+
+
+def test_ease_scores_co_occurring_items_and_never_the_item_itself():
+    from training.sequences import Split
+
+    split = Split(train={"u1": ["a", "b"], "u2": ["a", "b"], "u3": ["c", "d"], "u4": ["a", "b"]},
+                  validation={}, test={})
+    index = ItemIndex(["a", "b", "c", "d"])
+    scores = ease_scorer(split, index, lam=1.0)([[1]])[0]  # history: item a
+    assert scores[2] > 0.5 > abs(scores[3])  # b always seen with a; c never
+    assert scores[1] == 0.0  # diag(B) = 0
+
+
+def test_ease_baseline_reports_test_metrics_with_lambda_chosen_on_validation():
+    events = make_events()
+    split = leave_one_out(events)
+    m = ease_baseline(split, ItemIndex(["a", "b", "c", "d", "e", "f"]))
+    assert m["baseline_ease_lambda"] in (10.0, 50.0, 200.0, 500.0, 1000.0)
+    assert set(m) >= {"baseline_ease_hr_at_10", "baseline_ease_mrr", "val_baseline_ease_ndcg_at_10"}

@@ -82,6 +82,7 @@ def test_champion_registered_and_beats_popularity(pipeline):
     m = run.data.metrics
     assert m["ndcg_at_10"] > m["baseline_pop_ndcg_at_10"] * 2
     assert m["hr_at_10"] > m["baseline_pop_hr_at_10"]
+    assert m["baseline_ease_ndcg_at_10"] > m["baseline_pop_ndcg_at_10"]
     assert m["train_seconds"] > 0
     assert run.data.tags["feature_service"] == BEHAVIOUR_ENCODER_SERVICE
     # Lineage: the exact bytes of the validated events and training set, on the

@@ -80,3 +80,43 @@ def popularity_scorer(split: Split, index: ItemIndex) -> Scorer:
         if item in index.index:
             row[index.index[item]] = count
     return lambda histories: np.tile(row, (len(histories), 1))
+
+
+EASE_MAX_ITEMS = 20_000  # an (N x N) inverse: beyond this the baseline is skipped
+EASE_LAMBDAS = (10.0, 50.0, 200.0, 500.0, 1000.0)
+
+
+def ease_scorer(split: Split, index: ItemIndex, lam: float) -> Scorer:
+    """EASE (Steck, 2019) fitted on the training interactions: B = I - P / diag(P)
+    with P = (X^T X + lam I)^-1, diag(B) = 0; a user's scores are x_u B."""
+    n = len(index) + 1
+    gram = np.zeros((n, n))
+    for items in split.train.values():
+        encoded = np.unique(index.encode(items))
+        gram[np.ix_(encoded, encoded)] += 1.0
+    gram[np.diag_indices(n)] += lam
+    inverse = np.linalg.inv(gram)
+    weights = -inverse / np.diag(inverse)
+    weights[np.diag_indices(n)] = 0.0
+
+    def score(histories: list[list[int]]) -> np.ndarray:
+        x = np.zeros((len(histories), n))
+        for row, items in enumerate(histories):
+            x[row, items] = 1.0
+        return x @ weights
+    return score
+
+
+def ease_baseline(split: Split, index: ItemIndex) -> dict[str, float]:
+    """EASE with lambda chosen on validation, then test once; {} for huge catalogues."""
+    if len(index) > EASE_MAX_ITEMS:
+        return {}
+    best_lam, best, best_scorer = None, -1.0, None
+    for lam in EASE_LAMBDAS:
+        scorer = ease_scorer(split, index, lam)
+        ndcg = evaluate(scorer, split, index, "validation")["ndcg_at_10"]
+        if ndcg > best:
+            best_lam, best, best_scorer = lam, ndcg, scorer
+    test = evaluate(best_scorer, split, index, "test")
+    return {**{f"baseline_ease_{k}": v for k, v in test.items()},
+            "baseline_ease_lambda": best_lam, "val_baseline_ease_ndcg_at_10": best}

@@ -12,7 +12,7 @@ from infra.fingerprint import file_sha256
 from orchestration.assets.ingest import ITEMS, VALIDATED
 from orchestration.resources import FeatureStoreResource, MlflowResource, RecsysState
 from training import registry
-from training.evaluate import evaluate, popularity_scorer
+from training.evaluate import ease_baseline, evaluate, popularity_scorer
 from training.model import EncoderConfig
 from training.sequences import (
     ItemIndex,
@@ -88,6 +88,7 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
     pop_val = evaluate(popularity, split, index, "validation")
     metrics = {
         **test,
+        **ease_baseline(split, index),
         "baseline_pop_ndcg_at_10": pop_test["ndcg_at_10"],
         "baseline_pop_hr_at_10": pop_test["hr_at_10"],
         "baseline_pop_mrr": pop_test["mrr"],
