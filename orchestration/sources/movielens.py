@@ -3,6 +3,7 @@ timestamp``) and ``u.item`` (``|``-separated, latin-1, 19 genre flags)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,15 +19,20 @@ ML100K_GENRES = (
 )
 
 
+def read_ratings(path: Path, split: Callable[[str], list[str]], encoding: str,
+                 skip_header: bool = False) -> pd.DataFrame:
+    """Every MovieLens rating line (user, item, rating, timestamp) as a raw event."""
+    frame = read_lines(path, lambda line: split(line) if line else [], 4, encoding=encoding,
+                       skip_header=skip_header)
+    frame.columns = ["user_id", "item_id", "rating", "timestamp", "parse_error"]
+    frame["event_type"] = "rating"
+    return finish_events(frame, path)
+
+
 @dataclass(frozen=True)
 class MovieLens100K(Source):
     def events(self) -> pd.DataFrame:
-        (path,) = self.event_files
-        frame = read_lines(path, lambda line: line.split("\t") if line else [], 4,
-                           encoding="latin-1")
-        frame.columns = ["user_id", "item_id", "rating", "timestamp", "parse_error"]
-        frame["event_type"] = "rating"
-        return finish_events(frame, path)
+        return read_ratings(self.event_files[0], lambda line: line.split("\t"), "latin-1")
 
     def items(self) -> pd.DataFrame:
         (path,) = self.item_files
@@ -55,12 +61,7 @@ class MovieLens1M(Source):
     (``MovieID::Title::Genres``, genres ``|``-separated), latin-1."""
 
     def events(self) -> pd.DataFrame:
-        (path,) = self.event_files
-        frame = read_lines(path, lambda line: line.split("::") if line else [], 4,
-                           encoding="latin-1")
-        frame.columns = ["user_id", "item_id", "rating", "timestamp", "parse_error"]
-        frame["event_type"] = "rating"
-        return finish_events(frame, path)
+        return read_ratings(self.event_files[0], lambda line: line.split("::"), "latin-1")
 
     def items(self) -> pd.DataFrame:
         (path,) = self.item_files
@@ -77,11 +78,7 @@ class MovieLensLatest(Source):
     UTF-8 with a header row; tags become the item description."""
 
     def events(self) -> pd.DataFrame:
-        (path,) = self.event_files
-        frame = read_lines(path, csv_split, 4, skip_header=True)
-        frame.columns = ["user_id", "item_id", "rating", "timestamp", "parse_error"]
-        frame["event_type"] = "rating"
-        return finish_events(frame, path)
+        return read_ratings(self.event_files[0], csv_split, "utf-8", skip_header=True)
 
     def items(self) -> pd.DataFrame:
         movies = self.item_files[0]
