@@ -81,10 +81,6 @@ class Settings:
         return self.home / "data_docs"
 
     @property
-    def reports_dir(self) -> Path:
-        return self.home / "reports"
-
-    @property
     def generated_source_dir(self) -> Path:
         return self.home / "generated_source"
 
