@@ -27,6 +27,7 @@ class Settings:
     recent_items: int = 50
     feast_project: str = "recsys"
     serving_threads: int = 1
+    future_tolerance_s: float = 86400.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -35,6 +36,10 @@ class Settings:
         source = env.get("RECSYS_SOURCE") or None
         recent = env.get("RECSYS_RECENT_ITEMS") or "50"
         threads = env.get("RECSYS_SERVING_THREADS") or "1"
+        tolerance = env.get("RECSYS_FUTURE_TOLERANCE_S") or "86400"
+        if not tolerance.isdigit():
+            raise ValueError(f"RECSYS_FUTURE_TOLERANCE_S must be whole seconds >= 0, "
+                             f"got {tolerance!r}")
         for name, value in (("RECSYS_RECENT_ITEMS", recent), ("RECSYS_SERVING_THREADS", threads)):
             if not value.isdigit() or int(value) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -45,12 +50,28 @@ class Settings:
             mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
             recent_items=int(recent),
             serving_threads=int(threads),
+            future_tolerance_s=float(tolerance),
         )
 
     # Paths under the state directory: the only places the project writes.
     @property
     def offline_dir(self) -> Path:
         return self.home / "offline"
+
+    @property
+    def raw_events_dir(self) -> Path:
+        """Raw event rows as read, one parquet part per ingested batch."""
+        return self.offline_dir / "raw_events"
+
+    @property
+    def validated_events_dir(self) -> Path:
+        """Validated events, one parquet part per ingested batch."""
+        return self.offline_dir / "validated_events"
+
+    @property
+    def ingest_ledger(self) -> Path:
+        """Which bytes of which event files have been ingested (see orchestration.ledger)."""
+        return self.offline_dir / "ingest_ledger.json"
 
     @property
     def quarantine_dir(self) -> Path:

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pandas as pd
 
 from infra import redis_server
 from infra.settings import Settings
@@ -154,8 +153,9 @@ def demo(settings: Settings) -> None:
 
 
 def show_recommendations(settings: Settings, port: int) -> None:
-    events = pd.read_parquet(settings.offline_dir / "validated_events.parquet",
-                             columns=["user_id"])
+    from orchestration.assets.ingest import read_validated_events
+
+    events = read_validated_events(settings, columns=["user_id"])
     users = events["user_id"].value_counts().index[[0, len(events["user_id"].unique()) // 2, -1]]
     for user in users:
         answer = httpx.post(f"http://127.0.0.1:{port}/recommend",

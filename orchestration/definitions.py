@@ -5,8 +5,9 @@ from dagster import Definitions, load_assets_from_modules
 from infra.settings import Settings
 from orchestration.assets import features, ingest, training
 from orchestration.assets.ingest import no_rows_lost
-from orchestration.jobs import pipeline_job
+from orchestration.jobs import ingest_job, pipeline_job
 from orchestration.resources import resources_from_settings
+from orchestration.sensors import new_event_files
 
 ASSETS = load_assets_from_modules([ingest, features, training])
 CHECKS = [no_rows_lost]
@@ -14,6 +15,7 @@ CHECKS = [no_rows_lost]
 defs = Definitions(
     assets=ASSETS,
     asset_checks=CHECKS,
-    jobs=[pipeline_job],
+    jobs=[pipeline_job, ingest_job],
+    sensors=[new_event_files],
     resources=resources_from_settings(Settings.from_env()),
 )

@@ -6,3 +6,8 @@ pipeline_job = define_asset_job(
     "recsys_pipeline", selection=AssetSelection.all(),
     description="Ingest, validate, features (offline + online), train, register, promote.",
 )
+
+ingest_job = define_asset_job(
+    "ingest", selection=AssetSelection.groups("ingest"),
+    description="Read new event bytes (ingest ledger), validate them, quarantine failures.",
+)

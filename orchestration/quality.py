@@ -3,8 +3,10 @@
 Raw values are parsed into helper columns (parsed time, numeric rating, known
 item, duplicate flag); the suite's expectations run over them with
 ``result_format=COMPLETE`` so every failing row index comes back, and each
-failing row is quarantined with every reason that applies. The checkpoint also
-rebuilds the Data Docs site under ``$RECSYS_HOME/data_docs``.
+failing row is quarantined with every reason that applies. Validation runs
+chunk by chunk (bounded memory); a duplicate is an event whose key (user, item,
+type, time, rating) was seen in any earlier row, in this chunk or before. The
+Data Docs site under ``$RECSYS_HOME/data_docs`` is rebuilt once per run.
 """
 
 from __future__ import annotations
@@ -29,19 +31,47 @@ from feature_repo.schema import (
 SUITE_NAME = "raw_events_suite"
 MALFORMED = "malformed line"
 SITE_NAME = "recsys"
+KEY_COLUMNS = ["user_id", "item_id", "event_type", "ts_seconds", "rating_value"]
 
 
 @dataclass(frozen=True)
 class ValidationResult:
-    validated: pd.DataFrame  # typed events, stable time order
-    quarantined: pd.DataFrame  # raw fields as read + reason
+    validated: pd.DataFrame  # typed events, in the order read, with their event_key
+    quarantined: pd.DataFrame  # raw fields as read + reason + event_key
     reason_counts: dict[str, int]
     data_docs: Path
     success_percent: float
 
 
-def _prepare(raw: pd.DataFrame, catalogue_ids: set[str], rating_range: tuple[float, float],
-             now: float, future_tolerance_s: float) -> pd.DataFrame:
+class SeenKeys:
+    """64-bit hashes of the event keys of every row validated so far (any chunk, any
+    run): what makes a repeated event a duplicate wherever it arrives."""
+
+    def __init__(self, keys: np.ndarray | None = None):
+        self._sorted = np.unique(np.asarray([] if keys is None else keys, dtype=np.uint64))
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        if not len(self._sorted):
+            return np.zeros(len(keys), dtype=bool)
+        at = np.searchsorted(self._sorted, keys).clip(max=len(self._sorted) - 1)
+        return self._sorted[at] == keys
+
+    def add(self, keys: np.ndarray) -> None:
+        new = np.unique(np.asarray(keys, dtype=np.uint64))
+        new = new[~self.contains(new)]
+        # Two sorted runs: the stable sort (timsort) merges them in linear time.
+        self._sorted = np.sort(np.concatenate([self._sorted, new]), kind="stable")
+
+
+def event_keys(frame: pd.DataFrame) -> np.ndarray:
+    """One 64-bit hash per row of the parsed event key (user, item, type, time, rating)."""
+    return pd.util.hash_pandas_object(frame[KEY_COLUMNS], index=False).to_numpy()
+
+
+def _prepare(raw: pd.DataFrame, catalogue_ids: set[str], seen: SeenKeys) -> pd.DataFrame:
     frame = raw[["user_id", "item_id", "event_type"]].apply(lambda s: s.str.strip())
     frame["parse_error"] = raw["parse_error"]
     frame["ts_seconds"] = parse_timestamps(raw["timestamp"])
@@ -49,25 +79,26 @@ def _prepare(raw: pd.DataFrame, catalogue_ids: set[str], rating_range: tuple[flo
     frame["rating_value"] = pd.to_numeric(rating_text, errors="coerce")
     frame["rating_is_number"] = rating_text.isna() | frame["rating_value"].notna()
     frame["item_known"] = frame["item_id"].isin(catalogue_ids)
-    keys = ["user_id", "item_id", "event_type", "ts_seconds", "rating_value"]
-    frame["is_duplicate"] = frame.duplicated(subset=keys, keep="first")
-    frame.attrs.update(rating_range=rating_range, max_ts=now + future_tolerance_s)
+    keys = event_keys(frame)
+    frame["event_key"] = keys
+    frame["is_duplicate"] = pd.Series(keys).duplicated(keep="first").to_numpy() \
+        | seen.contains(keys)
     return frame
 
 
-def _expectations(frame: pd.DataFrame) -> list[tuple[object, str]]:
+def _expectations(rating_range: tuple[float, float], max_ts: float,
+                  id_pattern: str) -> list[tuple[object, str]]:
     """(GX expectation, reason given to a row that fails it)."""
     import great_expectations.expectations as gxe
 
-    low, high = frame.attrs["rating_range"]
-    max_ts = frame.attrs["max_ts"]
+    low, high = rating_range
     out: list[tuple[object, str]] = [
         (gxe.ExpectColumnValuesToBeNull(column="parse_error"), MALFORMED),
     ]
     for column in ("user_id", "item_id", "event_type"):
         out.append((gxe.ExpectColumnValuesToNotBeNull(column=column), f"{column} is missing"))
     for column in ("user_id", "item_id"):
-        out.append((gxe.ExpectColumnValuesToMatchRegex(column=column, regex=ID_PATTERN),
+        out.append((gxe.ExpectColumnValuesToMatchRegex(column=column, regex=id_pattern),
                     f"{column} is not a valid id"))
     out += [
         (gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=list(EVENT_TYPES)),
@@ -89,91 +120,116 @@ def _expectations(frame: pd.DataFrame) -> list[tuple[object, str]]:
     return out
 
 
-def _run_checkpoint(frame: pd.DataFrame, gx_root: Path, docs_dir: Path):
-    """Run the suite; returns the validation result and the reasons in suite order."""
-    import great_expectations as gx
+class EventValidator:
+    """The suite, its validation definition and checkpoint, set up once; ``validate``
+    splits one chunk of raw rows, ``build_docs`` rebuilds the Data Docs site."""
 
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    def __init__(self, catalogue_ids: set[str], rating_range: tuple[float, float],
+                 gx_root: Path, docs_dir: Path, id_pattern: str = ID_PATTERN,
+                 future_tolerance_s: float = FUTURE_TOLERANCE_S, now: float | None = None):
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    context = gx.get_context(mode="file", project_root_dir=str(gx_root))
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    if SITE_NAME not in (context.get_config().data_docs_sites or {}):
-        context.add_data_docs_site(site_name=SITE_NAME, site_config={
-            "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
-                              "base_directory": str(docs_dir)},
-            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        logging.getLogger("great_expectations").setLevel(logging.ERROR)
+        self.catalogue_ids = catalogue_ids
+        self.docs_index = docs_dir / "index.html"
+        now = time.time() if now is None else now
+        context = gx.get_context(mode="file", project_root_dir=str(gx_root))
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        if SITE_NAME not in (context.get_config().data_docs_sites or {}):
+            context.add_data_docs_site(site_name=SITE_NAME, site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                                  "base_directory": str(docs_dir)},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            })
+        datasource = context.data_sources.add_or_update_pandas("events")
+        names = [a.name for a in datasource.assets]
+        asset = (datasource.get_asset("raw_events") if "raw_events" in names
+                 else datasource.add_dataframe_asset("raw_events"))
+        batch = next((b for b in asset.batch_definitions if b.name == "whole"), None) \
+            or asset.add_batch_definition_whole_dataframe("whole")
+        expectations = []
+        for expectation, reason in _expectations(rating_range, now + future_tolerance_s,
+                                                 id_pattern):
+            expectation.meta = {"reason": reason}  # results come back in no fixed order
+            expectations.append(expectation)
+        self.reasons = [e.meta["reason"] for e in expectations]
+        suite = context.suites.add_or_update(
+            gx.ExpectationSuite(name=SUITE_NAME, expectations=expectations))
+        definition = context.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name="raw_events_validation", data=batch, suite=suite))
+        self.checkpoint = context.checkpoints.add_or_update(gx.Checkpoint(
+            name="raw_events_checkpoint", validation_definitions=[definition], actions=[],
+            result_format={"result_format": "COMPLETE"}))
+        self.context = context
+
+    def build_docs(self) -> Path:
+        self.context.build_data_docs(site_names=[SITE_NAME])
+        return self.docs_index
+
+    def _failing_rows(self, frame: pd.DataFrame) -> tuple[dict[int, list[str]], float]:
+        result = self.checkpoint.run(batch_parameters={"dataframe": frame})
+        (validation,) = result.run_results.values()
+        order = {reason: k for k, reason in enumerate(self.reasons)}
+        reasons: dict[int, list[str]] = {}
+        for outcome in validation.results:
+            if outcome.success:
+                continue
+            reason = outcome.expectation_config.meta["reason"]
+            if (outcome.exception_info or {}).get("raised_exception"):
+                raise RuntimeError(f"Great Expectations could not evaluate '{reason}': "
+                                   f"{outcome.exception_info.get('exception_message')}")
+            for index in outcome.result.get("unexpected_index_list") or []:
+                reasons.setdefault(int(index), []).append(reason)
+        for listed in reasons.values():
+            listed.sort(key=order.__getitem__)  # the suite's order, whatever GX returned
+        return reasons, float(validation.statistics.get("success_percent") or 0.0)
+
+    def validate(self, raw: pd.DataFrame, seen: SeenKeys) -> ValidationResult:
+        """Split one chunk of raw rows; every row lands in one of the two outputs.
+        The keys of all rows of the chunk are added to ``seen``."""
+        if raw.empty:
+            raise ValueError("raw_events has no rows: nothing to validate")
+        raw = raw.reset_index(drop=True)
+        frame = _prepare(raw, self.catalogue_ids, seen)
+        reasons, success_percent = self._failing_rows(frame)
+        seen.add(frame["event_key"].to_numpy())
+        bad = np.zeros(len(raw), dtype=bool)
+        bad[list(reasons)] = True
+        quarantined = raw[bad].copy()
+        # A malformed line says how: "line has 7 fields, expected 5".
+        quarantined["reason"] = ["; ".join(raw.at[i, "parse_error"] if r == MALFORMED else r
+                                           for r in reasons[i]) for i in np.flatnonzero(bad)]
+        quarantined["event_key"] = frame.loc[bad, "event_key"]
+        good = frame[~bad]
+        validated = pd.DataFrame({
+            "user_id": good["user_id"],
+            "item_id": good["item_id"],
+            "event_type": good["event_type"],
+            "event_timestamp": pd.to_datetime(good["ts_seconds"] * 1e6, unit="us", utc=True),
+            "rating": good["rating_value"].astype(float),
+            "source_file": raw.loc[~bad, "source_file"],
+            "source_row": raw.loc[~bad, "source_row"].astype("int64"),
+            "event_key": good["event_key"],
         })
-    datasource = context.data_sources.add_or_update_pandas("events")
-    names = [a.name for a in datasource.assets]
-    asset = (datasource.get_asset("raw_events") if "raw_events" in names
-             else datasource.add_dataframe_asset("raw_events"))
-    batch = next((b for b in asset.batch_definitions if b.name == "whole"), None) \
-        or asset.add_batch_definition_whole_dataframe("whole")
-    expectations = []
-    for expectation, reason in _expectations(frame):
-        expectation.meta = {"reason": reason}  # results come back in no fixed order
-        expectations.append(expectation)
-    suite = gx.ExpectationSuite(name=SUITE_NAME, expectations=expectations)
-    suite = context.suites.add_or_update(suite)
-    definition = context.validation_definitions.add_or_update(
-        gx.ValidationDefinition(name="raw_events_validation", data=batch, suite=suite))
-    checkpoint = context.checkpoints.add_or_update(gx.Checkpoint(
-        name="raw_events_checkpoint", validation_definitions=[definition],
-        actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[SITE_NAME])],
-        result_format={"result_format": "COMPLETE"}))
-    result = checkpoint.run(batch_parameters={"dataframe": frame})
-    (validation,) = result.run_results.values()
-    return validation, [e.meta["reason"] for e in expectations]
+        counts = Counter(r for rs in reasons.values() for r in rs)
+        return ValidationResult(
+            validated=validated.reset_index(drop=True),
+            quarantined=quarantined.reset_index(drop=True),
+            reason_counts=dict(counts.most_common()),
+            data_docs=self.docs_index,
+            success_percent=success_percent,
+        )
 
 
 def validate_events(raw: pd.DataFrame, catalogue_ids: set[str],
                     rating_range: tuple[float, float], gx_root: Path, docs_dir: Path,
                     future_tolerance_s: float = FUTURE_TOLERANCE_S, now: float | None = None,
-                    ) -> ValidationResult:
-    """Split raw events into validated and quarantined rows; every row lands in one."""
-    if raw.empty:
-        raise ValueError("raw_events has no rows: nothing to validate")
-    raw = raw.reset_index(drop=True)
-    now = time.time() if now is None else now
-    frame = _prepare(raw, catalogue_ids, rating_range, now, future_tolerance_s)
-    validation, suite_reasons = _run_checkpoint(frame, gx_root, docs_dir)
-    order = {reason: k for k, reason in enumerate(suite_reasons)}
-    reasons: dict[int, list[str]] = {}
-    for outcome in validation.results:
-        if outcome.success:
-            continue
-        reason = outcome.expectation_config.meta["reason"]
-        if (outcome.exception_info or {}).get("raised_exception"):
-            raise RuntimeError(f"Great Expectations could not evaluate '{reason}': "
-                               f"{outcome.exception_info.get('exception_message')}")
-        for index in outcome.result.get("unexpected_index_list") or []:
-            reasons.setdefault(int(index), []).append(reason)
-    for listed in reasons.values():
-        listed.sort(key=order.__getitem__)  # the suite's order, whatever GX returned
-    bad = np.zeros(len(raw), dtype=bool)
-    bad[list(reasons)] = True
-    quarantined = raw[bad].copy()
-    # A malformed line says how: "line has 7 fields, expected 5".
-    quarantined["reason"] = ["; ".join(raw.at[i, "parse_error"] if r == MALFORMED else r
-                                       for r in reasons[i]) for i in np.flatnonzero(bad)]
-    good = frame[~bad]
-    validated = pd.DataFrame({
-        "user_id": good["user_id"],
-        "item_id": good["item_id"],
-        "event_type": good["event_type"],
-        "event_timestamp": pd.to_datetime(good["ts_seconds"] * 1e6, unit="us", utc=True),
-        "rating": good["rating_value"].astype(float),
-        "source_file": raw.loc[~bad, "source_file"],
-        "source_row": raw.loc[~bad, "source_row"].astype("int64"),
-    })
-    validated = validated.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
-    counts = Counter(r for rs in reasons.values() for r in rs)
-    return ValidationResult(
-        validated=validated,
-        quarantined=quarantined.reset_index(drop=True),
-        reason_counts=dict(counts.most_common()),
-        data_docs=docs_dir / "index.html",
-        success_percent=float(validation.statistics.get("success_percent") or 0.0),
-    )
+                    id_pattern: str = ID_PATTERN) -> ValidationResult:
+    """Validate one in-memory table in one chunk and rebuild the Data Docs."""
+    validator = EventValidator(catalogue_ids, rating_range, gx_root, docs_dir, id_pattern,
+                               future_tolerance_s, now)
+    result = validator.validate(raw, SeenKeys())
+    validator.build_docs()
+    return result

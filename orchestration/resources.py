@@ -10,7 +10,7 @@ from feast import FeatureStore
 from feature_repo.store import open_store
 from infra import redis_server
 from infra.settings import Settings
-from orchestration.sources.base import Source
+from orchestration.sources.base import CHUNK_ROWS, Source
 from orchestration.sources.detect import detect_source
 from orchestration.sources.generator import GeneratorConfig, generate, write_canonical
 
@@ -21,14 +21,17 @@ class RecsysState(ConfigurableResource):
     home: str
     source: str | None = None
     recent_items: int = 50
+    future_tolerance_s: float = 86400.0
     generator_users: int = 2000
     generator_items: int = 1000
     generator_events: int = 100_000
     generator_seed: int = 7
+    chunk_rows: int = CHUNK_ROWS  # rows per chunk when reading and validating events
 
     def settings(self) -> Settings:
         return Settings(home=Path(self.home), source=Path(self.source) if self.source else None,
-                        recent_items=self.recent_items)
+                        recent_items=self.recent_items,
+                        future_tolerance_s=self.future_tolerance_s)
 
     def open_source(self) -> Source:
         settings = self.settings()
@@ -72,7 +75,8 @@ def resources_from_settings(settings: Settings) -> dict:
     home = str(settings.home)
     return {
         "state": RecsysState(home=home, source=str(settings.source) if settings.source else None,
-                             recent_items=settings.recent_items),
+                             recent_items=settings.recent_items,
+                             future_tolerance_s=settings.future_tolerance_s),
         "feature_store": FeatureStoreResource(home=home, redis_url=settings.redis_url,
                                               recent_items=settings.recent_items),
         "mlflow": MlflowResource(

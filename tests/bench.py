@@ -77,10 +77,9 @@ def main() -> None:
     store = open_store(settings, server.url)
     online = OnlineFeatures(store, client, settings.recent_items)
     served = load_served_model(settings.tracking_uri())
-    import pandas as pd
+    from orchestration.assets.ingest import read_validated_events
 
-    users = pd.read_parquet(settings.offline_dir / "validated_events.parquet",
-                            columns=["user_id"])["user_id"].unique().tolist()
+    users = read_validated_events(settings, columns=["user_id"])["user_id"].unique().tolist()
     fields = [_mmh3(f"user_recent_items:{f}") for f in ("recent_item_ids", "recent_timestamps")]
     fields.append(b"_ts:user_recent_items")
 

@@ -1,17 +1,14 @@
 """Events accepted by the service reach the next batch run: the JSONL event log
-is read into raw_events (values as strings, with provenance) and validated."""
+is read like any other event file (values as strings, with provenance)."""
 
-import pandas as pd
-
-from orchestration.assets.ingest import read_event_log
-from orchestration.quality import validate_events
-from orchestration.resources import RecsysState
+from orchestration.sources.detect import detect_source
+from orchestration.sources.event_log import event_log_source
+from orchestration.sources.generator import GeneratorConfig, generate, write_canonical
 from serving.online import EventLog
 
 
-def test_logged_events_are_read_back_as_raw_rows_and_validate(tmp_path):
-    state = RecsysState(home=str(tmp_path))
-    log = EventLog(state.settings().event_log_dir)
+def test_logged_events_are_read_back_as_raw_rows(tmp_path):
+    log = EventLog(tmp_path / "event_log")
     log.append([
         {"user_id": "u1", "item_id": "i1", "event_type": "click", "timestamp": 1600000000.5,
          "rating": None},
@@ -20,16 +17,31 @@ def test_logged_events_are_read_back_as_raw_rows_and_validate(tmp_path):
     ])
     log.append([{"user_id": "u2", "item_id": "i1", "event_type": "view",
                  "timestamp": 1600000002.0, "rating": None}])
-    raw = read_event_log(state)
-    assert raw[["user_id", "item_id", "event_type", "rating", "source_row"]].values.tolist() == [
-        ["u1", "i1", "click", None, 1], ["u1", "i2", "rating", "4.0", 2],
-        ["u2", "i1", "view", None, 3]]
+    with open(log.path, "a") as f:
+        f.write('{"user_id": "u3"')  # a line the service is still writing
+    write_canonical(generate(GeneratorConfig(users=5, items=5, events=20)), tmp_path / "src")
+    source = event_log_source(tmp_path / "event_log", detect_source(tmp_path / "src"))
+    assert source.rating_range == (0.0, 5.0)
+    end = source.readable_end(log.path)
+    assert end == log.path.stat().st_size - len('{"user_id": "u3"')
+    raw = next(source.read_events(log.path, end_byte=end))
+    assert raw[["user_id", "item_id", "event_type", "timestamp", "rating", "source_row"]
+               ].values.tolist() == [
+        ["u1", "i1", "click", "1600000000.5", None, 1],
+        ["u1", "i2", "rating", "1600000001.0", "4.0", 2],
+        ["u2", "i1", "view", "1600000002.0", None, 3]]
     assert set(raw["source_file"]) == {log.path.name}
-    result = validate_events(raw, {"i1", "i2"}, (1.0, 5.0), tmp_path / "gx", tmp_path / "docs")
-    assert len(result.validated) == 3 and result.quarantined.empty
-    assert result.validated["event_timestamp"].iloc[0] == pd.Timestamp(
-        "2020-09-13 12:26:40.500000+00:00")
 
 
-def test_no_event_log_means_no_rows(tmp_path):
-    assert read_event_log(RecsysState(home=str(tmp_path))).empty
+def test_a_line_that_is_not_json_is_a_row_with_a_parse_error(tmp_path):
+    (tmp_path / "events-1.jsonl").write_text('{"user_id": "u1"}\n[1, 2]\nnot json\n')
+    write_canonical(generate(GeneratorConfig(users=5, items=5, events=20)), tmp_path / "src")
+    raw = event_log_source(tmp_path, detect_source(tmp_path / "src")).events()
+    assert raw["parse_error"].tolist() == [
+        None, "not a JSON object", "not a JSON object: Expecting value"]
+    assert raw["user_id"].tolist() == ["u1", None, None]
+
+
+def test_no_event_log_means_no_files(tmp_path):
+    write_canonical(generate(GeneratorConfig(users=5, items=5, events=20)), tmp_path / "src")
+    assert event_log_source(tmp_path / "none", detect_source(tmp_path / "src")).event_files == ()

@@ -9,7 +9,8 @@ from feature_repo.feature_services import BEHAVIOUR_ENCODER_SERVICE
 from feature_repo.recent_items import feature_times
 from feature_repo.store import open_store
 from infra import redis_server
-from infra.fingerprint import file_sha256
+from infra.fingerprint import file_sha256, tree_sha256
+from orchestration.assets.ingest import read_validated_events
 from orchestration.definitions import defs
 from orchestration.resources import resources_from_settings
 from training import registry
@@ -36,7 +37,7 @@ def test_row_counts_add_up(pipeline):
     source_dir = pipeline.settings.generated_source_dir
     assert raw_files["events.csv"] == {"path": str(source_dir / "events.csv"), "rows": raw,
                                    "sha256": file_sha256(source_dir / "events.csv")}
-    files = pd.read_parquet(pipeline.settings.offline_dir / "validated_events.parquet")
+    files = read_validated_events(pipeline.settings)
     assert len(files) == validated
     checks = pipeline.result.get_asset_check_evaluations()
     assert [(c.check_name, c.passed) for c in checks] == [("no_rows_lost", True)]
@@ -45,7 +46,7 @@ def test_row_counts_add_up(pipeline):
 
 def test_every_user_with_events_has_online_features(pipeline):
     settings = pipeline.settings
-    events = pd.read_parquet(settings.offline_dir / "validated_events.parquet")
+    events = read_validated_events(settings)
     store = open_store(settings, redis_server.ensure(settings).url)
     users = sorted(events["user_id"].unique())
     online = store.get_online_features(
@@ -60,7 +61,7 @@ def test_every_user_with_events_has_online_features(pipeline):
 def test_training_set_is_point_in_time(pipeline):
     settings = pipeline.settings
     frame = pd.read_parquet(settings.offline_dir / "training_set.parquet")
-    events = pd.read_parquet(settings.offline_dir / "validated_events.parquet")
+    events = read_validated_events(settings)
     assert len(frame) == pipeline.metadata("training_set")["row_count"] > 300
     events["feature_time"] = feature_times(events)
     n = settings.recent_items
@@ -89,9 +90,10 @@ def test_champion_registered_and_beats_popularity(pipeline):
     # run and on the registered version, and the dataset logged as an input.
     offline = pipeline.settings.offline_dir
     version = c.get_model_version(registry.MODEL_NAME, champion)
-    for key, name in [("validated_events_sha256", "validated_events.parquet"),
-                      ("training_set_sha256", "training_set.parquet")]:
-        assert run.data.tags[key] == version.tags[key] == file_sha256(offline / name)
+    for key, expected in [
+            ("validated_events_sha256", tree_sha256(offline / "validated_events")),
+            ("training_set_sha256", file_sha256(offline / "training_set.parquet"))]:
+        assert run.data.tags[key] == version.tags[key] == expected
     assert run.data.tags["dagster_run_id"] == pipeline.result.run_id
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["validated_events"]
     assert run.data.params["hidden"] == "64"
@@ -148,8 +150,8 @@ def test_dagster_cli_materializes_ingest_headless(tmp_path):
          "raw_events,item_catalogue,validated_events,quarantined_events"],
         env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    validated = pd.read_parquet(home / "offline" / "validated_events.parquet")
-    quarantined = pd.read_parquet(home / "quarantine" / "quarantined_events.parquet")
+    validated = pd.read_parquet(home / "offline" / "validated_events")
+    quarantined = pd.read_parquet(home / "quarantine")
     assert validated[["user_id", "item_id"]].values.tolist() == [["1", "1"], ["2", "1"]]
     assert quarantined[["source_row", "rating", "reason"]].values.tolist() == [
         [2, "9", "rating outside 1..5"]]

@@ -1,11 +1,12 @@
 """The Great Expectations suite on good and bad rows: every row lands in exactly
 one place, with every reason that applies."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from feature_repo.schema import parse_timestamps
-from orchestration.quality import validate_events
+from orchestration.quality import SeenKeys, validate_events
 
 NOW = 1_700_000_000.0
 COLUMNS = ["user_id", "item_id", "event_type", "timestamp", "rating"]
@@ -78,3 +79,12 @@ def test_malformed_lines_are_quarantined_with_how(tmp_path):
     assert len(result.validated) == 1
     assert result.quarantined["reason"].tolist() == [
         "line has 2 fields, expected 5; timestamp is missing or unparseable"]
+
+
+def test_seen_keys_finds_exactly_the_keys_added():
+    seen = SeenKeys(np.array([5, 1, 9], dtype=np.uint64))
+    seen.add(np.array([9, 3, 3, 2**64 - 1], dtype=np.uint64))
+    assert len(seen) == 5
+    probe = np.array([0, 1, 2, 3, 5, 9, 10, 2**64 - 1], dtype=np.uint64)
+    assert seen.contains(probe).tolist() == [False, True, False, True, True, True, False, True]
+    assert not SeenKeys().contains(probe).any()

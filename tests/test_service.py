@@ -4,13 +4,15 @@ pipeline's state (embedded Redis, local MLflow)."""
 import httpx
 import pandas as pd
 
+from orchestration.assets.ingest import read_validated_events
+
 
 def post(url, path, body):
     return httpx.post(f"{url}{path}", json=body, timeout=30)
 
 
 def history(pipeline, user):
-    events = pd.read_parquet(pipeline.settings.offline_dir / "validated_events.parquet")
+    events = read_validated_events(pipeline.settings)
     return events.loc[events["user_id"] == user, "item_id"].tolist()
 
 

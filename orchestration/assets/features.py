@@ -10,7 +10,7 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from feature_repo.data_sources import USER_RECENT_ITEMS_FILE
 from feature_repo.recent_items import recent_items_table
 from feature_repo.store import apply_definitions
-from orchestration.assets.ingest import VALIDATED
+from orchestration.assets.ingest import read_validated_events
 from orchestration.resources import FeatureStoreResource, RecsysState
 
 
@@ -18,7 +18,7 @@ from orchestration.resources import FeatureStoreResource, RecsysState
 def user_recent_items_offline(state: RecsysState) -> MaterializeResult:
     """Offline table of user_recent_items: one row per event (the last N items after it)."""
     settings = state.settings()
-    events = pd.read_parquet(settings.offline_dir / VALIDATED)
+    events = read_validated_events(settings)
     table = recent_items_table(events, settings.recent_items)
     path = settings.offline_dir / USER_RECENT_ITEMS_FILE
     table.to_parquet(path, index=False)

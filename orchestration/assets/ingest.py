@@ -1,10 +1,21 @@
 """Ingest and validate: raw events and the catalogue as read, then Great
-Expectations splits every row into validated or quarantined (with a reason)."""
+Expectations splits every row into validated or quarantined (with a reason).
+
+Ingestion is incremental: the ingest ledger (``orchestration.ledger``) decides
+which bytes of which event file are new; each new batch becomes one parquet
+part in ``raw_events``, then one in ``validated_events`` and one in
+``$RECSYS_HOME/quarantine``. Everything streams in chunks of ``chunk_rows``."""
 
 
 import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -18,29 +29,78 @@ from dagster import (
     multi_asset,
 )
 
-from feature_repo.schema import EVENT_COLUMNS, PROVENANCE_COLUMNS
+from feature_repo.schema import EVENT_COLUMNS
 from infra.fingerprint import file_sha256
-from orchestration.quality import validate_events
+from infra.settings import Settings
+from orchestration.ledger import Ledger
+from orchestration.quality import EventValidator, SeenKeys
 from orchestration.resources import RecsysState
+from orchestration.sources.base import SourceFormatError
+from orchestration.sources.event_log import event_log_source
 
-RAW_EVENTS = "raw_events.parquet"
 ITEMS = "items.parquet"
-VALIDATED = "validated_events.parquet"
-QUARANTINE = "quarantined_events.parquet"
+
+RAW_SCHEMA = pa.schema([(c, pa.string()) for c in EVENT_COLUMNS] + [
+    ("source_file", pa.string()), ("source_row", pa.int64()), ("parse_error", pa.string())])
+QUARANTINE_SCHEMA = RAW_SCHEMA.append(pa.field("reason", pa.string())).append(
+    pa.field("event_key", pa.uint64()))
+VALIDATED_SCHEMA = pa.schema([
+    ("user_id", pa.string()), ("item_id", pa.string()), ("event_type", pa.string()),
+    ("event_timestamp", pa.timestamp("us", tz="UTC")), ("rating", pa.float64()),
+    ("source_file", pa.string()), ("source_row", pa.int64()), ("event_key", pa.uint64()),
+])
 
 
-def read_event_log(state: RecsysState) -> pd.DataFrame:
-    """Events accepted by the service (``$RECSYS_HOME/event_log/*.jsonl``), as raw rows."""
-    frames = []
-    for path in sorted(state.settings().event_log_dir.glob("*.jsonl")):
-        frame = pd.read_json(path, lines=True, dtype=False)
-        if frame.empty:
-            continue
-        frame = frame.astype("string").astype(object).where(frame.notna(), None)
-        frame["source_file"] = path.name
-        frame["source_row"] = range(1, len(frame) + 1)
-        frames.append(frame.reindex(columns=list(EVENT_COLUMNS + PROVENANCE_COLUMNS)))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+class PartWriter:
+    """Streams frames into one parquet part; the part always exists once closed
+    (with zero rows if none came), and is removed if writing fails."""
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.schema, self.rows = path, schema, 0
+        self._writer = pq.ParquetWriter(path, schema)
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if len(frame):
+            self._writer.write_table(pa.Table.from_pandas(frame, schema=self.schema,
+                                                          preserve_index=False))
+            self.rows += len(frame)
+
+    def __enter__(self) -> "PartWriter":
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        self._writer.close()
+        if kind is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def write_part(path: Path, schema: pa.Schema, frames: Iterable[pd.DataFrame]) -> int:
+    with PartWriter(path, schema) as writer:
+        for frame in frames:
+            writer.write(frame)
+    return writer.rows
+
+
+def read_part_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+        yield batch.to_pandas()
+
+
+def part_rows(directory: Path) -> int:
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in directory.glob("*.parquet"))
+
+
+def read_validated_events(settings: Settings, columns: list[str] | None = None) -> pd.DataFrame:
+    """Every validated event, in time order (ties in the order read: batch, then row)."""
+    parts = sorted(settings.validated_events_dir.glob("*.parquet"))
+    if not parts:
+        raise FileNotFoundError(f"no validated events under {settings.validated_events_dir}: "
+                                "materialise validated_events first")
+    wanted = None if columns is None else list(dict.fromkeys(columns + ["event_timestamp"]))
+    events = pd.concat([pd.read_parquet(p, columns=wanted) for p in parts], ignore_index=True)
+    events = events.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
+    return events if columns is None else events[columns]
 
 
 @asset(group_name="ingest")
@@ -48,6 +108,8 @@ def item_catalogue(state: RecsysState) -> MaterializeResult:
     """The item catalogue (id, title, genres, description) from the source."""
     source = state.open_source()
     items = source.items()
+    if items.empty:
+        raise SourceFormatError(f"{source.item_files[0]} has no items: the catalogue is empty")
     path = state.settings().offline_dir / ITEMS
     path.parent.mkdir(parents=True, exist_ok=True)
     items.to_parquet(path, index=False)
@@ -57,25 +119,65 @@ def item_catalogue(state: RecsysState) -> MaterializeResult:
 
 
 @asset(group_name="ingest")
-def raw_events(state: RecsysState) -> MaterializeResult:
-    """Every behaviour event as read from the source and the service's event log."""
+def raw_events(context: AssetExecutionContext, state: RecsysState) -> MaterializeResult:
+    """Every behaviour event as read, from the source and the service's event log:
+    only bytes the ingest ledger has not seen are read (a re-run adds nothing)."""
+    settings = state.settings()
     source = state.open_source()
-    frames = [source.events(), read_event_log(state)]
-    events = pd.concat([f for f in frames if not f.empty], ignore_index=True)
-    if events.empty:
-        raise ValueError(f"source {source.directory} has no event rows")
-    path = state.settings().offline_dir / RAW_EVENTS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    events.astype({c: "string" for c in EVENT_COLUMNS}).to_parquet(path, index=False)
-    rows = events["source_file"].value_counts().to_dict()
-    files = {p.name: {"path": str(p), "sha256": file_sha256(p), "rows": int(rows.get(p.name, 0))}
+    ledger = Ledger(settings.ingest_ledger)
+    new, skipped = [], {}
+    for src in (source, event_log_source(settings.event_log_dir, source)):
+        for path in src.event_files:
+            plan = ledger.plan(path, src.readable_end(path), src.appendable(path))
+            if plan.action == "skip":
+                skipped[path.name] = plan.note
+                continue
+            part = settings.raw_events_dir / ledger.next_part()
+            rows = write_part(part, RAW_SCHEMA, src.read_events(
+                path, plan.start_byte, plan.end_byte, plan.first_row, state.chunk_rows))
+            if rows == 0:
+                part.unlink()
+                if src is source and plan.action == "new":
+                    raise SourceFormatError(f"{path} has no event rows (empty or header only)")
+                continue
+            batch = ledger.add(plan, src.name, rows)
+            new.append({"batch": batch.batch, "file": path.name, "rows": rows,
+                        "first_row": batch.first_row, "note": plan.note})
+            context.log.info(f"batch {batch.batch}: {rows} rows from {path.name} ({plan.note})")
+    if not ledger.batches:
+        raise SourceFormatError(f"source {source.directory} has no event rows")
+    ledger.save()
+    per_file = Counter()
+    for batch in ledger.batches:
+        per_file[batch.file] += batch.rows
+    files = {p.name: {"path": str(p), "sha256": file_sha256(p), "rows": per_file[p.name]}
              for p in source.files}
     return MaterializeResult(metadata={
-        "row_count": len(events), "source": source.name,
-        "files": MetadataValue.json(files),
-        "event_log_rows": int(len(events) - sum(rows.get(p.name, 0) for p in source.files)),
-        "path": MetadataValue.path(str(path)),
+        "row_count": ledger.total("rows"), "new_rows": sum(b["rows"] for b in new),
+        "source": source.name, "files": MetadataValue.json(files),
+        "new_batches": MetadataValue.json(new), "skipped_files": MetadataValue.json(skipped),
+        "event_log_rows": sum(b.rows for b in ledger.batches if b.source == "event_log"),
+        "path": MetadataValue.path(str(settings.raw_events_dir)),
     })
+
+
+def _summary(rows: int, validated: int, reasons: dict[str, int]) -> str:
+    """The per-run summary shown with the materialisation (Markdown)."""
+    rate = validated / rows if rows else 1.0
+    lines = [f"**{rows:,} rows** read this run, **{validated:,} validated** "
+             f"(pass rate {rate:.2%}), {rows - validated:,} quarantined.", ""]
+    if reasons:
+        lines += ["| top failure reasons | rows |", "|---|---|"]
+        lines += [f"| {reason} | {count:,} |" for reason, count in list(reasons.items())[:10]]
+    return "\n".join(lines)
+
+
+def _earlier_keys(settings: Settings, batches) -> SeenKeys:
+    """Event keys of every row of already validated batches (validated and quarantined)."""
+    keys = [pd.read_parquet(directory / b.part, columns=["event_key"])["event_key"].to_numpy()
+            for b in batches if b.validated is not None
+            for directory in (settings.validated_events_dir, settings.quarantine_dir)]
+    return SeenKeys(np.concatenate(keys) if keys else None)
 
 
 @multi_asset(
@@ -88,43 +190,78 @@ def raw_events(state: RecsysState) -> MaterializeResult:
     deps=["raw_events", "item_catalogue"],
 )
 def validate_raw_events(context: AssetExecutionContext, state: RecsysState):
-    """Validate raw events with Great Expectations; quarantine failing rows with reasons."""
+    """Validate new raw batches with Great Expectations, chunk by chunk; quarantine
+    failing rows with every reason; rebuild the Data Docs."""
     settings = state.settings()
-    raw = pd.read_parquet(settings.offline_dir / RAW_EVENTS).astype(object)
-    raw = raw.where(raw.notna(), None)
-    items = pd.read_parquet(settings.offline_dir / ITEMS)
-    source = state.open_source()
+    ledger = Ledger(settings.ingest_ledger)
+    pending = ledger.pending()
     started = time.perf_counter()
-    result = validate_events(raw, set(items["item_id"]), source.rating_range,
-                             gx_root=settings.home / "gx", docs_dir=settings.data_docs_dir)
+    run_reasons: Counter = Counter()
+    run_rows = run_validated = 0
+    if pending:
+        source = state.open_source()
+        catalogue = set(pd.read_parquet(settings.offline_dir / ITEMS, columns=["item_id"])
+                        ["item_id"])
+        validator = EventValidator(catalogue, source.rating_range, settings.home / "gx",
+                                   settings.data_docs_dir, source.id_pattern,
+                                   settings.future_tolerance_s)
+        seen = _earlier_keys(settings, ledger.batches)
+        for batch in pending:
+            batch_reasons: Counter = Counter()
+            with PartWriter(settings.validated_events_dir / batch.part, VALIDATED_SCHEMA) as good, \
+                    PartWriter(settings.quarantine_dir / batch.part, QUARANTINE_SCHEMA) as bad:
+                for chunk in read_part_chunks(settings.raw_events_dir / batch.part,
+                                              state.chunk_rows):
+                    result = validator.validate(chunk, seen)
+                    good.write(result.validated)
+                    bad.write(result.quarantined)
+                    batch_reasons.update(result.reason_counts)
+            batch.validated, batch.quarantined = good.rows, bad.rows
+            batch.reasons = dict(batch_reasons.most_common())
+            run_reasons.update(batch_reasons)
+            run_rows += batch.rows
+            run_validated += good.rows
+            context.log.info(f"batch {batch.batch}: {good.rows} validated, "
+                             f"{bad.rows} quarantined")
+        validator.build_docs()
+        ledger.save()
     seconds = time.perf_counter() - started
-    result.validated.to_parquet(settings.offline_dir / VALIDATED, index=False)
-    settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
-    quarantine_path = settings.quarantine_dir / QUARANTINE
-    result.quarantined.astype({"reason": "string"}).to_parquet(quarantine_path, index=False)
-    docs = MetadataValue.url(result.data_docs.as_uri())
+    total_rows, total_validated = ledger.total("rows"), ledger.total("validated")
+    docs = MetadataValue.url((settings.data_docs_dir / "index.html").as_uri())
+    reasons = dict(run_reasons.most_common())
     yield Output(None, output_name="validated_events", metadata={
-        "row_count": len(result.validated), "raw_row_count": len(raw),
-        "pass_rate": round(len(result.validated) / len(raw), 6),
-        "gx_success_percent": result.success_percent, "data_docs": docs,
-        "validation_seconds": round(seconds, 2),
+        "row_count": total_validated, "raw_row_count": total_rows,
+        "pass_rate": round(total_validated / total_rows, 6) if total_rows else 1.0,
+        "run_rows": run_rows, "run_validated": run_validated,
+        "run_pass_rate": round(run_validated / run_rows, 6) if run_rows else 1.0,
+        "summary": MetadataValue.md(_summary(run_rows, run_validated, reasons)),
+        "data_docs": docs, "validation_seconds": round(seconds, 2),
+        "rows_per_second": round(run_rows / seconds) if run_rows else 0,
+        "path": MetadataValue.path(str(settings.validated_events_dir)),
     })
     yield Output(None, output_name="quarantined_events", metadata={
-        "row_count": len(result.quarantined), "path": MetadataValue.path(str(quarantine_path)),
-        "reasons": MetadataValue.json(result.reason_counts), "data_docs": docs,
+        "row_count": ledger.total("quarantined"),
+        "path": MetadataValue.path(str(settings.quarantine_dir)),
+        "reasons": MetadataValue.json(ledger.reason_totals()),
+        "run_reasons": MetadataValue.json(reasons), "data_docs": docs,
     })
 
 
 @asset_check(asset="validated_events", additional_deps=["raw_events", "quarantined_events"],
              blocking=True)
 def no_rows_lost(state: RecsysState) -> AssetCheckResult:
-    """raw = validated + quarantined: every row read ended up somewhere."""
-    offline = state.settings().offline_dir
-    raw = pd.read_parquet(offline / RAW_EVENTS, columns=["source_row"]).shape[0]
-    validated = pd.read_parquet(offline / VALIDATED, columns=["source_row"]).shape[0]
-    quarantined = pd.read_parquet(state.settings().quarantine_dir / QUARANTINE,
-                                  columns=["source_row"]).shape[0]
+    """raw = validated + quarantined, for every batch and in total: every row read
+    ended up somewhere."""
+    settings = state.settings()
+    raw = part_rows(settings.raw_events_dir)
+    validated = part_rows(settings.validated_events_dir)
+    quarantined = part_rows(settings.quarantine_dir)
+    ledger = Ledger(settings.ingest_ledger)
+    unbalanced = [b.batch for b in ledger.batches if b.validated is None
+                  or b.rows != b.validated + b.quarantined]
     return AssetCheckResult(
-        passed=raw == validated + quarantined, severity=AssetCheckSeverity.ERROR,
-        metadata={"raw": raw, "validated": validated, "quarantined": quarantined},
+        passed=raw == validated + quarantined and raw == ledger.total("rows") and not unbalanced,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"raw": raw, "validated": validated, "quarantined": quarantined,
+                  "ledger_rows": ledger.total("rows"), "unbalanced_batches": str(unbalanced)},
     )

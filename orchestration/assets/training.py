@@ -8,8 +8,8 @@ from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataVa
 
 from feature_repo.feature_services import BEHAVIOUR_ENCODER_SERVICE
 from feature_repo.recent_items import feature_times
-from infra.fingerprint import file_sha256
-from orchestration.assets.ingest import ITEMS, VALIDATED
+from infra.fingerprint import file_sha256, tree_sha256
+from orchestration.assets.ingest import ITEMS, read_validated_events
 from orchestration.resources import FeatureStoreResource, MlflowResource, RecsysState
 from training import registry
 from training.evaluate import ease_baseline, evaluate, popularity_scorer
@@ -30,7 +30,7 @@ TRAINING_SET = "training_set.parquet"
 def training_set(state: RecsysState, feature_store: FeatureStoreResource) -> MaterializeResult:
     """Point-in-time training rows: user_recent_items as of just before each target event."""
     settings = state.settings()
-    events = pd.read_parquet(settings.offline_dir / VALIDATED)
+    events = read_validated_events(settings)
     entity = training_targets(events, feature_times(events), max_len=settings.recent_items)
     store = feature_store.store()
     frame = store.get_historical_features(
@@ -66,7 +66,7 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
     """The behaviour encoder trained, evaluated (protocol of DESIGN.md) and
     registered in MLflow as a new version with alias ``challenger``."""
     settings = state.settings()
-    events = pd.read_parquet(settings.offline_dir / VALIDATED)
+    events = read_validated_events(settings)
     items = pd.read_parquet(settings.offline_dir / ITEMS)
     frame = pd.read_parquet(settings.offline_dir / TRAINING_SET)
     split = leave_one_out(events)
@@ -103,7 +103,7 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
     offline = settings.offline_dir
     tags = {"feature_service": BEHAVIOUR_ENCODER_SERVICE, "dagster_run_id": context.run_id,
             "source": str(settings.source or "generator"),
-            "validated_events_sha256": file_sha256(offline / VALIDATED),
+            "validated_events_sha256": tree_sha256(settings.validated_events_dir),
             "training_set_sha256": file_sha256(offline / TRAINING_SET)}
     params = {**model_config.to_dict(), **train_config.to_dict(),
               "training_rows": len(frame), "torch": torch.__version__}
@@ -111,8 +111,8 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
     registered = registry.log_and_register(
         mlflow.tracking_uri, mlflow.artifact_location, result.model, params, result.history,
         metrics, tags, documents={registry.POPULARITY_DOCUMENT: counts.astype(int).to_dict()},
-        inputs=[(events.drop(columns=["source_file", "source_row"]), "validated_events",
-                 str(offline / VALIDATED), "training")])
+        inputs=[(events.drop(columns=["source_file", "source_row", "event_key"]),
+                 "validated_events", str(settings.validated_events_dir), "training")])
     return MaterializeResult(metadata={
         "version": registered.version, "run_id": registered.run_id,
         **{k: round(float(v), 4) for k, v in metrics.items()},
@@ -129,7 +129,7 @@ def champion_model(context: AssetExecutionContext, config: Promotion, state: Rec
     """The served model: the challenger becomes ``champion`` only when it beats the
     current champion's validation NDCG@10 on the same evaluation data."""
     settings = state.settings()
-    events = pd.read_parquet(settings.offline_dir / VALIDATED)
+    events = read_validated_events(settings)
     split = leave_one_out(events)
     uri = mlflow.tracking_uri
     challenger = registry.alias_version(uri, registry.CHALLENGER)

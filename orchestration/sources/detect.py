@@ -12,7 +12,8 @@ EXPECTED = (
     "MovieLens-100K: u.data, u.item (u.user optional); "
     "MovieLens-1M: ratings.dat, movies.dat (users.dat optional); "
     "MovieLens latest: ratings.csv, movies.csv (tags.csv optional); "
-    "canonical: events.csv or events.parquet, and items.csv"
+    "canonical: events.csv or events.parquet (or one events*.csv / events*.parquet "
+    "file per day or batch), and items.csv"
 )
 DETECTORS = (movielens_100k, movielens_1m, movielens_latest, canonical)
 

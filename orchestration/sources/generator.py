@@ -166,3 +166,43 @@ def write_canonical(data: GeneratedData, directory: Path) -> list[Path]:
     data.events.to_csv(events_path, index=False)
     data.items.to_csv(items_path, index=False)
     return [events_path, items_path]
+
+
+def write_bulk_events(path: Path, events: int, item_ids: list[str], users: int = 100_000,
+                      seed: int = 7, bad_every: int = 1000, chunk: int = 1_000_000) -> int:
+    """A large canonical events file for scale tests, written ``chunk`` rows at a
+    time: Zipf users and items, one event per second, and every ``bad_every``-th
+    row deliberately broken (rotating: unknown item, rating out of range, text
+    timestamp, exact duplicate of the row before). No behavioural structure:
+    use ``generate`` for data a model should learn from. Returns the bad rows."""
+    rng = np.random.default_rng(seed)
+    types = np.array(["view", "click", "rating", "add_to_cart", "purchase"])
+    items = np.asarray(item_ids, dtype=object)
+    bad = 0
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write("user_id,item_id,event_type,timestamp,rating\n")
+        for start in range(0, events, chunk):
+            n = min(chunk, events - start)
+            user = (rng.zipf(1.3, n) - 1) % users
+            item = (rng.zipf(1.2, n) - 1) % len(items)
+            kind = types[rng.choice(5, n, p=[0.45, 0.25, 0.2, 0.06, 0.04])]
+            rating = np.where(kind == "rating", rng.integers(1, 6, n).astype(str), "")
+            frame = pd.DataFrame({
+                "user_id": np.char.add("u", user.astype(str)),
+                "item_id": items[item],
+                "event_type": kind,
+                "timestamp": (START + start + np.arange(n)).astype(str),  # one per second
+                "rating": rating,
+            })
+            rows = np.arange(start, start + n)
+            broken = np.flatnonzero((rows % bad_every == bad_every - 1) & (rows > start))
+            for k, at in enumerate(broken):
+                column, value = [("item_id", "no-such-item"), ("rating", "9"),
+                                 ("timestamp", "soon"), (None, None)][(start + k) % 4]
+                if column is None:
+                    frame.iloc[at] = frame.iloc[at - 1]
+                else:
+                    frame.iat[at, frame.columns.get_loc(column)] = value
+            bad += len(broken)
+            frame.to_csv(f, header=False, index=False)
+    return bad

@@ -3,13 +3,12 @@ timestamp``) and ``u.item`` (``|``-separated, latin-1, 19 genre flags)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from orchestration.sources.base import Source, csv_split, finish_events, finish_items, read_lines
+from orchestration.sources.base import LineFormat, Source, csv_split, finish_items
 
 # The order of the genre flags in u.item (u.genre of the GroupLens release).
 ML100K_GENRES = (
@@ -19,20 +18,29 @@ ML100K_GENRES = (
 )
 
 
-def read_ratings(path: Path, split: Callable[[str], list[str]], encoding: str,
-                 skip_header: bool = False) -> pd.DataFrame:
-    """Every MovieLens rating line (user, item, rating, timestamp) as a raw event."""
-    frame = read_lines(path, lambda line: split(line) if line else [], 4, encoding=encoding,
-                       skip_header=skip_header)
-    frame.columns = ["user_id", "item_id", "rating", "timestamp", "parse_error"]
-    frame["event_type"] = "rating"
-    return finish_events(frame, path)
+# MovieLens ids are positive integers; anything else in an id field is bad data.
+NUMERIC_ID = r"^[0-9]{1,10}$"
+RATING_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
+
+
+def ratings_format(split, encoding: str, header: bool = False) -> LineFormat:
+    """A MovieLens ratings file: user, item, rating, timestamp; every line a rating."""
+    return LineFormat(split=split, columns=RATING_COLUMNS, encoding=encoding, header=header,
+                      constants={"event_type": "rating"})
+
+
+def _tab_split(line: str) -> list[str]:
+    return line.split("	")
+
+
+def _colons_split(line: str) -> list[str]:
+    return line.split("::")
 
 
 @dataclass(frozen=True)
 class MovieLens100K(Source):
-    def events(self) -> pd.DataFrame:
-        return read_ratings(self.event_files[0], lambda line: line.split("\t"), "latin-1")
+    def line_format(self, path: Path) -> LineFormat:
+        return ratings_format(_tab_split, "latin-1")
 
     def items(self) -> pd.DataFrame:
         (path,) = self.item_files
@@ -52,7 +60,8 @@ def movielens_100k(directory: Path) -> MovieLens100K | None:
     if not data.exists():
         return None
     return MovieLens100K(name="movielens-100k", directory=directory, event_files=(data,),
-                         item_files=(item,), rating_range=(1.0, 5.0))
+                         item_files=(item,), rating_range=(1.0, 5.0),
+                         id_pattern=NUMERIC_ID)
 
 
 @dataclass(frozen=True)
@@ -60,8 +69,8 @@ class MovieLens1M(Source):
     """``ratings.dat`` (``UserID::MovieID::Rating::Timestamp``) and ``movies.dat``
     (``MovieID::Title::Genres``, genres ``|``-separated), latin-1."""
 
-    def events(self) -> pd.DataFrame:
-        return read_ratings(self.event_files[0], lambda line: line.split("::"), "latin-1")
+    def line_format(self, path: Path) -> LineFormat:
+        return ratings_format(_colons_split, "latin-1")
 
     def items(self) -> pd.DataFrame:
         (path,) = self.item_files
@@ -77,8 +86,8 @@ class MovieLensLatest(Source):
     (``movieId,title,genres``) and optional ``tags.csv`` (``userId,movieId,tag,timestamp``),
     UTF-8 with a header row; tags become the item description."""
 
-    def events(self) -> pd.DataFrame:
-        return read_ratings(self.event_files[0], csv_split, "utf-8", skip_header=True)
+    def line_format(self, path: Path) -> LineFormat:
+        return ratings_format(csv_split, "utf-8", header=True)
 
     def items(self) -> pd.DataFrame:
         movies = self.item_files[0]
@@ -100,7 +109,8 @@ def movielens_1m(directory: Path) -> MovieLens1M | None:
     if not ratings.exists():
         return None
     return MovieLens1M(name="movielens-1m", directory=directory, event_files=(ratings,),
-                       item_files=(directory / "movies.dat",), rating_range=(1.0, 5.0))
+                       item_files=(directory / "movies.dat",), rating_range=(1.0, 5.0),
+                       id_pattern=NUMERIC_ID)
 
 
 def movielens_latest(directory: Path) -> MovieLensLatest | None:
@@ -108,4 +118,5 @@ def movielens_latest(directory: Path) -> MovieLensLatest | None:
     if not ratings.exists():
         return None
     return MovieLensLatest(name="movielens-latest", directory=directory, event_files=(ratings,),
-                           item_files=(directory / "movies.csv",), rating_range=(0.5, 5.0))
+                           item_files=(directory / "movies.csv",), rating_range=(0.5, 5.0),
+                           id_pattern=NUMERIC_ID)
