@@ -4,6 +4,8 @@ from this package."""
 
 from __future__ import annotations
 
+import os
+import threading
 from urllib.parse import unquote, urlparse
 
 import yaml
@@ -46,10 +48,16 @@ def render_config(settings: Settings, redis_url: str) -> dict:
         "offline_store": {"type": "file"},
         "entity_key_serialization_version": 3,
     }
-    # The YAML holds the password when REDIS_URL has one: keep it private.
+    # The YAML holds the password when REDIS_URL has one: keep it private. Several
+    # processes open the store at once (service workers, Dagster): replace the file
+    # atomically, and only when it changes, so no reader ever sees half of it.
     path = settings.feast_dir / "feature_store.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    path.chmod(0o600)
+    text = yaml.safe_dump(config, sort_keys=False)
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_name(f".feature_store.{os.getpid()}.{threading.get_ident()}.yaml")
+        tmp.write_text(text)
+        tmp.chmod(0o600)
+        os.replace(tmp, path)
     return config
 
 

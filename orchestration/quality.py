@@ -4,8 +4,9 @@ Raw values are parsed into helper columns (parsed time, numeric rating, known
 item, duplicate flag); the suite's expectations run over them with
 ``result_format=COMPLETE`` so every failing row index comes back, and each
 failing row is quarantined with every reason that applies. Validation runs
-chunk by chunk (bounded memory); a duplicate is an event whose key (user, item,
-type, time, rating) was seen in any earlier row, in this chunk or before. The
+chunk by chunk (bounded memory); a duplicate is an event with a known time whose
+key (user, item, type, time, rating) was seen in any earlier row, in this chunk
+or before. The
 Data Docs site under ``$RECSYS_HOME/data_docs`` is rebuilt once per run.
 """
 
@@ -81,8 +82,9 @@ def _prepare(raw: pd.DataFrame, catalogue_ids: set[str], seen: SeenKeys) -> pd.D
     frame["item_known"] = frame["item_id"].isin(catalogue_ids)
     keys = event_keys(frame)
     frame["event_key"] = keys
-    frame["is_duplicate"] = pd.Series(keys).duplicated(keep="first").to_numpy() \
-        | seen.contains(keys)
+    # Only an event whose time is known can repeat an earlier one.
+    frame["is_duplicate"] = frame["ts_seconds"].notna().to_numpy() & (
+        pd.Series(keys).duplicated(keep="first").to_numpy() | seen.contains(keys))
     return frame
 
 

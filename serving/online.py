@@ -40,10 +40,12 @@ class EventLog:
 
 
 class OnlineFeatures:
-    def __init__(self, store: FeatureStore, client: redis.Redis, recent_items: int):
+    def __init__(self, store: FeatureStore, client: redis.Redis, recent_items: int,
+                 lock_wait_s: float = 10.0):
         self.store = store
         self.client = client
         self.recent_items = recent_items
+        self.lock_wait_s = lock_wait_s  # how long a writer waits for the user's lock
         self.service = store.get_feature_service(BEHAVIOUR_ENCODER_SERVICE)
 
     def _read(self, user_id: str) -> tuple[list[str], list[int], int]:
@@ -62,7 +64,8 @@ class OnlineFeatures:
 
     def append(self, user_id: str, items: list[str], timestamps_us: list[int]) -> list[str]:
         """Merge events into the user's online row; returns the new recent items."""
-        with self.client.lock(f"{LOCK_PREFIX}{user_id}", timeout=10, blocking_timeout=10):
+        with self.client.lock(f"{LOCK_PREFIX}{user_id}", timeout=10, sleep=0.002,
+                              blocking_timeout=self.lock_wait_s):
             old_items, old_times, stamp_s = self._read(user_id)
             new_items, new_times = merge_recent(old_items, old_times, items, timestamps_us,
                                                 self.recent_items)

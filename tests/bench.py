@@ -1,8 +1,9 @@
-"""``make bench``: latency figures on this machine, printed as a table and
-written to ``bench_results/bench.json``.
+"""``make bench``: figures on this machine, printed as tables and written to
+``bench_results/<section>.json``. Sections: ``data`` (see tests/bench_data.py)
+and ``serving``.
 
-Runs the pipeline once on generated data in a temporary RECSYS_HOME (or uses
-``BENCH_HOME`` if it already holds a champion), then measures:
+The serving section runs the pipeline once on generated data in a temporary
+RECSYS_HOME (or uses ``BENCH_HOME`` if it already holds a champion), then measures:
 - online feature read for one user through Feast (``behaviour_encoder_v1``)
   next to a raw redis-py HMGET of the same hash fields;
 - the in-process floor: feature read + encode + top-K, no HTTP;
@@ -13,6 +14,7 @@ Runs the pipeline once on generated data in a temporary RECSYS_HOME (or uses
 import json
 import os
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +31,7 @@ from infra.settings import Settings
 from orchestration.cli import free_port, start_service, stop_service, wait_ready
 from serving.online import OnlineFeatures
 from serving.scoring import load_served_model, recommend
+from tests import bench_data
 from training import registry
 
 SIZE = {"generator_users": 2000, "generator_items": 1000, "generator_events": 60_000}
@@ -66,7 +69,7 @@ def timed(fn, users, repeat):
     return samples
 
 
-def main() -> None:
+def serving_benchmark() -> dict:
     random.seed(0)
     home = Path(os.environ.get("BENCH_HOME") or tempfile.mkdtemp(prefix="recsys_bench_"))
     settings = Settings(home=home, recent_items=50)
@@ -126,12 +129,27 @@ def main() -> None:
     for name, row in results.items():
         print(f"{name:<28} {row['n']:>6} {row['p50_ms']:>8.3f} {row['p95_ms']:>8.3f} "
               f"{row['p99_ms']:>8.3f}")
-    out = Path("bench_results")
-    out.mkdir(exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(results, indent=2))
-    print(f"\nwritten to {out / 'bench.json'}")
     if not os.environ.get("BENCH_HOME"):
         redis_server.stop(settings)
+    return results
+
+
+SECTIONS = {"data": bench_data.benchmark, "serving": serving_benchmark}
+
+
+def main() -> None:
+    """``python -m tests.bench [data] [serving]`` (all sections when none is named)."""
+    names = sys.argv[1:] or list(SECTIONS)
+    unknown = set(names) - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"unknown section(s) {sorted(unknown)}; choose from {list(SECTIONS)}")
+    out = Path("bench_results")
+    out.mkdir(exist_ok=True)
+    for name in names:
+        print(f"== {name} ==")
+        results = SECTIONS[name]()
+        (out / f"{name}.json").write_text(json.dumps(results, indent=2))
+        print(f"written to {out / f'{name}.json'}\n")
 
 
 if __name__ == "__main__":

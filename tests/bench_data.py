@@ -1,16 +1,21 @@
-"""Data benchmark, one source per process (so peak RSS is this run's alone):
-ingest + validate through the real Dagster assets into a fresh RECSYS_HOME, then
-print one JSON line: rows, validated, quarantined by reason, seconds, rows/s and
-peak RSS.
+"""Data benchmark: ingest + validate through the real Dagster assets into a fresh
+RECSYS_HOME, one source per process (so peak RSS is that run's alone), for
+MovieLens-100K and a generated canonical file of ``BENCH_DATA_EVENTS`` events
+(default 10 million, 0.1% deliberately broken rows).
 
-    python -m tests.bench_data SOURCE_DIR HOME_DIR
+    python -m tests.bench_data SOURCE_DIR HOME_DIR   # one source, prints one JSON line
 """
 
 import json
+import os
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 
 
 def run(source: Path, home: Path) -> dict:
@@ -45,6 +50,44 @@ def run(source: Path, home: Path) -> dict:
         "validation_seconds": meta["validated_events"]["validation_seconds"],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
+
+
+def measure(source: Path, home: Path) -> dict:
+    done = subprocess.run([sys.executable, "-m", "tests.bench_data", str(source), str(home)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"data benchmark on {source} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def benchmark() -> dict[str, dict]:
+    from orchestration.sources.generator import GeneratorConfig, generate, write_bulk_events
+
+    events = int(os.environ.get("BENCH_DATA_EVENTS", "10000000"))
+    work = Path(tempfile.mkdtemp(prefix="recsys_bench_data_"))
+    results = {}
+    ml100k = Path(os.environ.get("BENCH_ML100K", ML100K))
+    if (ml100k / "u.data").exists():
+        results["ml-100k"] = measure(ml100k, work / "home-ml100k")
+    else:
+        print(f"skipping MovieLens-100K: {ml100k} not found (set BENCH_ML100K)")
+    generated = work / "generated"
+    generated.mkdir()
+    items = generate(GeneratorConfig(users=10, items=1000, events=50)).items
+    items.to_csv(generated / "items.csv", index=False)
+    started = time.perf_counter()
+    bad = write_bulk_events(generated / "events.csv", events, items["item_id"].tolist())
+    print(f"generated {events:,} events ({bad:,} deliberately broken) "
+          f"in {time.perf_counter() - started:.0f} s")
+    results[f"generated-{events // 1_000_000}M"] = measure(generated, work / "home-generated")
+    print(f"\n{'source':<16} {'rows':>11} {'validated':>11} {'quarantined':>11} "
+          f"{'seconds':>8} {'rows/s':>8} {'peak RSS MB':>11}")
+    for name, row in results.items():
+        print(f"{name:<16} {row['rows']:>11,} {row['validated']:>11,} {row['quarantined']:>11,} "
+              f"{row['seconds']:>8.1f} {row['rows_per_s']:>8,} {row['peak_rss_mb']:>11,}")
+        for reason, count in row["reasons"].items():
+            print(f"{'':<16}   quarantined: {reason}: {count:,}")
+    return results
 
 
 if __name__ == "__main__":
