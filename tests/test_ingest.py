@@ -145,59 +145,70 @@ def test_duplicates_are_found_across_chunks(tmp_path, source):
                                     9: "duplicate of an earlier event"}
 
 
-def test_every_bad_row_of_a_canonical_file_lands_in_quarantine_with_its_reasons(tmp_path, source):
+HUGE = "x" * 1_000_000
+GOOD_ROW = b"u1,a1,view,1600000000,"
+# (case, the bad line, the reason(s) it must be quarantined with), each written
+# after GOOD_ROW, so it is data row 2.
+BAD_ROWS = [
+    ("too many fields", b"u1,a1,view,1600000001,,extra", "line has 6 fields, expected 5"),
+    ("too few fields", b"u1,a1,view", "line has 3 fields, expected 5; "
+     "timestamp is missing or unparseable"),
+    ("empty line", b"", "line has 0 fields, expected 5; user_id is missing; "
+     "item_id is missing; event_type is missing; timestamp is missing or unparseable; "
+     "item_id not in the catalogue"),
+    ("stray latin-1 byte", b"u\xe9,a1,view,1600000002,", "user_id is not a valid id"),
+    ("negative rating", b"u2,a1,rating,1600000003,-1", "rating outside 0..5"),
+    ("rating out of range", b"u2,a1,rating,1600000004,7", "rating outside 0..5"),
+    ("rating not a number", b"u2,a2,rating,1600000007,five", "rating is not a number"),
+    ("timestamp 0", b"u2,a1,view,0,", "timestamp before 1990 or in the future"),
+    ("far future", b"u2,a1,view,99999999999,", "timestamp before 1990 or in the future"),
+    ("text timestamp", b"u2,a1,view,yesterday,", "timestamp is missing or unparseable"),
+    ("exact duplicate", GOOD_ROW, "duplicate of an earlier event"),
+    ("unknown item", b"u2,zz9,view,1600000005,", "item_id not in the catalogue"),
+    ("unknown event type", b"u2,a2,jump,1600000006,",
+     "event_type is not one of view/click/rating/add_to_cart/purchase"),
+    ("missing user", b",a2,view,1600000009,", "user_id is missing"),
+    ("1 MB line", f"u3,{HUGE},view,1600000008,".encode(),
+     "item_id is not a valid id; item_id not in the catalogue"),
+]
+
+
+@pytest.mark.parametrize("case, line, reason", BAD_ROWS, ids=[c[0] for c in BAD_ROWS])
+def test_a_bad_row_is_quarantined_with_its_reasons(tmp_path, source, case, line, reason):
     home = tmp_path / "home"
-    huge = "x" * 1_000_000
-    lines = [
-        b"u1,a1,view,1600000000,",  # 1 good
-        b"u1,a1,view,1600000001,,extra",  # 2 wrong field count
-        b"",  # 3 empty line
-        b"u\xe9,a1,view,1600000002,",  # 4 stray latin-1 byte in a UTF-8 file
-        b"u2,a1,rating,1600000003,-1",  # 5 negative rating
-        b"u2,a1,rating,1600000004,7",  # 6 rating out of range
-        b"u2,a1,view,0,",  # 7 timestamp 0
-        b"u2,a1,view,99999999999,",  # 8 far future
-        b"u2,a1,view,yesterday,",  # 9 text timestamp
-        b"u1,a1,view,1600000000,",  # 10 exact duplicate of row 1
-        b"u2,zz9,view,1600000005,",  # 11 unknown item
-        b"u2,a2,jump,1600000006,",  # 12 unknown event type
-        b"u2,a2,rating,1600000007,five",  # 13 rating not a number
-        f"u3,{huge},view,1600000008,".encode(),  # 14 a 1 MB line
-        b",a2,view,1600000009,",  # 15 missing user
-        b"u4,a3,purchase,2020-09-13T12:26:49Z,",  # 16 good (ISO time)
-    ]
+    (source / "events.csv").write_bytes(HEADER.encode() + GOOD_ROW + b"\n" + line + b"\n")
+    result, meta = ingest(home, source)
+    assert result.success
+    assert reasons_by_row(home) == {2: reason}
+    assert read_validated_events(home_settings(home))["source_row"].tolist() == [1]
+    assert (meta["raw_events"]["row_count"], meta["validated_events"]["row_count"],
+            meta["quarantined_events"]["row_count"]) == (2, 1, 1)
+    # The quarantine keeps the fields as read (the 1 MB one included).
+    kept = quarantine(home).iloc[0]
+    fields = line.decode("utf-8", errors="replace").split(",")
+    if len(fields) == 5:
+        assert [kept["user_id"] or "", kept["item_id"], kept["event_type"]] == fields[:3]
+
+
+def test_a_corrupted_file_is_counted_row_by_row_and_summarised(tmp_path, source):
+    home = tmp_path / "home"
+    lines = [GOOD_ROW] + [line for _, line, _ in BAD_ROWS] + [
+        b"u4,a3,purchase,2020-09-13T12:26:49Z,"]  # good, ISO time
     (source / "events.csv").write_bytes(HEADER.encode() + b"\n".join(lines) + b"\n")
     result, meta = ingest(home, source)
     assert result.success
-    assert reasons_by_row(home) == {
-        2: "line has 6 fields, expected 5",
-        3: "line has 0 fields, expected 5; user_id is missing; item_id is missing; "
-           "event_type is missing; timestamp is missing or unparseable; "
-           "item_id not in the catalogue",
-        4: "user_id is not a valid id",
-        5: "rating outside 0..5",
-        6: "rating outside 0..5",
-        7: "timestamp before 1990 or in the future",
-        8: "timestamp before 1990 or in the future",
-        9: "timestamp is missing or unparseable",
-        10: "duplicate of an earlier event",
-        11: "item_id not in the catalogue",
-        12: "event_type is not one of view/click/rating/add_to_cart/purchase",
-        13: "rating is not a number",
-        14: "item_id is not a valid id; item_id not in the catalogue",
-        15: "user_id is missing",
-    }
-    validated = read_validated_events(home_settings(home))
-    assert validated["source_row"].tolist() == [1, 16]
-    assert meta["raw_events"]["row_count"] == 16
-    assert meta["validated_events"]["row_count"] == 2
-    assert meta["quarantined_events"]["row_count"] == 14
-    assert meta["quarantined_events"]["reasons"]["timestamp before 1990 or in the future"] == 2
-    assert "16 rows" in meta["validated_events"]["summary"]
+    expected = {k + 2: reason for k, (_, _, reason) in enumerate(BAD_ROWS)}
+    assert reasons_by_row(home) == expected
+    assert read_validated_events(home_settings(home))["source_row"].tolist() == [1, 17]
+    assert (meta["raw_events"]["row_count"], meta["validated_events"]["row_count"],
+            meta["quarantined_events"]["row_count"]) == (17, 2, 15)
+    reasons = meta["quarantined_events"]["reasons"]
+    assert reasons["timestamp before 1990 or in the future"] == 2
+    assert reasons["item_id not in the catalogue"] == 3
+    assert "**17 rows** read this run, **2 validated**" in meta["validated_events"]["summary"]
     assert "| rating outside 0..5 | 2 |" in meta["validated_events"]["summary"]
-    # The quarantine keeps the fields as read, the 1 MB one included.
-    kept = quarantine(home).set_index("source_row")
-    assert len(kept.loc[14, "item_id"]) == 1_000_000 and kept.loc[4, "user_id"] == "u\ufffd"
+    checks = result.get_asset_check_evaluations()
+    assert [(c.check_name, c.passed) for c in checks] == [("no_rows_lost", True)]
     assert (home / "data_docs" / "index.html").exists()
 
 
