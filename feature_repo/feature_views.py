@@ -13,11 +13,12 @@ from infra.settings import Settings
 
 # A user's sequence is still a useful signal after a long pause, but not forever.
 USER_RECENT_ITEMS_TTL = timedelta(days=365)
+USER_RECENT_ITEMS = "user_recent_items"
 
 
 def user_recent_items(settings: Settings) -> FeatureView:
     return FeatureView(
-        name="user_recent_items",
+        name=USER_RECENT_ITEMS,
         entities=[user],
         ttl=USER_RECENT_ITEMS_TTL,
         schema=[

@@ -1,4 +1,4 @@
-"""The online path: read user_recent_items through Feast by feature service, and
+"""The online path: read user_recent_items (Feast's Redis layout, thin reader), and
 merge accepted events into it (one writer per user at a time, via a Redis lock),
 after appending them durably to the offline event log."""
 
@@ -16,7 +16,7 @@ from feast import FeatureStore
 from feast.data_source import PushMode
 
 from feature_repo.data_sources import USER_RECENT_ITEMS_PUSH
-from feature_repo.feature_services import BEHAVIOUR_ENCODER_SERVICE
+from feature_repo.online_reader import RecentItemsReader
 from feature_repo.recent_items import merge_recent
 
 LOCK_PREFIX = "recsys:lock:user:"
@@ -46,17 +46,14 @@ class OnlineFeatures:
         self.client = client
         self.recent_items = recent_items
         self.lock_wait_s = lock_wait_s  # how long a writer waits for the user's lock
-        self.service = store.get_feature_service(BEHAVIOUR_ENCODER_SERVICE)
+        # Reads go through a thin reader of Feast's Redis layout (proved equal to
+        # get_online_features for the behaviour_encoder_v1 service in the tests).
+        self.reader = RecentItemsReader(client, store.config.project)
 
     def _read(self, user_id: str) -> tuple[list[str], list[int], int]:
         """(items, their times in us, the stored row's time in whole seconds or 0)."""
-        row = self.store.get_online_features(
-            features=self.service, entity_rows=[{"user_id": user_id}],
-        ).to_dict(include_event_timestamps=True)
-        items = row["recent_item_ids"][0] or []
-        times = row["recent_timestamps"][0] or []
-        stamp = row.get("recent_item_ids__ts", [0])[0] or 0
-        return list(items), [int(t) for t in times], int(stamp)
+        row = self.reader.read(user_id)
+        return row.item_ids, row.timestamps_us, row.row_seconds
 
     def recent(self, user_id: str) -> list[str]:
         """The user's recent item ids, oldest first ([] for an unknown user)."""

@@ -1,11 +1,9 @@
 """``make bench``: figures on this machine, printed as tables and written to
-``bench_results/<section>.json``. Sections: ``data`` (see tests/bench_data.py)
-and ``serving``.
+``bench_results/<section>.json``. Sections: ``data`` (see tests/bench_data.py),
+``features`` (tests/bench_features.py) and ``serving``.
 
 The serving section runs the pipeline once on generated data in a temporary
 RECSYS_HOME (or uses ``BENCH_HOME`` if it already holds a champion), then measures:
-- online feature read for one user through Feast (``behaviour_encoder_v1``)
-  next to a raw redis-py HMGET of the same hash fields;
 - the in-process floor: feature read + encode + top-K, no HTTP;
 - ``/recommend`` over HTTP against a real ``bentoml serve`` (sequential);
 - event-to-visible: ``/events`` then ``/recommend`` that no longer offers the item.
@@ -20,10 +18,6 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
-from feast.infra.online_stores.helpers import _mmh3, _redis_key
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-from feast.protos.feast.types.Value_pb2 import Value
 
 from feature_repo.store import open_store
 from infra import redis_server
@@ -31,17 +25,11 @@ from infra.settings import Settings
 from orchestration.cli import free_port, start_service, stop_service, wait_ready
 from serving.online import OnlineFeatures
 from serving.scoring import load_served_model, recommend
-from tests import bench_data
+from tests import bench_data, bench_features
+from tests.bench_features import percentiles, print_latency_table, timed
 from training import registry
 
 SIZE = {"generator_users": 2000, "generator_items": 1000, "generator_events": 60_000}
-
-
-def percentiles(samples_s: list[float]) -> dict[str, float]:
-    ms = np.asarray(samples_s) * 1000
-    return {"n": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 3),
-            "p95_ms": round(float(np.percentile(ms, 95)), 3),
-            "p99_ms": round(float(np.percentile(ms, 99)), 3)}
 
 
 def prepare(settings: Settings) -> None:
@@ -59,16 +47,6 @@ def prepare(settings: Settings) -> None:
     assert result.success
 
 
-def timed(fn, users, repeat):
-    samples = []
-    for _ in range(repeat):
-        user = random.choice(users)
-        started = time.perf_counter()
-        fn(user)
-        samples.append(time.perf_counter() - started)
-    return samples
-
-
 def serving_benchmark() -> dict:
     random.seed(0)
     home = Path(os.environ.get("BENCH_HOME") or tempfile.mkdtemp(prefix="recsys_bench_"))
@@ -83,18 +61,7 @@ def serving_benchmark() -> dict:
     from orchestration.assets.ingest import read_validated_events
 
     users = read_validated_events(settings, columns=["user_id"])["user_id"].unique().tolist()
-    fields = [_mmh3(f"user_recent_items:{f}") for f in ("recent_item_ids", "recent_timestamps")]
-    fields.append(b"_ts:user_recent_items")
-
-    def raw_read(user):
-        key = _redis_key(settings.feast_project, EntityKey(
-            join_keys=["user_id"], entity_values=[Value(string_val=user)]))
-        return client.hmget(key, fields)
-
     results = {}
-    for name, fn in [("feast_online_read", online.recent), ("raw_redis_hmget", raw_read)]:
-        timed(fn, users, 200)  # warm up
-        results[name] = percentiles(timed(fn, users, 3000))
     import torch
 
     torch.set_num_threads(1)
@@ -125,16 +92,14 @@ def serving_benchmark() -> dict:
             results["event_to_visible"] = percentiles(samples)
     finally:
         stop_service(settings)
-    print(f"\n{'measure':<28} {'n':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
-    for name, row in results.items():
-        print(f"{name:<28} {row['n']:>6} {row['p50_ms']:>8.3f} {row['p95_ms']:>8.3f} "
-              f"{row['p99_ms']:>8.3f}")
+    print_latency_table(results)
     if not os.environ.get("BENCH_HOME"):
         redis_server.stop(settings)
     return results
 
 
-SECTIONS = {"data": bench_data.benchmark, "serving": serving_benchmark}
+SECTIONS = {"data": bench_data.benchmark, "features": bench_features.benchmark,
+            "serving": serving_benchmark}
 
 
 def main() -> None:

@@ -8,10 +8,13 @@ import pytest
 
 from feature_repo.data_sources import USER_RECENT_ITEMS_FILE
 from feature_repo.feature_services import BEHAVIOUR_ENCODER_SERVICE
+from feature_repo.feature_views import USER_RECENT_ITEMS
+from feature_repo.materialize import materialize_view
 from feature_repo.recent_items import feature_times, merge_recent, recent_items_table
 from feature_repo.store import apply_definitions, feast_connection_string, open_store
 from infra import redis_server
 from infra.settings import Settings
+from serving.online import OnlineFeatures
 
 
 def events(rows):
@@ -91,8 +94,6 @@ def test_concurrent_writers_to_one_user_lose_nothing(home: Settings):
     read-merge-write; without it, writers overwrite each other's merges)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from serving.online import OnlineFeatures
-
     home.offline_dir.mkdir(parents=True)
     recent_items_table(HAND, n=50).to_parquet(home.offline_dir / USER_RECENT_ITEMS_FILE)
     server = redis_server.ensure(home)
@@ -116,3 +117,97 @@ def test_concurrent_writers_to_one_user_lose_nothing(home: Settings):
     items = online.recent("carol")
     assert len(items) == writers * per_writer == 640
     assert items == [f"w{i % writers}-e{i // writers}" for i in range(640)]
+
+
+def redis_dump(server) -> dict:
+    client = server.client()
+    return {key: client.dump(key) for key in sorted(client.keys("*"))
+            if not key.startswith(b"recsys:lock")}
+
+
+def test_materialize_view_writes_what_feast_materialize_writes(home: Settings, tmp_path):
+    """Our range materialisation and Feast's own leave byte-identical Redis hashes."""
+    other = Settings(home=tmp_path / "feast_materialize")
+    try:
+        dumps = []
+        for settings, ours in ((home, True), (other, False)):
+            settings.offline_dir.mkdir(parents=True)
+            path = settings.offline_dir / USER_RECENT_ITEMS_FILE
+            table = recent_items_table(HAND, n=50)
+            table.to_parquet(path)
+            server = redis_server.ensure(settings)
+            store = open_store(settings, server.url)
+            apply_definitions(store, settings)
+            start = table["event_timestamp"].min().to_pydatetime()
+            end = (table["event_timestamp"].max() + pd.Timedelta(seconds=1)).to_pydatetime()
+            if ours:
+                stats = materialize_view(store, USER_RECENT_ITEMS, path, "user_id", start, end)
+                assert (stats.rows_in_range, stats.entities_written) == (5, 2)
+            else:
+                store.materialize(start_date=start, end_date=end, feature_views=[USER_RECENT_ITEMS])
+            dumps.append(redis_dump(server))
+        assert len(dumps[0]) == 2 and dumps[0] == dumps[1]
+    finally:
+        redis_server.stop(other)
+
+
+def test_materialisation_is_incremental_and_idempotent(home: Settings):
+    from dagster import materialize
+
+    from orchestration.assets.features import online_user_features
+    from orchestration.resources import resources_from_settings
+
+    home.offline_dir.mkdir(parents=True)
+    path = home.offline_dir / USER_RECENT_ITEMS_FILE
+    server = redis_server.ensure(home)
+    store = open_store(home, server.url)
+    resources = resources_from_settings(home)
+
+    def run(full_refresh=False):
+        result = materialize([online_user_features], resources=resources, run_config={"ops": {
+            "online_user_features": {"config": {"full_refresh": full_refresh}}}})
+        (event,) = result.get_asset_materialization_events()
+        return {k: v.value for k, v in
+                event.step_materialization_data.materialization.metadata.items()}
+
+    recent_items_table(HAND.iloc[:4], n=50).to_parquet(path)
+    apply_definitions(store, home)
+    first = run()
+    assert (first["rows_in_range"], first["row_count"]) == (4, 2)
+    recent_items_table(HAND, n=50).to_parquet(path)  # alice's "d" arrives
+    second = run()
+    assert (second["rows_in_range"], second["row_count"]) == (1, 1)
+    assert second["start"] == first["end"]
+    online = OnlineFeatures(store, server.client(), recent_items=50)
+    assert online.recent("alice") == ["a", "b", "c", "d"] and online.recent("bob") == ["x"]
+    before = redis_dump(server)
+    assert run()["row_count"] == 0  # nothing new
+    again = run(full_refresh=True)
+    assert (again["rows_in_range"], again["row_count"]) == (5, 2)
+    assert redis_dump(server) == before
+
+
+def test_thin_reader_returns_exactly_what_get_online_features_returns(home: Settings):
+    from feature_repo.online_reader import RecentItemsReader
+
+    home.offline_dir.mkdir(parents=True)
+    path = home.offline_dir / USER_RECENT_ITEMS_FILE
+    recent_items_table(HAND, n=50).to_parquet(path)
+    server = redis_server.ensure(home)
+    store = open_store(home, server.url)
+    apply_definitions(store, home)
+    times = pd.read_parquet(path)["event_timestamp"]
+    materialize_view(store, USER_RECENT_ITEMS, path, "user_id", times.min().to_pydatetime(),
+                     (times.max() + pd.Timedelta(seconds=1)).to_pydatetime())
+    OnlineFeatures(store, server.client(), 50).append("bob", ["y"], [1_700_000_000_000_000])
+    reader = RecentItemsReader(server.client(), home.feast_project)
+    users = ["alice", "bob", "nobody"]
+    expected = store.get_online_features(
+        features=store.get_feature_service(BEHAVIOUR_ENCODER_SERVICE),
+        entity_rows=[{"user_id": u} for u in users]).to_dict(include_event_timestamps=True)
+    for k, user in enumerate(users):
+        row = reader.read(user)
+        assert row.item_ids == list(expected["recent_item_ids"][k] or [])
+        assert row.timestamps_us == list(expected["recent_timestamps"][k] or [])
+        assert row.row_seconds == (expected["recent_item_ids__ts"][k] or 0)
+    assert reader.read("bob").item_ids == ["x", "y"] and reader.read("nobody").item_ids == []

@@ -2,12 +2,15 @@
 (parquet) and materialised into the online store (Redis) through Feast."""
 
 
-import time
+import json
+from pathlib import Path
 
 import pandas as pd
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
 from feature_repo.data_sources import USER_RECENT_ITEMS_FILE
+from feature_repo.feature_views import USER_RECENT_ITEMS
+from feature_repo.materialize import materialize_view
 from feature_repo.recent_items import recent_items_table
 from feature_repo.store import apply_definitions
 from orchestration.assets.ingest import read_validated_events
@@ -35,20 +38,41 @@ def feast_definitions(feature_store: FeatureStoreResource) -> MaterializeResult:
     return MaterializeResult(metadata={"applied": MetadataValue.json(names)})
 
 
+class Materialization(Config):
+    """``full_refresh``: re-materialise from the first event instead of from where
+    the last materialisation ended (the result is the same; Redis is unchanged)."""
+
+    full_refresh: bool = False
+
+
+def _marks_path(settings) -> Path:
+    return settings.offline_dir / "materialized.json"
+
+
 @asset(group_name="features", deps=["feast_definitions"])
-def online_user_features(context: AssetExecutionContext, state: RecsysState,
-                         feature_store: FeatureStoreResource) -> MaterializeResult:
-    """user_recent_items materialised into Redis (the latest row per user)."""
-    path = state.settings().offline_dir / USER_RECENT_ITEMS_FILE
+def online_user_features(context: AssetExecutionContext, config: Materialization,
+                         state: RecsysState, feature_store: FeatureStoreResource,
+                         ) -> MaterializeResult:
+    """user_recent_items materialised into Redis, incrementally: the latest row per
+    user among rows newer than the last materialisation's end."""
+    settings = state.settings()
+    path = settings.offline_dir / USER_RECENT_ITEMS_FILE
     times = pd.read_parquet(path, columns=["event_timestamp"])["event_timestamp"]
-    start, end = times.min(), times.max() + pd.Timedelta(seconds=1)
-    store = feature_store.store()
-    started = time.perf_counter()
-    store.materialize(start_date=start.to_pydatetime(), end_date=end.to_pydatetime(),
-                      feature_views=["user_recent_items"])
-    seconds = time.perf_counter() - started
-    users = int(pd.read_parquet(path, columns=["user_id"])["user_id"].nunique())
+    end = times.max() + pd.Timedelta(microseconds=1)
+    marks_path = _marks_path(settings)
+    marks = json.loads(marks_path.read_text()) if marks_path.exists() else {}
+    previous = marks.get(USER_RECENT_ITEMS)
+    start = times.min() if config.full_refresh or previous is None else pd.Timestamp(previous)
+    stats = materialize_view(feature_store.store(), USER_RECENT_ITEMS, path, "user_id",
+                             start.to_pydatetime(), end.to_pydatetime())
+    marks[USER_RECENT_ITEMS] = end.isoformat()
+    marks_path.write_text(json.dumps(marks, indent=1))
+    context.log.info(f"materialised {stats.entities_written} users from {stats.rows_in_range} "
+                     f"rows in [{start}, {end}) in {stats.seconds:.1f} s")
     return MaterializeResult(metadata={
-        "users": users, "start": str(start), "end": str(end),
-        "materialize_seconds": round(seconds, 2),
+        "row_count": stats.entities_written, "rows_in_range": stats.rows_in_range,
+        "start": str(start), "end": str(end), "full_refresh": config.full_refresh,
+        "materialize_seconds": round(stats.seconds, 2),
+        "rows_per_second": round(stats.entities_written / stats.seconds)
+        if stats.seconds else 0,
     })

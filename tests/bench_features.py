@@ -1,0 +1,110 @@
+"""Feature benchmark, in a temporary RECSYS_HOME with its own embedded Redis:
+the offline ``user_recent_items`` table for ``BENCH_FEATURE_USERS`` users
+(default 100,000, 5 events each), its materialisation into Redis (users/s),
+then reads of one user's ``behaviour_encoder_v1`` features three ways, in the
+same run: Feast ``get_online_features`` by feature service, the project's
+thin reader (what the service uses), and a raw redis-py HMGET of the same fields.
+"""
+
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from feature_repo.data_sources import USER_RECENT_ITEMS_FILE
+from feature_repo.feature_services import BEHAVIOUR_ENCODER_SERVICE
+from feature_repo.feature_views import USER_RECENT_ITEMS
+from feature_repo.materialize import materialize_view
+from feature_repo.online_reader import RecentItemsReader
+from feature_repo.recent_items import recent_items_table
+from feature_repo.store import apply_definitions, open_store
+from infra import redis_server
+from infra.settings import Settings
+
+
+def percentiles(samples_s: list[float]) -> dict[str, float]:
+    ms = np.asarray(samples_s) * 1000
+    return {"n": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 3),
+            "p95_ms": round(float(np.percentile(ms, 95)), 3),
+            "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+
+
+def timed(fn, users, repeat):
+    samples = []
+    for _ in range(repeat):
+        user = random.choice(users)
+        started = time.perf_counter()
+        fn(user)
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def print_latency_table(results: dict) -> None:
+    print(f"\n{'measure':<28} {'n':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+    for name, row in results.items():
+        if "p50_ms" in row:
+            print(f"{name:<28} {row['n']:>6} {row['p50_ms']:>8.3f} {row['p95_ms']:>8.3f} "
+                  f"{row['p99_ms']:>8.3f}")
+
+
+def benchmark() -> dict:
+    random.seed(0)
+    n_users = int(os.environ.get("BENCH_FEATURE_USERS", "100000"))
+    settings = Settings(home=Path(tempfile.mkdtemp(prefix="recsys_bench_features_")))
+    settings.offline_dir.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    n = n_users * 5
+    users = np.char.add("u", np.arange(n_users).astype(str))
+    events = pd.DataFrame({
+        "user_id": np.concatenate([users, users[rng.integers(0, n_users, n - n_users)]]),
+        "item_id": np.char.add("i", rng.integers(0, 5000, n).astype(str)),
+        "event_timestamp": pd.to_datetime(1_600_000_000 + np.arange(n), unit="s", utc=True),
+    })
+    started = time.perf_counter()
+    path = settings.offline_dir / USER_RECENT_ITEMS_FILE
+    recent_items_table(events, settings.recent_items).to_parquet(path)
+    table_seconds = time.perf_counter() - started
+    results: dict = {}
+    try:
+        server = redis_server.ensure(settings)
+        store = open_store(settings, server.url)
+        apply_definitions(store, settings)
+        stats = materialize_view(store, USER_RECENT_ITEMS, path, "user_id",
+                                 events["event_timestamp"].min().to_pydatetime(),
+                                 events["event_timestamp"].max().to_pydatetime()
+                                 + pd.Timedelta(seconds=1))
+        results["materialize"] = {
+            "users": stats.entities_written, "offline_rows": stats.rows_in_range,
+            "offline_table_seconds": round(table_seconds, 1),
+            "seconds": round(stats.seconds, 1),
+            "users_per_s": round(stats.entities_written / stats.seconds)}
+        service = store.get_feature_service(BEHAVIOUR_ENCODER_SERVICE)
+        client = server.client()
+        reader = RecentItemsReader(client, settings.feast_project)
+        names = users.tolist()
+
+        def feast_read(user):
+            return store.get_online_features(features=service,
+                                             entity_rows=[{"user_id": user}]).to_dict()
+
+        def raw_hmget(user):
+            return client.hmget(reader.key(user), reader.fields)
+
+        for name, fn in [("feast_get_online_features", feast_read),
+                         ("thin_reader", reader.read), ("raw_redis_hmget", raw_hmget)]:
+            timed(fn, names, 300)  # warm up
+            results[name] = percentiles(timed(fn, names, 5000))
+    finally:
+        redis_server.stop(settings)
+    m = results["materialize"]
+    print(f"\noffline user_recent_items for {n:,} events: {m['offline_table_seconds']} s; "
+          f"materialised {m['users']:,} users into Redis in {m['seconds']} s "
+          f"({m['users_per_s']:,} users/s)")
+    print_latency_table(results)
+    ratio = results["thin_reader"]["p99_ms"] / results["raw_redis_hmget"]["p99_ms"]
+    print(f"thin reader p99 / raw HMGET p99: {ratio:.2f}x")
+    return results

