@@ -25,12 +25,22 @@ STATE_FILE = "server.json"
 PORT_FILE = "port"  # kept across stops: a restart comes back at the same address
 
 
+SOCKET_FILE = "redis.sock"
+MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to 107 bytes on Linux
+
+
 @dataclass(frozen=True)
 class RedisServer:
-    url: str
+    url: str  # TCP: what Feast and other processes connect to
     pid: int | None  # None for an external server (REDIS_URL)
+    socket: str | None = None  # the embedded server's Unix socket, when it has one
 
     def client(self) -> redis.Redis:
+        """A client for this process's own reads and writes: over the Unix socket
+        when the embedded server has one (about half the round trip of loopback
+        TCP here), else the URL."""
+        if self.socket:
+            return redis.Redis(unix_socket_path=self.socket)
         return redis.Redis.from_url(self.url)
 
 
@@ -96,7 +106,7 @@ def running(settings: Settings) -> RedisServer | None:
         return None
     state = json.loads(path.read_text())
     if _alive(state["pid"]) and _answers(state["url"]):
-        return RedisServer(url=state["url"], pid=state["pid"])
+        return RedisServer(url=state["url"], pid=state["pid"], socket=state.get("socket"))
     return None
 
 
@@ -124,14 +134,20 @@ def ensure(settings: Settings, timeout: float = 15.0) -> RedisServer:
         "--logfile", str(directory / "redis.log"),
         "--protected-mode", "yes",
     ]
+    socket_path = str(directory / SOCKET_FILE)
+    if len(socket_path) > MAX_SOCKET_PATH:
+        socket_path = None
+    else:
+        cmd += ["--unixsocket", socket_path, "--unixsocketperm", "700"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pidfile.exists() and _answers(url):
             pid = int(pidfile.read_text().strip())
-            _state_path(settings).write_text(json.dumps({"url": url, "pid": pid}))
-            return RedisServer(url=url, pid=pid)
+            _state_path(settings).write_text(json.dumps(
+                {"url": url, "pid": pid, "socket": socket_path}))
+            return RedisServer(url=url, pid=pid, socket=socket_path)
         time.sleep(0.05)
     raise RuntimeError(
         f"embedded Redis did not answer on {url} within {timeout}s; see {directory / 'redis.log'}"

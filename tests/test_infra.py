@@ -38,6 +38,10 @@ def test_embedded_redis_start_reuse_stop_restart_keeps_data(home):
     assert first.url.startswith("redis://127.0.0.1:")
     assert (home.redis_dir / "server.json").exists()
     first.client().set("feature", "kept")
+    # The local client goes over the Unix socket; TCP sees the same data.
+    assert first.socket == str(home.redis_dir / "redis.sock")
+    assert first.client().connection_pool.connection_kwargs["path"] == first.socket
+    assert redis.Redis.from_url(first.url).get("feature") == b"kept"
     # Reused while alive: same server, same pid.
     assert redis_server.ensure(home) == first
     assert redis_server.stop(home) is True
@@ -62,4 +66,5 @@ def test_external_redis_url_is_honoured(home):
     settings = Settings(home=home.home / "other", redis_url=external.url)
     assert redis_server.ensure(settings).url == external.url
     assert redis_server.ensure(settings).pid is None
+    assert redis_server.ensure(settings).socket is None
     assert not (settings.redis_dir / "server.json").exists()
