@@ -11,10 +11,9 @@ from urllib.parse import unquote, urlparse
 import yaml
 from feast import FeatureStore
 
+from feature_repo import feature_services, feature_views
 from feature_repo.data_sources import user_recent_items_push
 from feature_repo.entities import item, user
-from feature_repo.feature_services import behaviour_encoder_v1
-from feature_repo.feature_views import user_recent_items
 from infra.settings import Settings
 
 
@@ -67,8 +66,14 @@ def open_store(settings: Settings, redis_url: str) -> FeatureStore:
 
 
 def definitions(settings: Settings) -> list:
-    view = user_recent_items(settings)
-    return [user, item, user_recent_items_push(settings), view, behaviour_encoder_v1(view)]
+    recent = feature_views.user_recent_items(settings)
+    profile = feature_views.user_profile(settings)
+    popularity = feature_views.item_popularity(settings)
+    content = feature_views.item_content(settings)
+    return [user, item, user_recent_items_push(settings), recent, profile, popularity, content,
+            feature_services.behaviour_encoder_v1(recent),
+            feature_services.item_text_encoder_v1(content),
+            feature_services.monitoring_v1(profile, popularity)]
 
 
 def apply_definitions(store: FeatureStore, settings: Settings) -> list[str]:

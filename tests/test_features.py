@@ -6,10 +6,15 @@ import time
 import pandas as pd
 import pytest
 
-from feature_repo.data_sources import USER_RECENT_ITEMS_FILE
+from feature_repo.data_sources import (
+    ITEM_POPULARITY_FILE,
+    USER_PROFILE_FILE,
+    USER_RECENT_ITEMS_FILE,
+)
 from feature_repo.feature_services import BEHAVIOUR_ENCODER_SERVICE
-from feature_repo.feature_views import USER_RECENT_ITEMS
+from feature_repo.feature_views import USER_PROFILE, USER_RECENT_ITEMS
 from feature_repo.materialize import materialize_view
+from feature_repo.profiles import item_popularity_table, user_profile_table
 from feature_repo.recent_items import feature_times, merge_recent, recent_items_table
 from feature_repo.store import apply_definitions, feast_connection_string, open_store
 from infra import redis_server
@@ -151,6 +156,16 @@ def test_materialize_view_writes_what_feast_materialize_writes(home: Settings, t
         redis_server.stop(other)
 
 
+HAND_ITEMS = pd.DataFrame({"item_id": ["a", "b", "c", "d", "x"],
+                           "genres": ["Drama", "Drama|War", "Comedy", "War", "Comedy"]})
+
+
+def write_user_tables(settings: Settings, events: pd.DataFrame) -> None:
+    events = events.assign(rating=float("nan"))
+    recent_items_table(events, n=50).to_parquet(settings.offline_dir / USER_RECENT_ITEMS_FILE)
+    user_profile_table(events, HAND_ITEMS).to_parquet(settings.offline_dir / USER_PROFILE_FILE)
+
+
 def test_materialisation_is_incremental_and_idempotent(home: Settings):
     from dagster import materialize
 
@@ -158,7 +173,6 @@ def test_materialisation_is_incremental_and_idempotent(home: Settings):
     from orchestration.resources import resources_from_settings
 
     home.offline_dir.mkdir(parents=True)
-    path = home.offline_dir / USER_RECENT_ITEMS_FILE
     server = redis_server.ensure(home)
     store = open_store(home, server.url)
     resources = resources_from_settings(home)
@@ -167,24 +181,60 @@ def test_materialisation_is_incremental_and_idempotent(home: Settings):
         result = materialize([online_user_features], resources=resources, run_config={"ops": {
             "online_user_features": {"config": {"full_refresh": full_refresh}}}})
         (event,) = result.get_asset_materialization_events()
-        return {k: v.value for k, v in
-                event.step_materialization_data.materialization.metadata.items()}
+        metadata = event.step_materialization_data.materialization.metadata
+        return {view: metadata[view].value for view in (USER_RECENT_ITEMS, USER_PROFILE)}
 
-    recent_items_table(HAND.iloc[:4], n=50).to_parquet(path)
+    write_user_tables(home, HAND.iloc[:4])
     apply_definitions(store, home)
     first = run()
-    assert (first["rows_in_range"], first["row_count"]) == (4, 2)
-    recent_items_table(HAND, n=50).to_parquet(path)  # alice's "d" arrives
+    assert [(m["rows_in_range"], m["entities_written"]) for m in first.values()] == [(4, 2)] * 2
+    write_user_tables(home, HAND)  # alice's "d" arrives
     second = run()
-    assert (second["rows_in_range"], second["row_count"]) == (1, 1)
-    assert second["start"] == first["end"]
+    assert [(m["rows_in_range"], m["entities_written"]) for m in second.values()] == [(1, 1)] * 2
+    assert second[USER_PROFILE]["start"] == first[USER_PROFILE]["end"]
     online = OnlineFeatures(store, server.client(), recent_items=50)
     assert online.recent("alice") == ["a", "b", "c", "d"] and online.recent("bob") == ["x"]
+    profile = store.get_online_features(
+        features=["user_profile:event_count", "user_profile:top_genres"],
+        entity_rows=[{"user_id": "alice"}]).to_dict()
+    assert profile["event_count"] == [4] and profile["top_genres"] == [["Drama", "War", "Comedy"]]
     before = redis_dump(server)
-    assert run()["row_count"] == 0  # nothing new
+    assert [m["entities_written"] for m in run().values()] == [0, 0]  # nothing new
     again = run(full_refresh=True)
-    assert (again["rows_in_range"], again["row_count"]) == (5, 2)
+    assert [(m["rows_in_range"], m["entities_written"]) for m in again.values()] == [(5, 2)] * 2
     assert redis_dump(server) == before
+
+
+def test_profile_and_popularity_are_point_in_time(home: Settings):
+    """Three instants for alice and for item "b": each answer counts only earlier events."""
+    home.offline_dir.mkdir(parents=True)
+    events = HAND.assign(rating=[4.0, None, 2.0, None, 5.0])
+    write_user_tables(home, HAND)
+    user_profile_table(events, HAND_ITEMS).to_parquet(home.offline_dir / USER_PROFILE_FILE)
+    item_popularity_table(events).to_parquet(home.offline_dir / ITEM_POPULARITY_FILE)
+    store = open_store(home, redis_server.ensure(home).url)
+    apply_definitions(store, home)
+    t = feature_times(HAND)
+    micro = pd.Timedelta(microseconds=1)
+    when = [t.iloc[2] - micro, t.iloc[3], t.iloc[4] + pd.Timedelta(days=2)]
+    users = store.get_historical_features(
+        entity_df=pd.DataFrame({"user_id": ["alice"] * 3, "event_timestamp": when}),
+        features=["user_profile:event_count", "user_profile:mean_rating",
+                  "user_profile:top_genres"]).to_df().sort_values("event_timestamp")
+    assert users["event_count"].tolist() == [1, 3, 4]
+    assert users["mean_rating"].tolist() == pytest.approx([4.0, 3.0, 11 / 3])  # a=4, b=2, d=5
+    assert users["top_genres"].map(list).tolist() == [
+        ["Drama"], ["Drama", "Comedy", "War"], ["Drama", "War", "Comedy"]]
+    items = store.get_historical_features(
+        entity_df=pd.DataFrame({"item_id": ["a", "a", "a"],
+                                "event_timestamp": [t.iloc[0] - micro, t.iloc[0],
+                                                    t.iloc[0] + pd.Timedelta(days=3)]}),
+        features=["item_popularity:count_1d", "item_popularity:count_30d"],
+    ).to_df().sort_values("event_timestamp")
+    # Before a's only event: no row; at it: 1 and 1; three days later the row
+    # still says what was true at that event (the counts are as of event time).
+    assert len(items) == 2  # Feast's file store leaves out the row before any value
+    assert items["count_30d"].tolist() == [1, 1] and items["count_1d"].tolist() == [1, 1]
 
 
 def test_thin_reader_returns_exactly_what_get_online_features_returns(home: Settings):

@@ -3,35 +3,88 @@
 
 
 import json
-from pathlib import Path
 
 import pandas as pd
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
 
-from feature_repo.data_sources import USER_RECENT_ITEMS_FILE
-from feature_repo.feature_views import USER_RECENT_ITEMS
+from feature_repo import data_sources as files
+from feature_repo.feature_views import (
+    ITEM_CONTENT,
+    ITEM_POPULARITY,
+    USER_PROFILE,
+    USER_RECENT_ITEMS,
+)
 from feature_repo.materialize import materialize_view
+from feature_repo.profiles import item_popularity_table, user_profile_table
 from feature_repo.recent_items import recent_items_table
+from feature_repo.schema import GENRE_SEPARATOR
 from feature_repo.store import apply_definitions
-from orchestration.assets.ingest import read_validated_events
+from infra.settings import Settings
+from orchestration.assets.ingest import ITEMS, read_validated_events
 from orchestration.resources import FeatureStoreResource, RecsysState
+from training.text_encoder import TextEncoder, item_texts
+
+# Item text is known before any event: its feature time is the start of time.
+CONTENT_TIME = pd.Timestamp(0, tz="UTC")
+
+
+def _write_table(settings: Settings, table: pd.DataFrame, file: str, key: str,
+                 ) -> MaterializeResult:
+    path = settings.offline_dir / file
+    table.to_parquet(path, index=False)
+    return MaterializeResult(metadata={
+        "row_count": len(table), "entities": int(table[key].nunique()),
+        "path": MetadataValue.path(str(path)),
+    })
 
 
 @asset(group_name="features", deps=["validated_events"])
 def user_recent_items_offline(state: RecsysState) -> MaterializeResult:
     """Offline table of user_recent_items: one row per event (the last N items after it)."""
     settings = state.settings()
-    events = read_validated_events(settings)
-    table = recent_items_table(events, settings.recent_items)
-    path = settings.offline_dir / USER_RECENT_ITEMS_FILE
-    table.to_parquet(path, index=False)
-    return MaterializeResult(metadata={
-        "row_count": len(table), "users": int(table["user_id"].nunique()),
-        "path": MetadataValue.path(str(path)),
+    table = recent_items_table(read_validated_events(settings), settings.recent_items)
+    return _write_table(settings, table, files.USER_RECENT_ITEMS_FILE, "user_id")
+
+
+@asset(group_name="features", deps=["validated_events", "item_catalogue"])
+def user_profile_offline(state: RecsysState) -> MaterializeResult:
+    """Offline table of user_profile: one row per event (the profile after it)."""
+    settings = state.settings()
+    items = pd.read_parquet(settings.offline_dir / ITEMS)
+    table = user_profile_table(read_validated_events(settings), items)
+    return _write_table(settings, table, files.USER_PROFILE_FILE, "user_id")
+
+
+@asset(group_name="features", deps=["validated_events"])
+def item_popularity_offline(state: RecsysState) -> MaterializeResult:
+    """Offline table of item_popularity: one row per event (1/7/30-day counts at it)."""
+    settings = state.settings()
+    table = item_popularity_table(read_validated_events(settings))
+    return _write_table(settings, table, files.ITEM_POPULARITY_FILE, "item_id")
+
+
+@asset(group_name="features", deps=["item_catalogue"])
+def item_content_offline(state: RecsysState) -> MaterializeResult:
+    """Offline table of item_content: every catalogue item's text embedding (the
+    pretrained text encoder over title, genres and description) and genres."""
+    settings = state.settings()
+    items = pd.read_parquet(settings.offline_dir / ITEMS)
+    encoder = TextEncoder()
+    vectors = encoder.encode(item_texts(items))
+    table = pd.DataFrame({
+        "item_id": items["item_id"],
+        "event_timestamp": CONTENT_TIME,
+        "text_embedding": list(vectors),
+        "genres": [[g for g in gs if g] for gs in
+                   items["genres"].fillna("").str.split(GENRE_SEPARATOR)],
     })
+    result = _write_table(settings, table, files.ITEM_CONTENT_FILE, "item_id")
+    result.metadata["text_model"] = str(encoder.model_dir)
+    return result
 
 
-@asset(group_name="features", deps=["user_recent_items_offline"])
+@asset(group_name="features", deps=["user_recent_items_offline", "user_profile_offline",
+                                     "item_popularity_offline", "item_content_offline"])
 def feast_definitions(feature_store: FeatureStoreResource) -> MaterializeResult:
     """Feast registry: entities, sources, views and feature services applied."""
     names = apply_definitions(feature_store.store(), feature_store.settings())
@@ -39,40 +92,57 @@ def feast_definitions(feature_store: FeatureStoreResource) -> MaterializeResult:
 
 
 class Materialization(Config):
-    """``full_refresh``: re-materialise from the first event instead of from where
+    """``full_refresh``: re-materialise from the first row instead of from where
     the last materialisation ended (the result is the same; Redis is unchanged)."""
 
     full_refresh: bool = False
 
 
-def _marks_path(settings) -> Path:
-    return settings.offline_dir / "materialized.json"
+def _materialize(context: AssetExecutionContext, settings: Settings,
+                 feature_store: FeatureStoreResource, views: list[tuple[str, str, str]],
+                 full_refresh: bool) -> MaterializeResult:
+    """Each (view, offline file, join key): the latest row per entity among rows newer
+    than the end of that view's last materialisation (all rows on the first run)."""
+    marks_path = settings.offline_dir / "materialized.json"
+    marks = json.loads(marks_path.read_text()) if marks_path.exists() else {}
+    store = feature_store.store()
+    metadata: dict = {"full_refresh": full_refresh}
+    for view, file, key in views:
+        path = settings.offline_dir / file
+        times = pd.read_parquet(path, columns=["event_timestamp"])["event_timestamp"]
+        end = times.max() + pd.Timedelta(microseconds=1)
+        previous = marks.get(view)
+        start = times.min() if full_refresh or previous is None else pd.Timestamp(previous)
+        stats = materialize_view(store, view, path, key, start.to_pydatetime(),
+                                 end.to_pydatetime())
+        marks[view] = end.isoformat()
+        context.log.info(f"{view}: {stats.entities_written} entities from "
+                         f"{stats.rows_in_range} rows in [{start}, {end}) "
+                         f"in {stats.seconds:.1f} s")
+        metadata[view] = MetadataValue.json({
+            "entities_written": stats.entities_written, "rows_in_range": stats.rows_in_range,
+            "start": str(start), "end": str(end), "seconds": round(stats.seconds, 2)})
+    marks_path.write_text(json.dumps(marks, indent=1))
+    first = views[0][0]
+    metadata["row_count"] = metadata[first].value["entities_written"]
+    return MaterializeResult(metadata=metadata)
 
 
 @asset(group_name="features", deps=["feast_definitions"])
 def online_user_features(context: AssetExecutionContext, config: Materialization,
                          state: RecsysState, feature_store: FeatureStoreResource,
                          ) -> MaterializeResult:
-    """user_recent_items materialised into Redis, incrementally: the latest row per
-    user among rows newer than the last materialisation's end."""
-    settings = state.settings()
-    path = settings.offline_dir / USER_RECENT_ITEMS_FILE
-    times = pd.read_parquet(path, columns=["event_timestamp"])["event_timestamp"]
-    end = times.max() + pd.Timedelta(microseconds=1)
-    marks_path = _marks_path(settings)
-    marks = json.loads(marks_path.read_text()) if marks_path.exists() else {}
-    previous = marks.get(USER_RECENT_ITEMS)
-    start = times.min() if config.full_refresh or previous is None else pd.Timestamp(previous)
-    stats = materialize_view(feature_store.store(), USER_RECENT_ITEMS, path, "user_id",
-                             start.to_pydatetime(), end.to_pydatetime())
-    marks[USER_RECENT_ITEMS] = end.isoformat()
-    marks_path.write_text(json.dumps(marks, indent=1))
-    context.log.info(f"materialised {stats.entities_written} users from {stats.rows_in_range} "
-                     f"rows in [{start}, {end}) in {stats.seconds:.1f} s")
-    return MaterializeResult(metadata={
-        "row_count": stats.entities_written, "rows_in_range": stats.rows_in_range,
-        "start": str(start), "end": str(end), "full_refresh": config.full_refresh,
-        "materialize_seconds": round(stats.seconds, 2),
-        "rows_per_second": round(stats.entities_written / stats.seconds)
-        if stats.seconds else 0,
-    })
+    """user_recent_items and user_profile materialised into Redis, incrementally."""
+    return _materialize(context, state.settings(), feature_store, [
+        (USER_RECENT_ITEMS, files.USER_RECENT_ITEMS_FILE, "user_id"),
+        (USER_PROFILE, files.USER_PROFILE_FILE, "user_id")], config.full_refresh)
+
+
+@asset(group_name="features", deps=["feast_definitions"])
+def online_item_features(context: AssetExecutionContext, config: Materialization,
+                         state: RecsysState, feature_store: FeatureStoreResource,
+                         ) -> MaterializeResult:
+    """item_popularity and item_content materialised into Redis, incrementally."""
+    return _materialize(context, state.settings(), feature_store, [
+        (ITEM_POPULARITY, files.ITEM_POPULARITY_FILE, "item_id"),
+        (ITEM_CONTENT, files.ITEM_CONTENT_FILE, "item_id")], config.full_refresh)
