@@ -4,6 +4,7 @@ from this package."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from urllib.parse import unquote, urlparse
@@ -43,8 +44,10 @@ def render_config(settings: Settings, redis_url: str) -> dict:
         "provider": "local",
         "registry": str(settings.feast_dir / "registry.db"),
         "online_store": {"type": "redis",
+                         "redis_type": "redis_cluster" if settings.redis_cluster else "redis",
                          "connection_string": feast_connection_string(redis_url)},
-        "offline_store": {"type": "file"},
+        "offline_store": (json.loads(settings.feast_offline_store)
+                          if settings.feast_offline_store else {"type": "file"}),
         "entity_key_serialization_version": 3,
     }
     # The YAML holds the password when REDIS_URL has one: keep it private. Several

@@ -34,11 +34,14 @@ class RedisServer:
     url: str  # TCP: what Feast and other processes connect to
     pid: int | None  # None for an external server (REDIS_URL)
     socket: str | None = None  # the embedded server's Unix socket, when it has one
+    cluster: bool = False  # url is a node of a Redis Cluster
 
     def client(self) -> redis.Redis:
         """A client for this process's own reads and writes: over the Unix socket
         when the embedded server has one (about half the round trip of loopback
-        TCP here), else the URL."""
+        TCP here), a cluster client for a Redis Cluster, else the URL."""
+        if self.cluster:
+            return redis.RedisCluster.from_url(self.url)
         if self.socket:
             return redis.Redis(unix_socket_path=self.socket)
         return redis.Redis.from_url(self.url)
@@ -113,7 +116,10 @@ def running(settings: Settings) -> RedisServer | None:
 def ensure(settings: Settings, timeout: float = 15.0) -> RedisServer:
     """The Redis to use: ``REDIS_URL`` if set, else the embedded one (started if needed)."""
     if settings.redis_url:
-        return RedisServer(url=settings.redis_url, pid=None)
+        return RedisServer(url=settings.redis_url, pid=None, cluster=settings.redis_cluster)
+    if settings.redis_cluster:
+        raise ValueError("RECSYS_REDIS_CLUSTER=true needs REDIS_URL (a node of the cluster): "
+                         "the embedded Redis is a single server")
     current = running(settings)
     if current:
         return current

@@ -12,6 +12,13 @@ from pathlib import Path
 DEFAULT_HOME = ".recsys"
 
 
+def _flag(env, name: str) -> bool:
+    value = (env.get(name) or "").strip().lower()
+    if value not in ("", "0", "1", "false", "true", "no", "yes"):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value in ("1", "true", "yes")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where state lives and which external services to use.
@@ -28,6 +35,8 @@ class Settings:
     feast_project: str = "recsys"
     serving_threads: int = 1
     future_tolerance_s: float = 86400.0
+    redis_cluster: bool = False  # REDIS_URL is a node of a Redis Cluster
+    feast_offline_store: str | None = None  # JSON: Feast offline_store config (default file)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -51,6 +60,8 @@ class Settings:
             recent_items=int(recent),
             serving_threads=int(threads),
             future_tolerance_s=float(tolerance),
+            redis_cluster=_flag(env, "RECSYS_REDIS_CLUSTER"),
+            feast_offline_store=env.get("RECSYS_FEAST_OFFLINE_STORE") or None,
         )
 
     # Paths under the state directory: the only places the project writes.
