@@ -207,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     redis_parser = sub.add_parser("redis", help="the embedded Redis")
     redis_parser.add_argument("action", choices=["start", "stop", "status"])
     sub.add_parser("stop", help="stop the service and the embedded Redis")
+    promote_parser = sub.add_parser(
+        "promote", help="point the champion alias at a registered behaviour_encoder version")
+    promote_parser.add_argument("version")
+    sub.add_parser("rollback", help="move the champion alias back to the previous champion")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.command == "demo":
@@ -224,6 +228,28 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "stop":
         print("service:", "stopped" if stop_service(settings) else "not running")
         print("redis:", "stopped" if redis_server.stop(settings) else "not running")
+    elif args.command in ("promote", "rollback"):
+        return move_champion(settings, args.command, getattr(args, "version", None))
+    return 0
+
+
+def move_champion(settings: Settings, action: str, version: str | None) -> int:
+    """Manual promotion and rollback (the service picks the alias up when it reloads)."""
+    from mlflow.exceptions import MlflowException
+
+    from training import registry
+
+    uri = settings.tracking_uri()
+    before = registry.alias_version(uri, registry.CHAMPION)
+    try:
+        if action == "promote":
+            registry.set_champion(uri, version)
+        else:
+            registry.rollback_champion(uri)
+    except (MlflowException, ValueError) as error:
+        print(f"recsys {action}: {error}", file=sys.stderr)
+        return 1
+    print(f"champion: v{before} -> v{registry.alias_version(uri, registry.CHAMPION)}")
     return 0
 
 

@@ -42,6 +42,7 @@ class Batch:
     validated: int | None = None  # None until validation has run on the batch
     quarantined: int | None = None
     reasons: dict[str, int] | None = None  # quarantined rows per reason
+    validation_run: str | None = None  # the Dagster run that validated the batch
 
     @property
     def part(self) -> str:

@@ -12,12 +12,14 @@ from orchestration.assets.ingest import (
     item_catalogue,
     no_rows_lost,
     raw_events,
+    raw_events_suite,
     read_validated_events,
     validate_raw_events,
 )
 from orchestration.ledger import Ledger
 from orchestration.resources import RecsysState, resources_from_settings
 from serving.online import EventLog
+from tests.test_sources import U_ITEM
 
 HEADER = "user_id,item_id,event_type,timestamp,rating\n"
 ITEMS = "item_id,title,genres,description\na1,First,Drama,Long\na2,Second,Comedy,\na3,Third,,\n"
@@ -26,7 +28,7 @@ ITEMS = "item_id,title,genres,description\na1,First,Drama,Long\na2,Second,Comedy
 def ingest(home, source, **state):
     """Materialise the ingest assets and their check; returns (result, metadata by asset)."""
     result = materialize(
-        [item_catalogue, raw_events, validate_raw_events, no_rows_lost],
+        [item_catalogue, raw_events, validate_raw_events, no_rows_lost, raw_events_suite],
         resources={"state": RecsysState(home=str(home), source=str(source), **state)},
         raise_on_error=False)
     metadata = {}
@@ -109,8 +111,10 @@ def test_new_files_are_ingested_once_and_redelivery_is_recognised(tmp_path, sour
     assert validated[["user_id", "item_id", "source_file", "source_row"]].values.tolist() == [
         ["u1", "a1", "events-001.csv", 1], ["u1", "a2", "events-001.csv", 2],
         ["u2", "a1", "events-002.csv", 1], ["u3", "a3", "events-002.csv", 3]]
-    checks = result.get_asset_check_evaluations()
-    assert [(c.check_name, c.passed) for c in checks] == [("no_rows_lost", True)]
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["no_rows_lost"].passed and checks["raw_events_suite"].passed
+    # The suite's check reports the latest validation run only: the one appended row.
+    assert checks["raw_events_suite"].metadata["rows"].value == 1
 
 
 def home_settings(home):
@@ -207,18 +211,21 @@ def test_a_corrupted_file_is_counted_row_by_row_and_summarised(tmp_path, source)
     assert reasons["item_id not in the catalogue"] == 3
     assert "**17 rows** read this run, **2 validated**" in meta["validated_events"]["summary"]
     assert "| rating outside 0..5 | 2 |" in meta["validated_events"]["summary"]
-    checks = result.get_asset_check_evaluations()
-    assert [(c.check_name, c.passed) for c in checks] == [("no_rows_lost", True)]
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["no_rows_lost"].passed
+    # 15 of 17 rows quarantined: the suite's check warns, with counts per expectation.
+    suite = checks["raw_events_suite"]
+    assert not suite.passed and suite.severity.value == "WARN"
+    assert suite.metadata["quarantine_rate"].value == round(15 / 17, 6)
+    failing = suite.metadata["failing_rows_per_expectation"].value
+    assert failing["user_id is missing"] == 2 and failing["duplicate of an earlier event"] == 1
     assert (home / "data_docs" / "index.html").exists()
 
 
 def test_movielens_ids_must_be_numeric(tmp_path):
     source = tmp_path / "ml"
     source.mkdir()
-    (source / "u.item").write_bytes(
-        "1|Toy Story (1995)|01-Jan-1995||u|0|0|0|1|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0\n"
-        "2|Misérables, Les (1995)|01-Jan-1995||u|0|0|0|0|0|0|0|0|1|0|0|0|1|0|0|0|0|0|0\n"
-        .encode("latin-1"))
+    (source / "u.item").write_bytes(U_ITEM.encode("latin-1"))
     (source / "u.data").write_bytes(b"1\t1\t5\t881250949\nabc\t2\t4\t881250950\n"
                                     b"2\t1x\t3\t881250951\n3\t2\t3\t881250952\n")
     result, meta = ingest(tmp_path / "home", source)

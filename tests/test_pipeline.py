@@ -13,6 +13,7 @@ from infra.fingerprint import file_sha256, tree_sha256
 from orchestration.assets.ingest import read_validated_events
 from orchestration.definitions import defs
 from orchestration.resources import resources_from_settings
+from tests.test_sources import U_ITEM
 from training import registry
 from training.model import BehaviourEncoder, EncoderConfig
 
@@ -40,7 +41,8 @@ def test_row_counts_add_up(pipeline):
     files = read_validated_events(pipeline.settings)
     assert len(files) == validated
     checks = pipeline.result.get_asset_check_evaluations()
-    assert [(c.check_name, c.passed) for c in checks] == [("no_rows_lost", True)]
+    assert sorted((c.check_name, c.passed) for c in checks) == [
+        ("no_rows_lost", True), ("raw_events_suite", True)]
     assert (pipeline.settings.data_docs_dir / "index.html").exists()
 
 
@@ -101,8 +103,11 @@ def test_champion_registered_and_beats_popularity(pipeline):
 
 
 def test_a_weaker_model_never_becomes_champion(pipeline):
-    """Register an untrained model as challenger; the champion asset must keep v1."""
-    from orchestration.assets.training import champion_model
+    """Register an untrained model as challenger: the blocking check fails, so
+    champion_model does not run and v1 stays champion."""
+    from dagster import AssetSelection
+
+    from orchestration.definitions import ASSETS, CHECKS
 
     uri = pipeline.settings.tracking_uri()
     served = registry.load_version(uri, "1")
@@ -115,12 +120,25 @@ def test_a_weaker_model_never_becomes_champion(pipeline):
         {"best_val_ndcg_at_10": 0.0}, {"purpose": "test"},
         documents={registry.POPULARITY_DOCUMENT: {}})
     assert registry.alias_version(uri, registry.CHALLENGER) == weakened.version
-    result = materialize([champion_model], resources=resources_from_settings(pipeline.settings))
-    meta = result.asset_materializations_for_node("champion_model")[0].metadata
-    assert meta["promoted"].value is False
+    result = materialize(
+        [*ASSETS, *CHECKS], resources=resources_from_settings(pipeline.settings),
+        selection=AssetSelection.assets("champion_model")
+        | AssetSelection.checks_for_assets("behaviour_encoder_version"),
+        raise_on_error=False)
+    assert not result.success
+    (check,) = result.get_asset_check_evaluations()
+    assert check.check_name == "challenger_beats_champion" and not check.passed
+    assert result.asset_materializations_for_node("champion_model") == []
     assert registry.alias_version(uri, registry.CHAMPION) == "1"
-    scores = meta["validation_ndcg_at_10"].value
+    scores = check.metadata["validation_ndcg_at_10"].value
     assert scores["1"] > scores[weakened.version]
+    assert check.metadata["reason"].value.startswith(f"challenger v{weakened.version} ")
+    # A person can still promote it by hand, and roll back.
+    registry.set_champion(uri, weakened.version)
+    assert registry.alias_version(uri, registry.CHAMPION) == weakened.version
+    assert registry.rollback_champion(uri) == "1"
+    assert registry.alias_version(uri, registry.CHAMPION) == "1"
+    assert registry.champion_history(uri) == ["1"]
     # leave the registry as the service tests expect it
     registry.client(uri).set_registered_model_alias(registry.MODEL_NAME, registry.CHALLENGER,
                                                     "1")
@@ -135,10 +153,7 @@ def test_dagster_cli_materializes_ingest_headless(tmp_path):
 
     source = tmp_path / "source"
     source.mkdir()
-    (source / "u.item").write_bytes(
-        "1|Toy Story (1995)|01-Jan-1995||u|0|0|0|1|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0\n"
-        "2|Misérables, Les (1995)|01-Jan-1995||u|0|0|0|0|0|0|0|0|1|0|0|0|1|0|0|0|0|0|0\n"
-        .encode("latin-1"))
+    (source / "u.item").write_bytes(U_ITEM.encode("latin-1"))
     (source / "u.data").write_text("1\t1\t5\t881250949\n1\t2\t9\t881250950\n2\t1\t3\t881250951\n")
     home = tmp_path / "home"
     env = {**os.environ, "RECSYS_HOME": str(home), "RECSYS_SOURCE": str(source),
@@ -155,3 +170,18 @@ def test_dagster_cli_materializes_ingest_headless(tmp_path):
     assert validated[["user_id", "item_id"]].values.tolist() == [["1", "1"], ["2", "1"]]
     assert quarantined[["source_row", "rating", "reason"]].values.tolist() == [
         [2, "9", "rating outside 1..5"]]
+
+
+def test_manual_promote_and_rollback_commands(pipeline, monkeypatch, capsys):
+    from orchestration.cli import main
+
+    monkeypatch.setenv("RECSYS_HOME", str(pipeline.settings.home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = pipeline.settings.tracking_uri()
+    assert main(["promote", "999"]) == 1
+    assert "999" in capsys.readouterr().err
+    assert main(["rollback"]) == 1
+    assert "no earlier champion" in capsys.readouterr().err
+    assert main(["promote", "1"]) == 0
+    assert capsys.readouterr().out.strip() == "champion: v1 -> v1"
+    assert registry.alias_version(uri, registry.CHAMPION) == "1"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -114,8 +115,35 @@ def decide_promotion(challenger: str, challenger_score: float, champion: str | N
     return PromotionDecision(challenger_score > champion_score + min_margin, verdict)
 
 
+HISTORY_TAG = "champion_history"  # JSON list of versions that were champion, oldest first
+
+
+def champion_history(tracking_uri: str) -> list[str]:
+    tags = client(tracking_uri).get_registered_model(MODEL_NAME).tags
+    return json.loads(tags.get(HISTORY_TAG, "[]"))
+
+
 def set_champion(tracking_uri: str, version: str) -> None:
-    client(tracking_uri).set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+    """Point ``champion`` at ``version`` (which must exist) and record it in the history."""
+    c = client(tracking_uri)
+    c.get_model_version(MODEL_NAME, str(version))  # a clear error for a version that is not
+    c.set_registered_model_alias(MODEL_NAME, CHAMPION, str(version))
+    history = champion_history(tracking_uri)
+    if not history or history[-1] != str(version):
+        c.set_registered_model_tag(MODEL_NAME, HISTORY_TAG,
+                                   json.dumps(history + [str(version)]))
+
+
+def rollback_champion(tracking_uri: str) -> str:
+    """Move ``champion`` back to the version that was champion before this one."""
+    history = champion_history(tracking_uri)
+    if len(history) < 2:
+        raise ValueError(f"no earlier champion to roll back to (history: {history})")
+    previous = history[-2]
+    c = client(tracking_uri)
+    c.set_registered_model_alias(MODEL_NAME, CHAMPION, previous)
+    c.set_registered_model_tag(MODEL_NAME, HISTORY_TAG, json.dumps(history[:-1]))
+    return previous
 
 
 def load_document(tracking_uri: str, version: str, name: str) -> dict:

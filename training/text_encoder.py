@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 MAX_TOKENS = 128
 
@@ -35,6 +36,7 @@ class TextEncoder:
         if not (self.model_dir / "config.json").exists():
             raise FileNotFoundError(f"{self.model_dir} is not a Hugging Face model directory "
                                     "(no config.json)")
+        hf_logging.disable_progress_bar()  # no "Loading weights" bars in pipeline logs
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.model = AutoModel.from_pretrained(self.model_dir).eval()
 

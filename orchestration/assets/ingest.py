@@ -21,6 +21,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetExecutionContext,
     AssetOut,
+    Config,
     MaterializeResult,
     MetadataValue,
     Output,
@@ -218,6 +219,7 @@ def validate_raw_events(context: AssetExecutionContext, state: RecsysState):
                     batch_reasons.update(result.reason_counts)
             batch.validated, batch.quarantined = good.rows, bad.rows
             batch.reasons = dict(batch_reasons.most_common())
+            batch.validation_run = context.run_id
             run_reasons.update(batch_reasons)
             run_rows += batch.rows
             run_validated += good.rows
@@ -264,4 +266,37 @@ def no_rows_lost(state: RecsysState) -> AssetCheckResult:
         severity=AssetCheckSeverity.ERROR,
         metadata={"raw": raw, "validated": validated, "quarantined": quarantined,
                   "ledger_rows": ledger.total("rows"), "unbalanced_batches": str(unbalanced)},
+    )
+
+
+class SuiteThresholds(Config):
+    """The share of rows a run may quarantine before the suite's check warns."""
+
+    max_quarantine_rate: float = 0.05
+
+
+@asset_check(asset="validated_events", additional_deps=["quarantined_events"])
+def raw_events_suite(config: SuiteThresholds, state: RecsysState) -> AssetCheckResult:
+    """The Great Expectations suite's outcome as a Dagster check (WARN): rows failing
+    each expectation in the batches the latest validation run read, and whether the share
+    quarantined stays under ``max_quarantine_rate``. Failing rows are quarantined
+    either way; this says when a source has started sending garbage."""
+    settings = state.settings()
+    ledger = Ledger(settings.ingest_ledger)
+    validated = [b for b in ledger.batches if b.validated is not None]
+    latest = validated[-1].validation_run if validated else None
+    batches = [b for b in validated if b.validation_run == latest]
+    rows = sum(b.rows for b in batches)
+    quarantined = sum(b.quarantined for b in batches)
+    reasons: Counter = Counter()
+    for batch in batches:
+        reasons.update(batch.reasons or {})
+    rate = quarantined / rows if rows else 0.0
+    return AssetCheckResult(
+        passed=rate <= config.max_quarantine_rate, severity=AssetCheckSeverity.WARN,
+        metadata={"rows": rows, "quarantined": quarantined, "quarantine_rate": round(rate, 6),
+                  "max_quarantine_rate": config.max_quarantine_rate,
+                  "failing_rows_per_expectation": MetadataValue.json(dict(reasons.most_common())),
+                  "data_docs": MetadataValue.url(
+                      (settings.data_docs_dir / "index.html").as_uri())},
     )

@@ -4,7 +4,17 @@ behaviour encoder trained and registered in MLflow, and the champion alias."""
 
 import pandas as pd
 import torch
-from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
 
 from feature_repo.feature_services import BEHAVIOUR_ENCODER_SERVICE
 from feature_repo.recent_items import feature_times
@@ -120,20 +130,25 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
 
 
 class Promotion(Config):
+    """How much better (validation NDCG@10) a challenger must be to become champion."""
+
     min_margin: float = 0.0
 
 
-@asset(group_name="training", deps=["behaviour_encoder_version"])
-def champion_model(context: AssetExecutionContext, config: Promotion, state: RecsysState,
-                   mlflow: MlflowResource) -> MaterializeResult:
-    """The served model: the challenger becomes ``champion`` only when it beats the
-    current champion's validation NDCG@10 on the same evaluation data."""
+@asset_check(asset="behaviour_encoder_version", blocking=True)
+def challenger_beats_champion(context: AssetCheckExecutionContext, config: Promotion,
+                              state: RecsysState, mlflow: MlflowResource) -> AssetCheckResult:
+    """Blocking: the challenger's validation NDCG@10 must beat the champion's, both
+    measured now on the same validation data, by more than ``min_margin``; when it
+    does not, ``champion_model`` does not run and the champion stays."""
     settings = state.settings()
-    events = read_validated_events(settings)
-    split = leave_one_out(events)
+    split = leave_one_out(read_validated_events(settings))
     uri = mlflow.tracking_uri
     challenger = registry.alias_version(uri, registry.CHALLENGER)
     champion = registry.alias_version(uri, registry.CHAMPION)
+    if challenger is None:
+        return AssetCheckResult(passed=False, severity=AssetCheckSeverity.ERROR,
+                                metadata={"reason": "no challenger registered"})
     scores = {}
     for version in {challenger, champion} - {None}:
         model = registry.load_version(uri, version)
@@ -141,11 +156,27 @@ def champion_model(context: AssetExecutionContext, config: Promotion, state: Rec
                                    "validation")["ndcg_at_10"]
     decision = registry.decide_promotion(challenger, scores[challenger], champion,
                                          scores.get(champion), config.min_margin)
-    if decision.promote:
-        registry.set_champion(uri, challenger)
-    context.log.info(f"promotion: {decision}")
+    context.log.info(f"promotion check: {decision}")
+    return AssetCheckResult(
+        # Already champion: nothing to promote, nothing to block.
+        passed=decision.promote or challenger == champion,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"challenger": challenger, "champion": str(champion),
+                  "reason": decision.reason, "min_margin": config.min_margin,
+                  "validation_ndcg_at_10": MetadataValue.json(scores)})
+
+
+@asset(group_name="training", deps=["behaviour_encoder_version"])
+def champion_model(context: AssetExecutionContext, mlflow: MlflowResource) -> MaterializeResult:
+    """The served model: ``champion`` moves to the challenger. Runs only after the
+    blocking check ``challenger_beats_champion`` passed for it."""
+    uri = mlflow.tracking_uri
+    challenger = registry.alias_version(uri, registry.CHALLENGER)
+    previous = registry.alias_version(uri, registry.CHAMPION)
+    registry.set_champion(uri, challenger)
+    context.log.info(f"champion: v{previous} -> v{challenger}")
     return MaterializeResult(metadata={
-        "champion": challenger if decision.promote else champion,
-        "promoted": decision.promote, "reason": decision.reason,
-        "validation_ndcg_at_10": MetadataValue.json(scores),
+        "champion": challenger, "previous_champion": str(previous),
+        "promoted": challenger != previous,
+        "history": MetadataValue.json(registry.champion_history(uri)),
     })
