@@ -113,6 +113,11 @@ class Settings:
         return self.home / "data_docs"
 
     @property
+    def reports_dir(self) -> Path:
+        """HTML reports a person opens (skew, drift, index)."""
+        return self.home / "reports"
+
+    @property
     def generated_source_dir(self) -> Path:
         return self.home / "generated_source"
 

@@ -5,13 +5,14 @@ from dagster import Definitions, load_assets_from_modules
 from infra.settings import Settings
 from orchestration.assets import features, ingest, training
 from orchestration.assets.ingest import no_rows_lost, raw_events_suite
+from orchestration.assets.monitoring import training_serving_skew
 from orchestration.assets.training import challenger_beats_champion
 from orchestration.jobs import ingest_job, pipeline_job
 from orchestration.resources import resources_from_settings
 from orchestration.sensors import new_event_files
 
 ASSETS = load_assets_from_modules([ingest, features, training])
-CHECKS = [no_rows_lost, raw_events_suite, challenger_beats_champion]
+CHECKS = [no_rows_lost, raw_events_suite, challenger_beats_champion, training_serving_skew]
 
 defs = Definitions(
     assets=ASSETS,

@@ -42,7 +42,8 @@ def test_row_counts_add_up(pipeline):
     assert len(files) == validated
     checks = pipeline.result.get_asset_check_evaluations()
     assert sorted((c.check_name, c.passed) for c in checks) == [
-        ("challenger_beats_champion", True), ("no_rows_lost", True), ("raw_events_suite", True)]
+        ("challenger_beats_champion", True), ("no_rows_lost", True), ("raw_events_suite", True),
+        ("training_serving_skew", True)]
     assert (pipeline.settings.data_docs_dir / "index.html").exists()
 
 
@@ -185,3 +186,47 @@ def test_manual_promote_and_rollback_commands(pipeline, monkeypatch, capsys):
     assert main(["promote", "1"]) == 0
     assert capsys.readouterr().out.strip() == "champion: v1 -> v1"
     assert registry.alias_version(uri, registry.CHAMPION) == "1"
+
+
+def test_skew_is_zero_after_materialisation_and_catches_a_corrupted_value(pipeline):
+    from dagster import AssetSelection
+    from feast.protos.feast.types.Value_pb2 import StringList, Value
+
+    from feature_repo.online_reader import RecentItemsReader
+    from orchestration.assets.monitoring import training_serving_skew
+    from orchestration.definitions import ASSETS, CHECKS
+
+    settings = pipeline.settings
+
+    def skew():
+        result = materialize(
+            [*ASSETS, *CHECKS], resources=resources_from_settings(settings),
+            selection=AssetSelection.checks(training_serving_skew), run_config={"ops": {
+                "online_user_features_training_serving_skew": {"config": {"users": 10_000}}}})
+        (check,) = result.get_asset_check_evaluations()
+        return check
+
+    clean = skew()
+    assert clean.passed
+    assert clean.metadata["users_compared"].value == 300
+    assert set(clean.metadata["mismatch_rate"].value) == {
+        "recent_item_ids", "recent_timestamps", "event_count", "last_event_us", "mean_rating",
+        "top_genres", "top_genre_shares"}
+    assert set(clean.metadata["mismatch_rate"].value.values()) == {0.0}
+    # Corrupt one user's recent items in Redis (same hash, same row time).
+    client = redis_server.ensure(settings).client()
+    reader = RecentItemsReader(client, settings.feast_project)
+    user = "u00042"
+    key, field = reader.key(user), reader.fields[0]
+    original = client.hget(key, field)
+    wrong = Value(string_list_val=StringList(val=["i00000", "i00001"])).SerializeToString()
+    client.hset(key, field, wrong)
+    try:
+        corrupted = skew()
+    finally:
+        client.hset(key, field, original)
+    assert not corrupted.passed
+    assert corrupted.metadata["mismatching_users"].value == {"recent_item_ids": [user]}
+    assert corrupted.metadata["mismatch_rate"].value["recent_item_ids"] == 1 / 300
+    report = (settings.reports_dir / "skew.html").read_text()
+    assert "<td>recent_item_ids</td><td>1</td>" in report and user in report
