@@ -8,7 +8,7 @@ PORT ?= 3000
 export RECSYS_HOME ?= $(CURDIR)/.recsys
 export DAGSTER_HOME := $(RECSYS_HOME)/dagster
 
-.PHONY: demo test bench ui serve mlflow-ui stop install lint
+.PHONY: demo test bench ui serve mlflow-ui stop install lint lineage
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ serve: $(STAMP)
 
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(RECSYS_HOME)/mlflow/mlflow.db}" --port 5000
+
+lineage: $(STAMP)
+	$(BIN)/recsys lineage $(VERSION)
 
 stop: $(STAMP)
 	$(BIN)/recsys stop

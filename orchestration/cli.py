@@ -87,15 +87,10 @@ def free_port() -> int:
 def run_pipeline(settings: Settings):
     """The whole asset graph, headless, recorded in the Dagster instance under home."""
     os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
-    settings.dagster_home.mkdir(parents=True, exist_ok=True)
-    config = settings.dagster_home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
-    from dagster import DagsterInstance
-
     from orchestration.definitions import defs
+    from orchestration.lineage import instance_for
 
-    instance = DagsterInstance.get()
+    instance = instance_for(settings)
     result = defs.resolve_job_def("recsys_pipeline").execute_in_process(
         instance=instance,
         run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
@@ -211,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         "promote", help="point the champion alias at a registered behaviour_encoder version")
     promote_parser.add_argument("version")
     sub.add_parser("rollback", help="move the champion alias back to the previous champion")
+    lineage_parser = sub.add_parser(
+        "lineage", help="a model version's chain: MLflow run, Dagster run, raw files")
+    lineage_parser.add_argument("version", nargs="?", help="default: the champion")
+    lineage_parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.command == "demo":
@@ -228,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "stop":
         print("service:", "stopped" if stop_service(settings) else "not running")
         print("redis:", "stopped" if redis_server.stop(settings) else "not running")
+    elif args.command == "lineage":
+        return print_lineage(settings, args.version, args.json)
     elif args.command in ("promote", "rollback"):
         return move_champion(settings, args.command, getattr(args, "version", None))
     return 0
@@ -250,6 +251,28 @@ def move_champion(settings: Settings, action: str, version: str | None) -> int:
         print(f"recsys {action}: {error}", file=sys.stderr)
         return 1
     print(f"champion: v{before} -> v{registry.alias_version(uri, registry.CHAMPION)}")
+    return 0
+
+
+
+def print_lineage(settings: Settings, version: str | None, as_json: bool) -> int:
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    from orchestration.lineage import format_lineage, lineage
+    from training import registry
+
+    version = version or registry.alias_version(settings.tracking_uri(), registry.CHAMPION)
+    if version is None:
+        print("recsys lineage: no version given and no champion yet", file=sys.stderr)
+        return 1
+    try:
+        chain = lineage(settings, version)
+    except MlflowException as error:
+        print(f"recsys lineage: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(chain, indent=1, default=str) if as_json else format_lineage(chain))
     return 0
 
 

@@ -39,8 +39,10 @@ def pipeline(tmp_path_factory) -> PipelineRun:
     settings = Settings(home=tmp_path_factory.mktemp("recsys_home"))
     resources = resources_from_settings(settings)
     resources["state"] = RecsysState(home=str(settings.home), **SMALL)
+    from orchestration.lineage import instance_for
+
     result = materialize(
-        [*ASSETS, *CHECKS], resources=resources,
+        [*ASSETS, *CHECKS], resources=resources, instance=instance_for(settings),
         run_config={"ops": {"behaviour_encoder_version": {"config": {"epochs": EPOCHS}}}},
     )
     assert result.success

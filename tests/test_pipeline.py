@@ -230,3 +230,31 @@ def test_skew_is_zero_after_materialisation_and_catches_a_corrupted_value(pipeli
     assert corrupted.metadata["mismatch_rate"].value["recent_item_ids"] == 1 / 300
     report = (settings.reports_dir / "skew.html").read_text()
     assert "<td>recent_item_ids</td><td>1</td>" in report and user in report
+
+
+def test_lineage_resolves_to_the_exact_raw_files(pipeline, monkeypatch, capsys):
+    from orchestration.cli import main
+    from orchestration.lineage import lineage
+
+    settings = pipeline.settings
+    events_file = settings.generated_source_dir / "events.csv"
+    chain = lineage(settings, "1")
+    assert chain["model"]["tags"]["dagster_run_id"] == pipeline.result.run_id
+    assert chain["mlflow_run"]["tags"]["validated_events_sha256"] == \
+        chain["model"]["tags"]["validated_events_sha256"]
+    assert chain["dagster_run"]["found"] and chain["dagster_run"]["run_id"] == \
+        pipeline.result.run_id
+    assert {"raw_events", "validated_events", "training_set", "behaviour_encoder_version",
+            "champion_model"} <= set(chain["dagster_run"]["assets"])
+    assert chain["raw_files"]["events.csv"]["sha256"] == file_sha256(events_file)
+    assert chain["raw_files"]["events.csv"]["rows"] == chain["raw_events"]["row_count"] > 10_000
+    assert chain["raw_files"]["items.csv"]["sha256"] == file_sha256(
+        settings.generated_source_dir / "items.csv")
+    monkeypatch.setenv("RECSYS_HOME", str(settings.home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["lineage", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("behaviour_encoder v1")
+    assert f"events.csv: {chain['raw_events']['row_count']} rows, sha256 " \
+           f"{file_sha256(events_file)}" in printed
+    assert main(["lineage", "99"]) == 1
