@@ -9,7 +9,7 @@ from orchestration.assets.monitoring import training_serving_skew
 from orchestration.assets.training import challenger_beats_champion
 from orchestration.jobs import ingest_job, pipeline_job
 from orchestration.resources import resources_from_settings
-from orchestration.sensors import new_event_files
+from orchestration.sensors import new_event_files, nightly_pipeline, retrain_on_new_events
 
 ASSETS = load_assets_from_modules([ingest, features, training])
 CHECKS = [no_rows_lost, raw_events_suite, challenger_beats_champion, training_serving_skew]
@@ -18,6 +18,7 @@ defs = Definitions(
     assets=ASSETS,
     asset_checks=CHECKS,
     jobs=[pipeline_job, ingest_job],
-    sensors=[new_event_files],
+    sensors=[new_event_files, retrain_on_new_events],
+    schedules=[nightly_pipeline],
     resources=resources_from_settings(Settings.from_env()),
 )

@@ -27,6 +27,7 @@ class RecsysState(ConfigurableResource):
     generator_events: int = 100_000
     generator_seed: int = 7
     chunk_rows: int = CHUNK_ROWS  # rows per chunk when reading and validating events
+    retrain_min_new_events: int = 10_000  # validated events that start a retraining run
 
     def settings(self) -> Settings:
         return Settings(home=Path(self.home), source=Path(self.source) if self.source else None,

@@ -1,4 +1,6 @@
-"""Sensors: new or grown event files in the source directory start an ingest run.
+"""Sensors and schedules. New or grown event files in the source directory start
+an ingest run; enough newly validated events start a retraining run; the whole
+pipeline can run nightly.
 
 The cursor is the (size, mtime) of every event file last seen; a change starts
 the ``ingest`` job once. Exactly-once does not rest on the sensor: the ingest
@@ -8,15 +10,18 @@ import hashlib
 import json
 
 from dagster import (
+    DefaultScheduleStatus,
     DefaultSensorStatus,
     RunRequest,
+    ScheduleDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
     sensor,
 )
 
-from orchestration.jobs import ingest_job
+from orchestration.jobs import ingest_job, pipeline_job
+from orchestration.ledger import Ledger
 from orchestration.resources import RecsysState
 from orchestration.sources.detect import detect_source
 
@@ -49,3 +54,29 @@ def new_event_files(context: SensorEvaluationContext, state: RecsysState):
         run_requests=[RunRequest(run_key=hashlib.sha256(cursor.encode()).hexdigest()[:16],
                                  tags={"changed_files": ",".join(changed)[:200]})],
         cursor=cursor)
+
+
+@sensor(job=pipeline_job, minimum_interval_seconds=300,
+        default_status=DefaultSensorStatus.STOPPED)
+def retrain_on_new_events(context: SensorEvaluationContext, state: RecsysState):
+    """Start the whole pipeline (ingest, features, train, the blocking promotion
+    check) once ``min_new_events`` validated events have arrived since the last
+    retraining this sensor started (``RecsysState.retrain_min_new_events``). The
+    cursor is the validated-event count then."""
+    minimum = state.retrain_min_new_events
+    total = Ledger(state.settings().ingest_ledger).total("validated")
+    if not context.cursor:
+        return SensorResult(skip_reason=SkipReason(f"baseline: {total} validated events"),
+                            cursor=str(total))
+    new = total - int(context.cursor)
+    if new < minimum:
+        return SkipReason(f"{new} new validated events (< {minimum})")
+    return SensorResult(run_requests=[RunRequest(run_key=f"retrain-at-{total}",
+                                                 tags={"new_validated_events": str(new)})],
+                        cursor=str(total))
+
+
+nightly_pipeline = ScheduleDefinition(
+    name="nightly_pipeline", job=pipeline_job, cron_schedule="0 3 * * *",
+    default_status=DefaultScheduleStatus.STOPPED,
+    description="The whole pipeline every night at 03:00 (turn on in the UI).")

@@ -322,3 +322,39 @@ def test_sensor_waits_for_a_source(tmp_path):
     state = RecsysState(home=str(tmp_path / "home"))
     result = new_event_files(build_sensor_context(resources={"state": state}))
     assert "no source directory yet" in result.skip_message
+
+
+def test_retrain_sensor_fires_after_enough_new_events(tmp_path, source):
+    from dagster import SkipReason, build_sensor_context
+
+    from orchestration.definitions import defs
+    from orchestration.sensors import retrain_on_new_events
+
+    home = tmp_path / "home"
+    state = RecsysState(home=str(home), source=str(source), retrain_min_new_events=3)
+    (source / "events-001.csv").write_text(HEADER + "u1,a1,view,1600000000,\n")
+    ingest(home, source)
+
+    def tick(cursor):
+        return retrain_on_new_events(build_sensor_context(cursor=cursor,
+                                                          resources={"state": state}))
+
+    baseline = tick(None)
+    assert baseline.cursor == "1" and not baseline.run_requests
+    (source / "events-002.csv").write_text(HEADER + "u2,a1,view,1600000100,\n"
+                                           "u2,a2,view,1600000200,\n")
+    ingest(home, source)
+    quiet = tick(baseline.cursor)
+    assert isinstance(quiet, SkipReason) and quiet.skip_message == \
+        "2 new validated events (< 3)"
+    (source / "events-003.csv").write_text(HEADER + "u3,a3,view,1600000300,\n")
+    ingest(home, source)
+    fired = tick(baseline.cursor)
+    (request,) = fired.run_requests
+    assert request.job_name in (None, "recsys_pipeline") and fired.cursor == "4"
+    assert request.tags["new_validated_events"] == "3"
+    assert tick(fired.cursor).skip_message == "0 new validated events (< 3)"
+    # The job, the sensors and the nightly schedule are all in the one Definitions.
+    assert {s.name for s in defs.sensors} == {"new_event_files", "retrain_on_new_events"}
+    assert [(s.name, s.cron_schedule) for s in defs.schedules] == [
+        ("nightly_pipeline", "0 3 * * *")]
