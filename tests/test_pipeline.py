@@ -163,7 +163,9 @@ def test_dagster_cli_materializes_ingest_headless(tmp_path):
     dagster = Path(sys.executable).with_name("dagster")
     done = subprocess.run(
         [str(dagster), "asset", "materialize", "-m", "orchestration.definitions", "--select",
-         "raw_events,item_catalogue,validated_events,quarantined_events"],
+         "raw_events,item_catalogue,validated_events,quarantined_events",
+         # one process for the run: each step's own process would import everything again
+         "--config-json", '{"execution": {"config": {"in_process": {}}}}'],
         env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     validated = pd.read_parquet(home / "offline" / "validated_events")
