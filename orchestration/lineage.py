@@ -7,7 +7,7 @@ raw files with their SHA-256 and row counts (``raw_events`` metadata).
 
 from __future__ import annotations
 
-from dagster import DagsterEventType, DagsterInstance, EventRecordsFilter
+from dagster import DagsterEventType, DagsterInstance
 
 from infra.settings import Settings
 from training import registry
@@ -47,12 +47,10 @@ def lineage(settings: Settings, version: str) -> dict:
         chain["dagster_run"] = {"run_id": run_id, "found": False,
                                 "instance": str(settings.dagster_home)}
         return chain
-    records = instance.get_event_records(EventRecordsFilter(
-        event_type=DagsterEventType.ASSET_MATERIALIZATION), limit=10_000)
+    records = instance.get_records_for_run(
+        run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION, limit=10_000).records
     materialized = {}
     for record in records:
-        if record.run_id != run_id:
-            continue
         m = record.asset_materialization
         materialized[m.asset_key.to_user_string()] = {
             k: v.value for k, v in m.metadata.items()}
