@@ -3,6 +3,7 @@
 
 
 import json
+import os
 
 import pandas as pd
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
@@ -103,26 +104,29 @@ def _materialize(context: AssetExecutionContext, settings: Settings,
                  full_refresh: bool) -> MaterializeResult:
     """Each (view, offline file, join key): the latest row per entity among rows newer
     than the end of that view's last materialisation (all rows on the first run)."""
-    marks_path = settings.offline_dir / "materialized.json"
-    marks = json.loads(marks_path.read_text()) if marks_path.exists() else {}
+    # One mark per view (the two online assets may run at the same time).
+    marks = settings.offline_dir / "materialized"
+    marks.mkdir(parents=True, exist_ok=True)
     store = feature_store.store()
     metadata: dict = {"full_refresh": full_refresh}
     for view, file, key in views:
         path = settings.offline_dir / file
         times = pd.read_parquet(path, columns=["event_timestamp"])["event_timestamp"]
         end = times.max() + pd.Timedelta(microseconds=1)
-        previous = marks.get(view)
+        mark = marks / f"{view}.json"
+        previous = json.loads(mark.read_text())["end"] if mark.exists() else None
         start = times.min() if full_refresh or previous is None else pd.Timestamp(previous)
         stats = materialize_view(store, view, path, key, start.to_pydatetime(),
                                  end.to_pydatetime())
-        marks[view] = end.isoformat()
+        tmp = mark.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"end": end.isoformat()}))
+        os.replace(tmp, mark)
         context.log.info(f"{view}: {stats.entities_written} entities from "
                          f"{stats.rows_in_range} rows in [{start}, {end}) "
                          f"in {stats.seconds:.1f} s")
         metadata[view] = MetadataValue.json({
             "entities_written": stats.entities_written, "rows_in_range": stats.rows_in_range,
             "start": str(start), "end": str(end), "seconds": round(stats.seconds, 2)})
-    marks_path.write_text(json.dumps(marks, indent=1))
     first = views[0][0]
     metadata["row_count"] = metadata[first].value["entities_written"]
     return MaterializeResult(metadata=metadata)
