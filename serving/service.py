@@ -72,11 +72,12 @@ class Scores(BaseModel):
     scores: dict[str, float | None] = Field(description="item_id -> score (null if unknown).")
 
 
-def event_times_us(values: list[int | float | str | None], now: float) -> list[int | None]:
+def event_times_us(values: list[int | float | str | None], now: float,
+                   future_tolerance_s: float = FUTURE_TOLERANCE_S) -> list[int | None]:
     """Unix seconds or ISO-8601 (None = now) -> unix microseconds; None where the
     value is unparseable, before 1990 or more than the tolerance in the future."""
     seconds = parse_timestamps(pd.Series([now if v is None else v for v in values], dtype=object))
-    valid = seconds.between(MIN_TIMESTAMP, now + FUTURE_TOLERANCE_S)
+    valid = seconds.between(MIN_TIMESTAMP, now + future_tolerance_s)
     return [int(round(x * 1_000_000)) if ok else None for x, ok in zip(seconds, valid, strict=True)]
 
 
@@ -95,6 +96,7 @@ class Recommender:
                                      settings.recent_items)
         self.served = load_served_model(settings.tracking_uri())
         self.event_log = EventLog(settings.event_log_dir)
+        self.future_tolerance_s = settings.future_tolerance_s  # as in batch validation
         log.info("serving behaviour_encoder version %s from %s", self.served.version,
                  settings.home)
 
@@ -174,13 +176,14 @@ class Recommender:
                     index=position, error=f"item_id {event.item_id!r} is not in the catalogue"))
                 continue
             parsed.append((position, event))
-        stamps = event_times_us([e.timestamp for _, e in parsed], time.time())
+        stamps = event_times_us([e.timestamp for _, e in parsed], time.time(),
+                                self.future_tolerance_s)
         accepted: list[tuple[Event, int]] = []
         for (position, event), stamp in zip(parsed, stamps, strict=True):
             if stamp is None:
                 rejected.append(Rejected(index=position, error=(
                     "timestamp: unparseable, before 1990 or more than "
-                    f"{FUTURE_TOLERANCE_S} s in the future")))
+                    f"{self.future_tolerance_s:g} s in the future")))
             else:
                 accepted.append((event, stamp))
         rejected.sort(key=lambda r: r.index)

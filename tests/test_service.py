@@ -105,6 +105,9 @@ def test_event_times_are_parsed_like_the_batch_validation():
                           "garbage", 0, now + 10 * 86400], now)
     assert got == [1_700_000_000_000_000, 1_600_000_000_000_000, 1_600_000_000_000_000,
                    1_600_000_000_500_000, None, None, None]
+    # RECSYS_FUTURE_TOLERANCE_S reaches the service as it reaches batch validation.
+    assert event_times_us([now + 10 * 86400], now, future_tolerance_s=30 * 86400) == [
+        1_700_864_000_000_000]
 
 
 def test_redis_down_degrades_then_recovers(pipeline, service):

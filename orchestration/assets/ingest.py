@@ -126,10 +126,11 @@ def raw_events(context: AssetExecutionContext, state: RecsysState) -> Materializ
     settings = state.settings()
     source = state.open_source()
     ledger = Ledger(settings.ingest_ledger)
-    new, skipped = [], {}
+    new, skipped, hashes = [], {}, {}
     for src in (source, event_log_source(settings.event_log_dir, source)):
         for path in src.event_files:
             plan = ledger.plan(path, src.readable_end(path), src.appendable(path))
+            hashes[path] = plan.sha256  # a source file is planned whole: its content hash
             if plan.action == "skip":
                 skipped[path.name] = plan.note
                 continue
@@ -151,8 +152,8 @@ def raw_events(context: AssetExecutionContext, state: RecsysState) -> Materializ
     per_file = Counter()
     for batch in ledger.batches:
         per_file[batch.file] += batch.rows
-    files = {p.name: {"path": str(p), "sha256": file_sha256(p), "rows": per_file[p.name]}
-             for p in source.files}
+    files = {p.name: {"path": str(p), "sha256": hashes.get(p) or file_sha256(p),
+                      "rows": per_file[p.name]} for p in source.files}
     return MaterializeResult(metadata={
         "row_count": ledger.total("rows"), "new_rows": sum(b["rows"] for b in new),
         "source": source.name, "files": MetadataValue.json(files),

@@ -3,6 +3,7 @@ timestamp``) and ``u.item`` (``|``-separated, latin-1, 19 genre flags)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,13 +56,6 @@ class MovieLens100K(Source):
         return finish_items(frame)
 
 
-def movielens_100k(directory: Path) -> MovieLens100K | None:
-    data, item = directory / "u.data", directory / "u.item"
-    if not data.exists():
-        return None
-    return MovieLens100K(name="movielens-100k", directory=directory, event_files=(data,),
-                         item_files=(item,), rating_range=(1.0, 5.0),
-                         id_pattern=NUMERIC_ID)
 
 
 @dataclass(frozen=True)
@@ -104,19 +98,19 @@ class MovieLensLatest(Source):
         return finish_items(frame)
 
 
-def movielens_1m(directory: Path) -> MovieLens1M | None:
-    ratings = directory / "ratings.dat"
-    if not ratings.exists():
-        return None
-    return MovieLens1M(name="movielens-1m", directory=directory, event_files=(ratings,),
-                       item_files=(directory / "movies.dat",), rating_range=(1.0, 5.0),
-                       id_pattern=NUMERIC_ID)
+def _detector(kind: type[Source], name: str, ratings: str, movies: str,
+              rating_range: tuple[float, float]) -> Callable[[Path], Source | None]:
+    """The adapter when ``ratings`` is in the directory (``movies`` is then required)."""
+    def detect(directory: Path) -> Source | None:
+        if not (directory / ratings).exists():
+            return None
+        return kind(name=name, directory=directory, event_files=(directory / ratings,),
+                    item_files=(directory / movies,), rating_range=rating_range,
+                    id_pattern=NUMERIC_ID)
+    return detect
 
 
-def movielens_latest(directory: Path) -> MovieLensLatest | None:
-    ratings = directory / "ratings.csv"
-    if not ratings.exists():
-        return None
-    return MovieLensLatest(name="movielens-latest", directory=directory, event_files=(ratings,),
-                           item_files=(directory / "movies.csv",), rating_range=(0.5, 5.0),
-                           id_pattern=NUMERIC_ID)
+movielens_100k = _detector(MovieLens100K, "movielens-100k", "u.data", "u.item", (1.0, 5.0))
+movielens_1m = _detector(MovieLens1M, "movielens-1m", "ratings.dat", "movies.dat", (1.0, 5.0))
+movielens_latest = _detector(MovieLensLatest, "movielens-latest", "ratings.csv", "movies.csv",
+                             (0.5, 5.0))
