@@ -1,6 +1,13 @@
-"""Sensors and schedules. New or grown event files in the source directory start
-an ingest run; enough newly validated events start a retraining run; the whole
-pipeline can run nightly.
+"""Sensors and schedules: the loop that runs without a person.
+
+- ``new_event_files``: new or grown event files in the source directory start an
+  ``ingest`` run;
+- ``drift_after_ingest``: each ``ingest`` run's new ``validated_events`` start a
+  ``monitoring`` run (drift against the champion's training data, reports index);
+- ``retrain_on_drift_or_new_events``: drift at ERROR, or enough newly validated
+  events, start the whole pipeline: a challenger is trained and registered, and
+  the blocking check ``challenger_beats_champion`` decides whether it is promoted;
+- ``nightly_pipeline``: the whole pipeline at 03:00 (off until turned on).
 
 The cursor is the (size, mtime) of every event file last seen; a change starts
 the ``ingest`` job once. Exactly-once does not rest on the sensor: the ingest
@@ -10,17 +17,21 @@ import hashlib
 import json
 
 from dagster import (
+    AssetKey,
     DefaultScheduleStatus,
     DefaultSensorStatus,
+    EventLogEntry,
     RunRequest,
     ScheduleDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
+    asset_sensor,
     sensor,
 )
 
-from orchestration.jobs import ingest_job, pipeline_job
+from orchestration.drift import ERROR
+from orchestration.jobs import ingest_job, monitoring_job, pipeline_job
 from orchestration.ledger import Ledger
 from orchestration.resources import RecsysState
 from orchestration.sources.detect import detect_source
@@ -56,24 +67,55 @@ def new_event_files(context: SensorEvaluationContext, state: RecsysState):
         cursor=cursor)
 
 
+@asset_sensor(asset_key=AssetKey("validated_events"), job=monitoring_job,
+              minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
+def drift_after_ingest(context: SensorEvaluationContext, asset_event: EventLogEntry):
+    """Check drift after every ``ingest`` run (the whole pipeline checks it itself)."""
+    run = context.instance.get_run_by_id(asset_event.run_id)
+    if run is None or run.job_name != ingest_job.name:
+        return SkipReason(f"validated_events came from {run.job_name if run else 'no run'}, "
+                          "which checks drift itself")
+    return RunRequest(run_key=f"drift-after-{asset_event.run_id}")
+
+
+DRIFT_ASSET = AssetKey("feature_drift")
+
+
 @sensor(job=pipeline_job, minimum_interval_seconds=300,
-        default_status=DefaultSensorStatus.STOPPED)
-def retrain_on_new_events(context: SensorEvaluationContext, state: RecsysState):
+        default_status=DefaultSensorStatus.RUNNING)
+def retrain_on_drift_or_new_events(context: SensorEvaluationContext, state: RecsysState):
     """Start the whole pipeline (ingest, features, train, the blocking promotion
-    check) once ``min_new_events`` validated events have arrived since the last
-    retraining this sensor started (``RecsysState.retrain_min_new_events``). The
-    cursor is the validated-event count then."""
+    check) when the newest ``feature_drift`` materialisation says ERROR, or once
+    ``RecsysState.retrain_min_new_events`` validated events have arrived since the
+    last retraining this sensor started. Cursor: the validated-event count and the
+    newest drift record id it has acted on."""
     minimum = state.retrain_min_new_events
     total = Ledger(state.settings().ingest_ledger).total("validated")
+    records = context.instance.fetch_materializations(DRIFT_ASSET, limit=1).records
+    latest = records[0] if records else None
+    drift_id = latest.storage_id if latest else 0
     if not context.cursor:
-        return SensorResult(skip_reason=SkipReason(f"baseline: {total} validated events"),
-                            cursor=str(total))
-    new = total - int(context.cursor)
-    if new < minimum:
-        return SkipReason(f"{new} new validated events (< {minimum})")
-    return SensorResult(run_requests=[RunRequest(run_key=f"retrain-at-{total}",
-                                                 tags={"new_validated_events": str(new)})],
-                        cursor=str(total))
+        return SensorResult(
+            skip_reason=SkipReason(f"baseline: {total} validated events"),
+            cursor=json.dumps({"validated": total, "drift": drift_id}))
+    cursor = json.loads(context.cursor)
+    new = total - cursor["validated"]
+    severity = (latest.asset_materialization.metadata["severity"].value
+                if latest and drift_id > cursor["drift"] else None)
+    reasons = []
+    if severity == ERROR:
+        reasons.append(f"drift ERROR (record {drift_id})")
+    if new >= minimum:
+        reasons.append(f"{new} new validated events (>= {minimum})")
+    if not reasons:
+        return SensorResult(
+            skip_reason=SkipReason(f"{new} new validated events (< {minimum}); newest drift: "
+                                   f"{severity or 'already seen or none'}"),
+            cursor=json.dumps({"validated": cursor["validated"], "drift": drift_id}))
+    return SensorResult(
+        run_requests=[RunRequest(run_key=f"retrain-at-{total}-{drift_id}",
+                                 tags={"retrain_reason": "; ".join(reasons)[:200]})],
+        cursor=json.dumps({"validated": total, "drift": drift_id}))
 
 
 nightly_pipeline = ScheduleDefinition(

@@ -1,11 +1,12 @@
 """Ingestion through the real Dagster assets: incremental and idempotent batches,
 bad input (each case asserting where every row ended), structural failures."""
 
+import json
 import shutil
 
 import pandas as pd
 import pytest
-from dagster import materialize
+from dagster import AssetKey, materialize
 
 from infra.settings import Settings
 from orchestration.assets.ingest import (
@@ -324,37 +325,59 @@ def test_sensor_waits_for_a_source(tmp_path):
     assert "no source directory yet" in result.skip_message
 
 
-def test_retrain_sensor_fires_after_enough_new_events(tmp_path, source):
-    from dagster import SkipReason, build_sensor_context
+def test_retrain_sensor_fires_on_new_events_and_on_drift_error(tmp_path, source):
+    from dagster import AssetMaterialization, DagsterInstance, SkipReason, build_sensor_context
 
     from orchestration.definitions import defs
-    from orchestration.sensors import retrain_on_new_events
+    from orchestration.sensors import retrain_on_drift_or_new_events
 
     home = tmp_path / "home"
     state = RecsysState(home=str(home), source=str(source), retrain_min_new_events=3)
     (source / "events-001.csv").write_text(HEADER + "u1,a1,view,1600000000,\n")
     ingest(home, source)
+    instance = DagsterInstance.ephemeral()
 
     def tick(cursor):
-        return retrain_on_new_events(build_sensor_context(cursor=cursor,
-                                                          resources={"state": state}))
+        return retrain_on_drift_or_new_events(build_sensor_context(
+            cursor=cursor, instance=instance, resources={"state": state}))
+
+    def drift(severity):
+        instance.report_runless_asset_event(AssetMaterialization(
+            "feature_drift", metadata={"severity": severity}))
+        return instance.fetch_materializations(AssetKey("feature_drift"), limit=1
+                                               ).records[0].storage_id
 
     baseline = tick(None)
-    assert baseline.cursor == "1" and not baseline.run_requests
+    assert json.loads(baseline.cursor) == {"validated": 1, "drift": 0}
+    assert not baseline.run_requests
     (source / "events-002.csv").write_text(HEADER + "u2,a1,view,1600000100,\n"
                                            "u2,a2,view,1600000200,\n")
     ingest(home, source)
     quiet = tick(baseline.cursor)
-    assert isinstance(quiet, SkipReason) and quiet.skip_message == \
-        "2 new validated events (< 3)"
+    assert quiet.skip_reason.skip_message == (
+        "2 new validated events (< 3); newest drift: already seen or none")
+    # A WARN drift does not retrain; the cursor remembers it was seen.
+    warned = drift("WARN")
+    quiet = tick(quiet.cursor)
+    assert not quiet.run_requests and "newest drift: WARN" in quiet.skip_reason.skip_message
+    assert json.loads(quiet.cursor) == {"validated": 1, "drift": warned}
     (source / "events-003.csv").write_text(HEADER + "u3,a3,view,1600000300,\n")
     ingest(home, source)
-    fired = tick(baseline.cursor)
+    fired = tick(quiet.cursor)
     (request,) = fired.run_requests
-    assert request.job_name in (None, "recsys_pipeline") and fired.cursor == "4"
-    assert request.tags["new_validated_events"] == "3"
-    assert tick(fired.cursor).skip_message == "0 new validated events (< 3)"
-    # The job, the sensors and the nightly schedule are all in the one Definitions.
-    assert {s.name for s in defs.sensors} == {"new_event_files", "retrain_on_new_events"}
+    assert request.job_name in (None, "recsys_pipeline")
+    assert json.loads(fired.cursor) == {"validated": 4, "drift": warned}
+    assert request.tags["retrain_reason"] == "3 new validated events (>= 3)"
+    assert isinstance(tick(fired.cursor).skip_reason, SkipReason)
+    # Drift at ERROR retrains once, with no new events at all.
+    errored = drift("ERROR")
+    fired = tick(fired.cursor)
+    (request,) = fired.run_requests
+    assert request.tags["retrain_reason"] == f"drift ERROR (record {errored})"
+    assert json.loads(fired.cursor) == {"validated": 4, "drift": errored}
+    assert not tick(fired.cursor).run_requests
+    # The jobs, the sensors and the nightly schedule are all in the one Definitions.
+    assert {s.name for s in defs.sensors} == {
+        "new_event_files", "drift_after_ingest", "retrain_on_drift_or_new_events"}
     assert [(s.name, s.cron_schedule) for s in defs.schedules] == [
         ("nightly_pipeline", "0 3 * * *")]

@@ -42,8 +42,11 @@ def test_row_counts_add_up(pipeline):
     assert len(files) == validated
     checks = pipeline.result.get_asset_check_evaluations()
     assert sorted((c.check_name, c.passed) for c in checks) == [
-        ("challenger_beats_champion", True), ("no_rows_lost", True), ("raw_events_suite", True),
-        ("training_serving_skew", True)]
+        ("categorical_feature_drift", True), ("challenger_beats_champion", True),
+        ("no_rows_lost", True), ("numeric_feature_drift", True), ("prediction_drift", True),
+        ("raw_events_suite", True), ("training_serving_skew", True)]
+    # Nothing new since training: the drift windows are the same events.
+    assert pipeline.metadata("feature_drift")["new_events"] == 0
     assert (pipeline.settings.data_docs_dir / "index.html").exists()
 
 

@@ -24,6 +24,8 @@ EXPERIMENT = "behaviour_encoder"
 CHAMPION, CHALLENGER = "champion", "challenger"
 # Interaction counts per item id, logged with each run (the serving fallback).
 POPULARITY_DOCUMENT = "item_popularity.json"
+# Run and version tag: the newest event time in the training data (the drift reference).
+TRAINED_UNTIL_TAG = "training_events_until"
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 
@@ -157,3 +159,17 @@ def load_version(tracking_uri: str, version: str) -> BehaviourEncoder:
     model = mlflow.pytorch.load_model(f"models:/{MODEL_NAME}/{version}", weights_only=False)
     model.eval()
     return model
+
+
+def version_run(tracking_uri: str, version: str):
+    """The MLflow run that produced ``behaviour_encoder`` version ``version``."""
+    c = client(tracking_uri)
+    return c.get_run(c.get_model_version(MODEL_NAME, str(version)).run_id)
+
+
+def metric_curves(tracking_uri: str, run_id: str, names: list[str]
+                  ) -> dict[str, list[tuple[int, float]]]:
+    """Per-epoch history of each metric: name -> [(step, value)] in step order."""
+    c = client(tracking_uri)
+    return {n: sorted((m.step, m.value) for m in c.get_metric_history(run_id, n))
+            for n in names}

@@ -1,18 +1,35 @@
-"""Monitoring checks: training/serving skew between Redis and the offline store."""
+"""Monitoring: drift of the newest events against the champion's training
+reference (an asset with three checks), training/serving skew between Redis and
+the offline store (a check), and the reports index page."""
 
-
-import html
 
 import numpy as np
 import pandas as pd
-from dagster import AssetCheckResult, AssetCheckSeverity, Config, MetadataValue, asset_check
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
 
 from feature_repo.data_sources import USER_RECENT_ITEMS_FILE
 from feature_repo.feature_views import USER_PROFILE, USER_RECENT_ITEMS
-from feature_repo.skew import SkewReport, compare_online_offline
-from orchestration.resources import FeatureStoreResource, RecsysState
+from feature_repo.skew import compare_online_offline
+from orchestration import drift, reports
+from orchestration.assets.ingest import ITEMS, read_validated_events
+from orchestration.resources import FeatureStoreResource, MlflowResource, RecsysState
+from training import registry
+from training.model import BehaviourEncoder
+from training.sequences import ItemIndex
+from training.train import model_scorer
 
-SKEW_REPORT = "skew.html"
+DRIFT_CHECKS = {"numeric_feature_drift": "numeric", "categorical_feature_drift": "categorical",
+                "prediction_drift": "prediction"}
 
 
 class SkewSample(Config):
@@ -20,24 +37,6 @@ class SkewSample(Config):
 
     users: int = 200
     seed: int = 0
-
-
-def _skew_html(report: SkewReport, features: list[str]) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(f)}</td><td>{len(report.mismatches.get(f, []))}</td>"
-        f"<td>{report.rate(f):.2%}</td>"
-        f"<td>{html.escape(', '.join(report.mismatches.get(f, [])[:10]))}</td></tr>"
-        for f in features)
-    return f"""<!doctype html><html><head><meta charset="utf-8">
-<title>Training/serving skew</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:4px 8px}}
-table{{border-collapse:collapse}}</style></head><body>
-<h1>Training/serving skew</h1>
-<p>{report.users} users sampled; {report.compared} compared online (Redis) against offline
-(point in time, as of each user's newest offline row); {len(report.fresher_online)} had
-newer real-time events online and were not compared.</p>
-<table><tr><th>feature</th><th>mismatching users</th><th>rate</th><th>examples</th></tr>
-{rows}</table></body></html>"""
 
 
 @asset_check(asset="online_user_features", additional_deps=["user_recent_items_offline"])
@@ -55,9 +54,7 @@ def training_serving_skew(config: SkewSample, state: RecsysState,
     store = feature_store.store()
     report = compare_online_offline(store, [USER_RECENT_ITEMS, USER_PROFILE], users, latest)
     features = list(report.mismatches)
-    settings.reports_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.reports_dir / SKEW_REPORT
-    path.write_text(_skew_html(report, features))
+    path = reports.write(settings.reports_dir, reports.SKEW, reports.skew_html(report, features))
     mismatching = {f: users for f, users in report.mismatches.items() if users}
     return AssetCheckResult(
         passed=report.compared > 0 and not mismatching, severity=AssetCheckSeverity.ERROR,
@@ -67,3 +64,119 @@ def training_serving_skew(config: SkewSample, state: RecsysState,
                   "mismatching_users": MetadataValue.json(
                       {f: u[:20] for f, u in mismatching.items()}),
                   "report": MetadataValue.url(path.as_uri())})
+
+
+class DriftConfig(Config):
+    """Window size, users scored for prediction drift, and the WARN / ERROR bounds."""
+
+    window_events: int = 5000
+    scored_users: int = 500
+    psi_warn: float = 0.1
+    psi_error: float = 0.25
+    ks_warn: float = 0.1
+    ks_error: float = 0.2
+    js_warn: float = 0.1
+    js_error: float = 0.2
+
+    def thresholds(self) -> drift.Thresholds:
+        return drift.Thresholds(self.psi_warn, self.psi_error, self.ks_warn, self.ks_error,
+                                self.js_warn, self.js_error)
+
+
+def top_scorer(model: BehaviourEncoder, batch: int = 256) -> drift.TopScore:
+    """Histories (item ids) -> the model's best score over items not in the history."""
+    index, scorer = ItemIndex(model.item_ids), model_scorer(model)
+
+    def top(histories: list[list[str]]) -> np.ndarray:
+        out = []
+        for start in range(0, len(histories), batch):
+            encoded = [index.encode(h) for h in histories[start:start + batch]]
+            scores = scorer(encoded)
+            scores[:, 0] = -np.inf
+            for row, items in enumerate(encoded):
+                scores[row, items] = -np.inf
+            out.append(scores.max(axis=1))
+        return np.concatenate(out) if out else np.zeros(0)
+    return top
+
+
+@asset(group_name="monitoring", deps=["validated_events", "item_catalogue", "champion_model"],
+       check_specs=[AssetCheckSpec(name, asset="feature_drift",
+                                   description=f"{kind} drift: WARN / ERROR by the thresholds")
+                    for name, kind in DRIFT_CHECKS.items()])
+def feature_drift(context: AssetExecutionContext, config: DriftConfig, state: RecsysState,
+                  mlflow: MlflowResource) -> MaterializeResult:
+    """The newest ``window_events`` validated events against the newest events the
+    champion was trained on: PSI / KS for numeric features and the champion's
+    scores, Jensen-Shannon for items, genres and event types. Report at
+    ``$RECSYS_HOME/reports/drift.html``."""
+    settings = state.settings()
+    uri = mlflow.tracking_uri
+    version = registry.alias_version(uri, registry.CHAMPION)
+    if version is None:
+        raise ValueError("no champion registered: materialise champion_model first")
+    run = registry.version_run(uri, version)
+    until = run.data.tags.get(registry.TRAINED_UNTIL_TAG)
+    trained_until = pd.Timestamp(until) if until else None
+    events = read_validated_events(settings, columns=[
+        "user_id", "item_id", "event_type", "rating", "event_timestamp"])
+    items = pd.read_parquet(settings.offline_dir / ITEMS, columns=["item_id", "genres"])
+    win = drift.windows(events, trained_until, config.window_events)
+    trained = events if trained_until is None else events[
+        events["event_timestamp"] <= trained_until]
+    top = top_scorer(registry.load_version(uri, version))
+    scores = tuple(drift.window_top_scores(w, top, config.scored_users)
+                   for w in (win.reference, win.current))
+    features = drift.compare(win.reference, win.current, items.set_index("item_id")["genres"],
+                             trained["item_id"].value_counts(), config.thresholds(), scores)
+    overall = drift.worst(f.severity for f in features)
+    summary = {"champion": f"behaviour_encoder v{version}",
+               "trained on events until": until or "unknown (all events used as reference)",
+               "events since training": win.new_events,
+               "reference window": _span(win.reference), "current window": _span(win.current),
+               "overall": overall}
+    path = reports.write(settings.reports_dir, reports.DRIFT, reports.drift_html(features, summary))
+    context.log.info(f"drift {overall}: " + ", ".join(f"{f.name} {f.severity}" for f in features))
+    checks = []
+    for name, kind in DRIFT_CHECKS.items():
+        mine = [f for f in features if f.kind == kind]
+        level = drift.worst(f.severity for f in mine)
+        checks.append(AssetCheckResult(
+            check_name=name, passed=level == drift.OK,
+            severity=AssetCheckSeverity.ERROR if level == drift.ERROR else AssetCheckSeverity.WARN,
+            metadata={"severity": level, "report": MetadataValue.url(path.as_uri()),
+                      **{f.name: MetadataValue.json({"severity": f.severity, **{
+                          k: round(v, 4) for k, v in f.statistics.items()}}) for f in mine}}))
+    return MaterializeResult(check_results=checks, metadata={
+        "severity": overall, "champion": version, "new_events": win.new_events,
+        "report": MetadataValue.url(path.as_uri()),
+        "features": MetadataValue.json({f.name: f.severity for f in features})})
+
+
+def _span(window: pd.DataFrame) -> str:
+    if window.empty:
+        return "empty"
+    times = window["event_timestamp"]
+    return f"{len(window)} events, {times.min():%Y-%m-%d %H:%M} .. {times.max():%Y-%m-%d %H:%M}"
+
+
+@asset(group_name="monitoring", deps=["feature_drift", "champion_model"])
+def reports_index(state: RecsysState, mlflow: MlflowResource) -> MaterializeResult:
+    """``$RECSYS_HOME/reports/index.html``: links to the latest Data Docs, drift and
+    skew reports, and the champion's page (metrics and training-curve plots)."""
+    settings = state.settings()
+    uri = mlflow.tracking_uri
+    notes = {}
+    version = registry.alias_version(uri, registry.CHAMPION)
+    if version is not None:
+        run = registry.version_run(uri, version)
+        names = [k for k in run.data.metrics if k == "train_loss" or k.startswith("val_")]
+        final = {k: v for k, v in run.data.metrics.items() if k not in names}
+        reports.write(settings.reports_dir, reports.CHAMPION, reports.champion_html(
+            version, final, registry.metric_curves(uri, run.info.run_id, names)))
+        notes[reports.CHAMPION] = f"v{version}, test NDCG@10 " \
+            f"{run.data.metrics.get('ndcg_at_10', float('nan')):.4f}"
+    path = reports.write(settings.reports_dir, reports.INDEX, reports.index_html(
+        settings.reports_dir, settings.data_docs_dir / "index.html", notes))
+    return MaterializeResult(metadata={"index": MetadataValue.url(path.as_uri()),
+                                       "champion": str(version)})

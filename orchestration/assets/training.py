@@ -114,7 +114,8 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
     tags = {"feature_service": BEHAVIOUR_ENCODER_SERVICE, "dagster_run_id": context.run_id,
             "source": str(settings.source or "generator"),
             "validated_events_sha256": tree_sha256(settings.validated_events_dir),
-            "training_set_sha256": file_sha256(offline / TRAINING_SET)}
+            "training_set_sha256": file_sha256(offline / TRAINING_SET),
+            registry.TRAINED_UNTIL_TAG: events["event_timestamp"].max().isoformat()}
     params = {**model_config.to_dict(), **train_config.to_dict(),
               "training_rows": len(frame), "torch": torch.__version__}
     counts = events["item_id"].value_counts()

@@ -43,6 +43,12 @@ class GeneratorConfig:
     series_continue: float = 0.7  # chance the next event continues an open series
     drift: float = 1.0  # how far tastes move from the first to the last event
     popularity_exponent: float = 1.4  # Zipf exponent of item popularity
+    start: int = START  # unix seconds; users start within 180 days after it
+    # Variations on the same catalogue (for drift windows): behaviour drawn from
+    # its own seed, popularity shuffled by its own seed, tastes limited to these genres.
+    behaviour_seed: int | None = None
+    popularity_seed: int | None = None
+    taste_genres: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,7 +99,11 @@ def generate(cfg: GeneratorConfig = GeneratorConfig()) -> GeneratedData:
     genre_idx = items["g"].to_numpy()
     # Zipf popularity within the catalogue, shuffled so it is unrelated to id order.
     pop = 1.0 / np.arange(1, cfg.items + 1) ** cfg.popularity_exponent
-    pop = pop[rng.permutation(cfg.items)]
+    pop = pop[(rng if cfg.popularity_seed is None
+               else np.random.default_rng(cfg.popularity_seed)).permutation(cfg.items)]
+    if cfg.behaviour_seed is not None:
+        rng = np.random.default_rng(cfg.behaviour_seed)
+    pool = [GENRES.index(g) for g in cfg.taste_genres] or n_genres
     by_genre = [np.flatnonzero(genre_idx == g) for g in range(n_genres)]
     # Series are entered at Part 1 only.
     entry_ok = np.array([item_series.get(x, ("", 0))[1] == 0 for x in ids])
@@ -105,12 +115,12 @@ def generate(cfg: GeneratorConfig = GeneratorConfig()) -> GeneratedData:
     out_u, out_i, out_t, out_ts, out_r = [], [], [], [], []
     for u in range(cfg.users):
         n = int(per_user[u])
-        k = 3
+        k = min(3, len(cfg.taste_genres) or n_genres)
         start_taste = np.zeros(n_genres)
-        start_taste[rng.choice(n_genres, size=k, replace=False)] = rng.dirichlet(np.ones(k))
+        start_taste[rng.choice(pool, size=k, replace=False)] = rng.dirichlet(np.ones(k))
         end_taste = np.zeros(n_genres)
-        end_taste[rng.choice(n_genres, size=k, replace=False)] = rng.dirichlet(np.ones(k))
-        t = START + int(rng.integers(0, 86400 * 180))
+        end_taste[rng.choice(pool, size=k, replace=False)] = rng.dirichlet(np.ones(k))
+        t = cfg.start + int(rng.integers(0, 86400 * 180))
         seen = np.zeros(cfg.items, dtype=bool)
         open_series: tuple[str, int] | None = None
         user_id = f"u{u:05d}"
