@@ -72,10 +72,14 @@ def _drift_chart(feature: FeatureDrift) -> str:
     return _png(figure)
 
 
+def _stat(name: str, value: float) -> str:
+    return f"{name} {value:,}" if isinstance(value, int) else f"{name} {value:.4g}"
+
+
 def drift_html(features: list[FeatureDrift], summary: dict) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(f.name)}</td><td>{f.kind}</td><td>{_severity(f.severity)}</td>"
-        f"<td>{html.escape(', '.join(f'{k} {v:.4g}' for k, v in f.statistics.items()))}</td></tr>"
+        f"<td>{html.escape(', '.join(_stat(k, v) for k, v in f.statistics.items()))}</td></tr>"
         for f in features)
     facts = "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>"
                     for k, v in summary.items())

@@ -69,7 +69,7 @@ def training_serving_skew(config: SkewSample, state: RecsysState,
 class DriftConfig(Config):
     """Window size, users scored for prediction drift, and the WARN / ERROR bounds."""
 
-    window_events: int = 5000
+    window_events: int = 10_000
     scored_users: int = 500
     psi_warn: float = 0.1
     psi_error: float = 0.25
