@@ -144,6 +144,7 @@ def demo(settings: Settings) -> None:
   curl -s -XPOST localhost:3000/recommend -H 'content-type: application/json' \\
        -d '{{"user_id": "u00001", "k": 5}}'
   Data Docs: {settings.data_docs_dir / 'index.html'}
+  Reports (drift, skew, champion curves, Data Docs): {settings.reports_dir / 'index.html'}
   state: {settings.home}""")
 
 
