@@ -6,7 +6,7 @@ Every other package takes a ``Settings`` instead of reading ``os.environ``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_HOME = ".recsys"
@@ -29,14 +29,17 @@ class Settings:
 
     home: Path
     source: Path | None = None
-    redis_url: str | None = None
-    mlflow_tracking_uri: str | None = None
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password
+    mlflow_tracking_uri: str | None = field(default=None, repr=False)
     recent_items: int = 50
     feast_project: str = "recsys"
     serving_threads: int = 1
     future_tolerance_s: float = 86400.0
     redis_cluster: bool = False  # REDIS_URL is a node of a Redis Cluster
     feast_offline_store: str | None = None  # JSON: Feast offline_store config (default file)
+    api_key: str | None = field(default=None, repr=False)  # required by the service when set
+    max_body_bytes: int = 1 << 20  # the service's request body limit
+    model_poll_s: int = 30  # how often the service checks the champion alias
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -49,7 +52,10 @@ class Settings:
         if not tolerance.isdigit():
             raise ValueError(f"RECSYS_FUTURE_TOLERANCE_S must be whole seconds >= 0, "
                              f"got {tolerance!r}")
-        for name, value in (("RECSYS_RECENT_ITEMS", recent), ("RECSYS_SERVING_THREADS", threads)):
+        body = env.get("RECSYS_MAX_BODY_BYTES") or str(1 << 20)
+        poll = env.get("RECSYS_MODEL_POLL_S") or "30"
+        for name, value in (("RECSYS_RECENT_ITEMS", recent), ("RECSYS_SERVING_THREADS", threads),
+                            ("RECSYS_MAX_BODY_BYTES", body), ("RECSYS_MODEL_POLL_S", poll)):
             if not value.isdigit() or int(value) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         return cls(
@@ -62,6 +68,9 @@ class Settings:
             future_tolerance_s=float(tolerance),
             redis_cluster=_flag(env, "RECSYS_REDIS_CLUSTER"),
             feast_offline_store=env.get("RECSYS_FEAST_OFFLINE_STORE") or None,
+            api_key=env.get("RECSYS_API_KEY") or None,
+            max_body_bytes=int(body),
+            model_poll_s=int(poll),
         )
 
     # Paths under the state directory: the only places the project writes.

@@ -29,15 +29,16 @@ def _pid_file(settings: Settings) -> Path:
 
 
 def start_service(settings: Settings, port: int, log_path: Path | None = None,
-                  ) -> subprocess.Popen:
-    """``bentoml serve`` in its own process group (its workers die with it)."""
+                  env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``bentoml serve`` in its own process group (its workers die with it);
+    ``env``: extra environment (e.g. ``RECSYS_API_KEY``)."""
     pid_file = _pid_file(settings)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_path, "ab") if log_path else None  # noqa: SIM115 (owned by the child)
     process = subprocess.Popen(
         [sys.executable, "-m", "bentoml", "serve", SERVICE, "--port", str(port),
          "--host", "127.0.0.1"],
-        env={**os.environ, "RECSYS_HOME": str(settings.home)},
+        env={**os.environ, "RECSYS_HOME": str(settings.home), **(env or {})},
         stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True,
     )
     pid_file.write_text(str(process.pid))

@@ -10,12 +10,14 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import redis
 from feast import FeatureStore
 from feast.data_source import PushMode
 
 from feature_repo.data_sources import USER_RECENT_ITEMS_PUSH
+from feature_repo.feature_views import ITEM_CONTENT
 from feature_repo.online_reader import RecentItemsReader
 from feature_repo.recent_items import merge_recent
 
@@ -77,3 +79,16 @@ class OnlineFeatures:
             })
             self.store.push(USER_RECENT_ITEMS_PUSH, frame, to=PushMode.ONLINE)
             return new_items
+
+    def item_embeddings(self, item_ids: list[str], batch: int = 1000) -> dict[str, np.ndarray]:
+        """The online ``item_content`` text embeddings of these items (those with one)."""
+        out = {}
+        for start in range(0, len(item_ids), batch):
+            chunk = item_ids[start:start + batch]
+            rows = self.store.get_online_features(
+                features=[f"{ITEM_CONTENT}:text_embedding"],
+                entity_rows=[{"item_id": i} for i in chunk]).to_dict()
+            for item, vector in zip(chunk, rows["text_embedding"], strict=True):
+                if vector is not None:
+                    out[item] = np.asarray(vector, dtype=np.float32)
+        return out

@@ -1,15 +1,30 @@
-"""The served model and top-K scoring, as plain functions (no HTTP, no Redis)."""
+"""The served model and top-K scoring, as plain functions (no HTTP, no Redis).
+
+Every answer says where it came from: the model (with, per item, the recent items
+that contributed most to it), or a fallback with its reason:
+- no usable history: recent popularity, blended with content similarity to the
+  items given in the request when there are any;
+- the model raised or returned non-finite scores: recent popularity.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
 
 from training import registry
 from training.model import BehaviourEncoder
 from training.sequences import ItemIndex, pad_left
+
+log = logging.getLogger("recsys.serving")
+
+BECAUSE = 2  # recent items named as the reason for each recommended item
+BECAUSE_WINDOW = 20  # how many of the newest history items are candidates for it
+CONTENT_WEIGHT = 0.7  # share of content similarity in the cold-start blend
 
 
 @dataclass(frozen=True)
@@ -17,22 +32,56 @@ class ServedModel:
     version: str
     model: BehaviourEncoder
     index: ItemIndex
-    popularity: np.ndarray  # (N + 1,) interaction counts, index 0 unused
+    popularity: np.ndarray  # (N + 1,) fallback scores: recent counts, all-time as tie-break
+    content: np.ndarray | None = None  # (N + 1, D) unit text embeddings; row 0 and unknown = 0
 
 
-def load_served_model(tracking_uri: str, alias: str = registry.CHAMPION) -> ServedModel:
+@dataclass(frozen=True)
+class Ranked:
+    items: list[tuple[str, float, str, list[str]]]  # item id, score, title, because (ids)
+    reason: str | None  # None when the model answered
+
+
+def popularity_scores(index: ItemIndex, recent: dict[str, int], all_time: dict[str, int],
+                      ) -> np.ndarray:
+    """Recent-window counts; all-time counts scaled below 1 break ties (and rank
+    items when the recent window is empty)."""
+    scores = np.zeros(len(index) + 1)
+    top = max(all_time.values(), default=0) + 1
+    for item, count in all_time.items():
+        if item in index.index:
+            scores[index.index[item]] += count / top
+    for item, count in recent.items():
+        if item in index.index:
+            scores[index.index[item]] += count
+    return scores
+
+
+def load_served_model(tracking_uri: str, alias: str = registry.CHAMPION,
+                      content: dict[str, np.ndarray] | None = None) -> ServedModel:
+    """The version behind ``alias`` with its fallback popularity; ``content``: item
+    id -> text embedding (the online ``item_content`` view), for cold starts."""
     version = registry.alias_version(tracking_uri, alias)
     if version is None:
         raise LookupError(f"no {registry.MODEL_NAME} version has alias {alias!r}; "
                           "run the pipeline first (make demo or dagster asset materialize)")
     model = registry.load_version(tracking_uri, version)
     index = ItemIndex(model.item_ids)
-    counts = registry.load_document(tracking_uri, version, registry.POPULARITY_DOCUMENT)
-    popularity = np.zeros(len(index) + 1)
-    for item, count in counts.items():
-        if item in index.index:
-            popularity[index.index[item]] = count
-    return ServedModel(version=version, model=model, index=index, popularity=popularity)
+    all_time = registry.load_document(tracking_uri, version, registry.POPULARITY_DOCUMENT)
+    try:
+        recent = registry.load_document(tracking_uri, version,
+                                        registry.RECENT_POPULARITY_DOCUMENT)
+    except (MlflowException, OSError):  # versions registered before the document existed
+        recent = {}
+    table = None
+    if content:
+        dim = len(next(iter(content.values())))
+        table = np.zeros((len(index) + 1, dim), dtype=np.float32)
+        for item, vector in content.items():
+            if item in index.index:
+                table[index.index[item]] = vector
+    return ServedModel(version=version, model=model, index=index,
+                       popularity=popularity_scores(index, recent, all_time), content=table)
 
 
 def _top(scores: np.ndarray, k: int, exclude: list[int]) -> list[tuple[int, float]]:
@@ -45,32 +94,93 @@ def _top(scores: np.ndarray, k: int, exclude: list[int]) -> list[tuple[int, floa
     return [(int(i), float(scores[i])) for i in top]
 
 
+def model_scores(served: ServedModel, encoded: list[int]) -> np.ndarray:
+    """(N + 1,) scores for one history; raises when the model fails or returns
+    non-finite scores for catalogue items."""
+    with torch.inference_mode():
+        scores = served.model.score(pad_left([encoded], served.model.config.max_len))[0].numpy()
+    if not np.isfinite(scores[1:]).all():
+        raise FloatingPointError("the model returned non-finite scores")
+    return scores
+
+
+def _because(table: np.ndarray, picked: list[int], history: list[int]) -> list[list[int]]:
+    """Per picked item, the history items whose vectors are most similar to its
+    vector (the dot product the model's scores are made of): its reason."""
+    recent = list(dict.fromkeys(reversed(history)))[:BECAUSE_WINDOW]
+    if not picked or not recent:
+        return [[] for _ in picked]
+    similarity = table[picked] @ table[recent].T  # (k, R)
+    order = np.argsort(-similarity, axis=1, kind="stable")[:, :BECAUSE]
+    return [[recent[j] for j in row] for row in order]
+
+
+def _content_blend(served: ServedModel, given: list[int]) -> np.ndarray | None:
+    """Popularity (scaled to 0..1) blended with cosine similarity to the mean text
+    embedding of the given items; None without text embeddings for them."""
+    if served.content is None or not given:
+        return None
+    profile = served.content[given].mean(axis=0)
+    norm = float(np.linalg.norm(profile))
+    if norm == 0:
+        return None
+    similarity = served.content @ (profile / norm)
+    top = served.popularity.max()
+    popular = np.log1p(served.popularity) / np.log1p(top) if top > 0 else served.popularity
+    return CONTENT_WEIGHT * similarity + (1 - CONTENT_WEIGHT) * popular
+
+
 def recommend(served: ServedModel, history: list[str], k: int, exclude_seen: bool,
-              ) -> tuple[list[tuple[str, float, str]], bool]:
-    """Top-k (item_id, score, title) for a history of item ids (oldest first).
-
-    Returns (items, from_model): an empty or unknown history falls back to popularity.
-    """
-    encoded = served.index.encode(history)
-    exclude = encoded if exclude_seen else []
+              context: list[str] = ()) -> Ranked:
+    """Top-k, best first, for a user's online history (item ids, oldest first) and
+    the items given in the request (``context``, newest last). With an online
+    history the model reads both; without one, popularity answers, blended with
+    content similarity to the given items when there are any."""
+    known = served.index.encode(history)
+    encoded = known + served.index.encode(list(context)) if known else []
+    given = served.index.encode(list(context))
+    exclude = (encoded or given) if exclude_seen else []
+    ranked, because, reason = [], None, None
     if encoded:
-        with torch.inference_mode():
-            scores = served.model.score(pad_left([encoded], served.model.config.max_len))[0]
-        ranked, from_model = _top(scores.numpy(), k, exclude), True
+        try:
+            ranked = _top(model_scores(served, encoded), k, exclude)
+            table = served.model.item_table().detach().numpy()
+            because = _because(table, [i for i, _ in ranked], encoded)
+        except Exception as error:  # any model failure: answer from popularity
+            log.warning("model v%s failed (%s: %s); answering from popularity",
+                        served.version, type(error).__name__, error)
+            reason = f"model failed ({type(error).__name__}): popularity"
+            ranked = _top(served.popularity, k, exclude)
     else:
-        ranked, from_model = _top(served.popularity, k, exclude), False
-    titles = served.model.titles
-    return [(served.index.item_ids[i - 1], s, titles[i - 1]) for i, s in ranked], from_model
+        blend = _content_blend(served, given)
+        if blend is None:
+            reason = "no history for this user: popularity"
+            ranked = _top(served.popularity, k, exclude)
+        else:
+            reason = ("no history for this user: popularity blended with content "
+                      "similarity to the given items")
+            ranked = _top(blend, k, exclude)
+            because = _because(served.content, [i for i, _ in ranked], given)
+    ids, titles = served.index.item_ids, served.model.titles
+    because = because or [[] for _ in ranked]
+    return Ranked(items=[(ids[i - 1], s, titles[i - 1], [ids[j - 1] for j in why])
+                         for (i, s), why in zip(ranked, because, strict=True)],
+                  reason=reason)
 
 
-def score_items(served: ServedModel, history: list[str], item_ids: list[str]) -> list[float | None]:
-    """Model scores for given candidates (None for items not in the catalogue)."""
+def score_items(served: ServedModel, history: list[str], item_ids: list[str],
+                ) -> tuple[list[float | None], str | None]:
+    """Scores for given candidates (None for items not in the catalogue), and the
+    fallback's reason when popularity answered instead of the model."""
     encoded = served.index.encode(history)
+    reason = None if encoded else "no history for this user: popularity"
+    scores = served.popularity
     if encoded:
-        with torch.inference_mode():
-            scores = served.model.score(pad_left([encoded], served.model.config.max_len))[0]
-        scores = scores.numpy()
-    else:
-        scores = served.popularity
+        try:
+            scores = model_scores(served, encoded)
+        except Exception as error:
+            log.warning("model v%s failed (%s); scoring by popularity", served.version,
+                        type(error).__name__)
+            reason = f"model failed ({type(error).__name__}): popularity"
     return [float(scores[served.index.index[i]]) if i in served.index.index else None
-            for i in item_ids]
+            for i in item_ids], reason

@@ -4,6 +4,7 @@ champion behaviour encoder over online features, and real-time event intake."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Annotated, Literal
 
@@ -23,8 +24,10 @@ from feature_repo.schema import (
 from feature_repo.store import open_store
 from infra import redis_server
 from infra.settings import Settings
+from serving.guard import Guard
 from serving.online import EventLog, OnlineFeatures
-from serving.scoring import load_served_model, recommend, score_items
+from serving.scoring import ServedModel, load_served_model, recommend, score_items
+from training import registry
 
 log = logging.getLogger("recsys.serving")
 
@@ -32,10 +35,18 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_LENGTH,
                                       pattern=r"^[A-Za-z0-9_.:\-]+$")]
 IdLike = Annotated[StrictInt | Id, Field(description="A user or item id (string or integer).")]
 
+class Because(BaseModel):
+    item_id: str = Field(description="A recent item of the user's.")
+    title: str = Field(description="Its title.")
+
+
 class RecommendedItem(BaseModel):
     item_id: str = Field(description="Catalogue item id.")
-    score: float = Field(description="Model score (or popularity count when degraded).")
+    score: float = Field(description="Model score (a popularity or blended score when degraded).")
     title: str = Field(description="Item title from the catalogue.")
+    because: list[Because] = Field(description=(
+        "The recent items that contributed most to this one (closest to it in the "
+        "model's item space), for 'because you watched ...'; empty for popularity."))
 
 
 class Recommendation(BaseModel):
@@ -67,9 +78,17 @@ class EventsAccepted(BaseModel):
 
 
 class Scores(BaseModel):
-    user_id: str
-    model_version: str
+    user_id: str = Field(description="The user the scores are for.")
+    model_version: str = Field(description="behaviour_encoder registry version that answered.")
     scores: dict[str, float | None] = Field(description="item_id -> score (null if unknown).")
+    degraded: bool = Field(description="True when popularity scored instead of the model.")
+    reason: str | None = Field(description="Why the answer is degraded, else null.")
+
+
+class Reloaded(BaseModel):
+    model_version: str = Field(description="The version serving now.")
+    previous_version: str = Field(description="The version that served before the call.")
+    changed: bool = Field(description="Whether the call swapped models.")
 
 
 def event_times_us(values: list[int | float | str | None], now: float,
@@ -89,19 +108,54 @@ def _error_text(error: ValidationError) -> str:
 class Recommender:
     def __init__(self) -> None:
         settings = Settings.from_env()
+        self.settings = settings
         torch.set_num_threads(settings.serving_threads)
         server = redis_server.ensure(settings)
         self.redis = server.client()
         self.online = OnlineFeatures(open_store(settings, server.url), self.redis,
                                      settings.recent_items)
-        self.served = load_served_model(settings.tracking_uri())
+        self.served = self._load()
         self.event_log = EventLog(settings.event_log_dir)
         self.future_tolerance_s = settings.future_tolerance_s  # as in batch validation
+        self._swap_lock = threading.Lock()
+        self._stop = threading.Event()
+        threading.Thread(target=self._watch, name="champion-watch", daemon=True).start()
         log.info("serving behaviour_encoder version %s from %s", self.served.version,
                  settings.home)
 
+    def _load(self) -> ServedModel:
+        """The champion, with the item text embeddings from the online store (for
+        cold starts; left out, with a warning, while Redis is unreachable)."""
+        uri = self.settings.tracking_uri()
+        served = load_served_model(uri)
+        try:
+            content = self.online.item_embeddings(served.index.item_ids)
+        except redis.RedisError as error:
+            log.warning("item embeddings unavailable (%s): no content blend", type(error).__name__)
+            return served
+        return load_served_model(uri, content=content) if content else served
+
+    def _swap_if_moved(self) -> tuple[str, str]:
+        """Load the champion when the alias moved; one swap at a time. A request
+        reads ``self.served`` once, so it is answered by one model, old or new."""
+        with self._swap_lock:
+            before = self.served.version
+            current = registry.alias_version(self.settings.tracking_uri(), registry.CHAMPION)
+            if current is not None and current != before:
+                self.served = self._load()
+                log.info("champion moved: v%s -> v%s", before, self.served.version)
+            return before, self.served.version
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.settings.model_poll_s):
+            try:
+                self._swap_if_moved()
+            except Exception as error:  # keep serving the loaded model
+                log.warning("champion watch failed: %s: %s", type(error).__name__, error)
+
     @bentoml.on_shutdown
     def close(self) -> None:
+        self._stop.set()
         self.redis.close()
 
     def __is_ready__(self) -> bool:
@@ -124,33 +178,56 @@ class Recommender:
                   k: Annotated[int, Field(ge=1, le=1000, description="How many items.")] = 10,
                   exclude_seen: Annotated[bool, Field(
                       description="Leave out items in the user's recent history.")] = True,
+                  context_item_ids: Annotated[list[IdLike], Field(
+                      max_length=1000, description=(
+                          "Items the user just interacted with, newest last, not yet sent "
+                          "to /events (e.g. an anonymous session). With an online history "
+                          "the model reads them after it; without one they steer the "
+                          "fallback by content similarity."))] = [],  # noqa: B006
                   ) -> Recommendation:
         """Top-k items for a user from the champion model over online features."""
         user = str(user_id)
         served = self.served
         history = self._history(user)
-        items, from_model = recommend(served, history or [], k, exclude_seen)
-        if history is None:
-            reason = "online store unavailable: popularity"
-        else:
-            reason = None if from_model else "no history for this user: popularity"
+        ranked = recommend(served, history or [], k, exclude_seen,
+                           [str(i) for i in context_item_ids])
+        reason = "online store unavailable: popularity" if history is None else ranked.reason
+        titles = dict(zip(served.index.item_ids, served.model.titles, strict=True))
         return Recommendation(
-            user_id=user, model_version=served.version,
-            items=[RecommendedItem(item_id=i, score=s, title=t) for i, s, t in items],
-            degraded=reason is not None, reason=reason,
+            user_id=user, model_version=served.version, degraded=reason is not None,
+            reason=reason, items=[RecommendedItem(
+                item_id=i, score=s, title=t,
+                because=[Because(item_id=b, title=titles[b]) for b in why])
+                for i, s, t, why in ranked.items],
         )
 
     @bentoml.api
     def score(self, user_id: IdLike,
-              item_ids: Annotated[list[IdLike], Field(min_length=1, max_length=1000)],
+              item_ids: Annotated[list[IdLike], Field(
+                  min_length=1, max_length=1000, description="Candidate item ids.")],
               ) -> Scores:
         """Scores of the given candidate items for a user."""
         user = str(user_id)
         served = self.served
         ids = [str(i) for i in item_ids]
-        values = score_items(served, self._history(user) or [], ids)
+        history = self._history(user)
+        values, reason = score_items(served, history or [], ids)
+        if history is None:
+            reason = "online store unavailable: popularity"
         return Scores(user_id=user, model_version=served.version,
-                      scores=dict(zip(ids, values, strict=True)))
+                      scores=dict(zip(ids, values, strict=True)),
+                      degraded=reason is not None, reason=reason)
+
+    @bentoml.api
+    def reload(self, ctx: bentoml.Context) -> Reloaded:
+        """Check the champion alias now and swap to it if it moved (the service also
+        checks every RECSYS_MODEL_POLL_S seconds). Needs RECSYS_API_KEY to be set."""
+        if not self.settings.api_key:
+            ctx.response.status_code = 403
+            return Reloaded(model_version=self.served.version,
+                            previous_version=self.served.version, changed=False)
+        before, after = self._swap_if_moved()
+        return Reloaded(model_version=after, previous_version=before, changed=before != after)
 
     @bentoml.api
     def events(self, events: Annotated[list[dict], Field(min_length=1, max_length=1000)],
@@ -197,6 +274,21 @@ class Recommender:
                 items, times = by_user.setdefault(str(event.user_id), ([], []))
                 items.append(str(event.item_id))
                 times.append(stamp)
-            for user, (items, times) in by_user.items():
-                self.online.append(user, items, times)
+            try:
+                for user, (items, times) in by_user.items():
+                    self.online.append(user, items, times)
+            except redis.RedisError as error:
+                # Redis went away after the check: the events are in the offline log
+                # (they reach the features at the next batch run), not all online.
+                ctx.response.status_code = 503
+                log.warning("online store failed during /events: %s", type(error).__name__)
+                note = ("logged to the offline event log, but the online store (Redis) "
+                        "failed: the online features may miss it until the next batch run")
+                return EventsAccepted(accepted=len(accepted), rejected=rejected + [
+                    Rejected(index=-1, error=note)])
         return EventsAccepted(accepted=len(accepted), rejected=rejected)
+
+
+_startup = Settings.from_env()
+Recommender.add_asgi_middleware(Guard, api_key=_startup.api_key,
+                                max_body_bytes=_startup.max_body_bytes)

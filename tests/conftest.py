@@ -50,13 +50,19 @@ def pipeline(tmp_path_factory) -> PipelineRun:
     redis_server.stop(settings)
 
 
+API_KEY = "test-key-not-secret"
+AUTH = {"X-API-Key": API_KEY}
+
+
 @pytest.fixture(scope="session")
 def service(pipeline):
-    """``bentoml serve`` as a real process on a free port against the pipeline's state."""
+    """``bentoml serve`` as a real process on a free port against the pipeline's
+    state, with an API key (``AUTH``) and a 1 s champion poll."""
     from orchestration.cli import free_port, start_service, stop_service, wait_ready
 
     port = free_port()
-    process = start_service(pipeline.settings, port, pipeline.settings.home / "serve.log")
+    process = start_service(pipeline.settings, port, pipeline.settings.home / "serve.log",
+                            env={"RECSYS_API_KEY": API_KEY, "RECSYS_MODEL_POLL_S": "1"})
     try:
         wait_ready(port, process)
     except Exception:

@@ -1,14 +1,21 @@
 """The service as a real ``bentoml serve`` process on a free port, against the
 pipeline's state (embedded Redis, local MLflow)."""
 
+import threading
+import time
+
 import httpx
 import pandas as pd
+import pytest
+import torch
 
 from orchestration.assets.ingest import read_validated_events
+from tests.conftest import API_KEY, AUTH
+from training import registry
 
 
-def post(url, path, body):
-    return httpx.post(f"{url}{path}", json=body, timeout=30)
+def post(url, path, body, headers=AUTH):
+    return httpx.post(f"{url}{path}", json=body, timeout=30, headers=headers)
 
 
 def history(pipeline, user):
@@ -29,6 +36,12 @@ def test_recommend_returns_k_distinct_unseen_items_from_the_champion(pipeline, s
     scores = [i["score"] for i in body["items"]]
     assert scores == sorted(scores, reverse=True)
     assert all(i["title"] for i in body["items"])
+    # Each item names the recent items that contributed most to it.
+    recent = history(pipeline, user)[-pipeline.settings.recent_items:]
+    for item in body["items"]:
+        assert 1 <= len(item["because"]) <= 2
+        assert {b["item_id"] for b in item["because"]} <= set(recent)
+        assert all(b["title"] for b in item["because"])
 
 
 def test_integer_user_id_and_unknown_user_fall_back_to_popularity(service):
@@ -37,6 +50,26 @@ def test_integer_user_id_and_unknown_user_fall_back_to_popularity(service):
     assert body["degraded"] is True and "popularity" in body["reason"]
     scores = [i["score"] for i in body["items"]]
     assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    assert all(i["because"] == [] for i in body["items"])
+
+
+def test_a_new_user_with_given_items_gets_content_similar_items(pipeline, service):
+    """No online history: popularity blended with text similarity to the given items."""
+    items = pd.read_parquet(pipeline.settings.offline_dir / "items.parquet")
+    genre = items["genres"].str.split("|").str[0]
+    horror = items.loc[genre == "Horror", "item_id"].tolist()[:3]
+    body = post(service, "/recommend", {"user_id": "brand-new", "k": 10,
+                                        "context_item_ids": horror}).json()
+    assert body["degraded"] is True
+    assert body["reason"] == ("no history for this user: popularity blended with content "
+                              "similarity to the given items")
+    got = [i["item_id"] for i in body["items"]]
+    assert not set(got) & set(horror)
+    assert (genre[items["item_id"].isin(got)] == "Horror").sum() >= 6
+    assert all({b["item_id"] for b in i["because"]} <= set(horror) for i in body["items"])
+    plain = post(service, "/recommend", {"user_id": "brand-new", "k": 10}).json()
+    assert plain["reason"] == "no history for this user: popularity"
+    assert [i["item_id"] for i in plain["items"]] != got
 
 
 def test_event_then_recommend_excludes_the_new_item(pipeline, service):
@@ -66,7 +99,7 @@ def test_event_then_recommend_excludes_the_new_item(pipeline, service):
 
 def test_score_given_candidates(service):
     body = post(service, "/score", {"user_id": "u00001", "item_ids": ["i00001", "nope"]}).json()
-    assert body["model_version"] == "1"
+    assert body["model_version"] == "1" and body["degraded"] is False
     assert isinstance(body["scores"]["i00001"], float)
     assert body["scores"]["nope"] is None
 
@@ -80,21 +113,54 @@ def test_bad_requests_get_4xx_with_a_message(service):
         ("/recommend", {"user_id": "x" * 65}),
         ("/events", {"events": []}),
         ("/score", {"user_id": "u1", "item_ids": []}),
+        ("/events", {"events": [{"user_id": "u1", "item_id": "i1", "event_type": "view"}]
+                     * 1001}),
+        ("/recommend", {"user_id": "u00001", "context_item_ids": ["i00001"] * 1001}),
+        ("/recommend", {"user_id": ["u00001"]}),
+        ("/recommend", {"user_id": "u 1"}),
     ]
     for path, body in cases:
         if isinstance(body, bytes):
             answer = httpx.post(f"{service}{path}", content=body, timeout=30,
-                                headers={"content-type": "application/json"})
+                                headers={"content-type": "application/json", **AUTH})
         else:
             answer = post(service, path, body)
         assert 400 <= answer.status_code < 500, (path, body, answer.status_code, answer.text)
         assert answer.json()["error"], (path, body)
 
 
-def test_health_endpoints(service):
+def test_health_endpoints_are_open_and_everything_else_needs_the_key(service):
     for path in ("/healthz", "/livez", "/readyz"):
         assert httpx.get(f"{service}{path}", timeout=10).status_code == 200
-    assert "bentoml" in httpx.get(f"{service}/metrics", timeout=10).text
+    assert httpx.get(f"{service}/metrics", timeout=10).status_code == 401
+    assert "bentoml" in httpx.get(f"{service}/metrics", timeout=10, headers=AUTH).text
+    body = {"user_id": "u00001"}
+    for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}):
+        answer = post(service, "/recommend", body, headers=headers)
+        assert answer.status_code == 401 and "API key" in answer.json()["error"]
+    bearer = post(service, "/recommend", body, {"Authorization": f"Bearer {API_KEY}"})
+    assert bearer.status_code == 200 and bearer.json()["user_id"] == "u00001"
+
+
+def test_the_api_key_is_not_logged(pipeline, service):
+    post(service, "/recommend", {"user_id": "u00001"})
+    assert API_KEY not in (pipeline.settings.home / "serve.log").read_text()
+
+
+def test_bodies_over_the_limit_get_413(service):
+    big = b'{"user_id": "u00001", "pad": "' + b"x" * (1 << 20) + b'"}'
+    answer = httpx.post(f"{service}/recommend", content=big, timeout=30,
+                        headers={"content-type": "application/json", **AUTH})
+    assert answer.status_code == 413 and "over 1048576 bytes" in answer.json()["error"]
+
+    def chunks():  # no Content-Length: counted as it streams
+        yield b'{"user_id": "u00001", "pad": "'
+        for _ in range(20):
+            yield b"x" * 65536
+        yield b'"}'
+    streamed = httpx.post(f"{service}/recommend", content=chunks(), timeout=30,
+                          headers={"content-type": "application/json", **AUTH})
+    assert streamed.status_code == 413
 
 
 def test_event_times_are_parsed_like_the_batch_validation():
@@ -110,6 +176,118 @@ def test_event_times_are_parsed_like_the_batch_validation():
         1_700_864_000_000_000]
 
 
+def register_copy(pipeline, change=None) -> str:
+    """A new ``behaviour_encoder`` version with v1's weights (``change``d if given);
+    ``challenger`` is left on v1 as the other tests expect."""
+    uri = pipeline.settings.tracking_uri()
+    model = registry.load_version(uri, "1")
+    if change:
+        change(model)
+    popularity = registry.load_document(uri, "1", registry.POPULARITY_DOCUMENT)
+    registered = registry.log_and_register(
+        uri, pipeline.settings.artifact_location(), model, {"copy_of": "1"}, [], {},
+        {"purpose": "test"}, documents={registry.POPULARITY_DOCUMENT: popularity})
+    registry.client(uri).set_registered_model_alias(registry.MODEL_NAME, registry.CHALLENGER,
+                                                    "1")
+    return registered.version
+
+
+def test_champion_swap_under_load_fails_no_request_and_switches_cleanly(pipeline, service):
+    uri = pipeline.settings.tracking_uri()
+    new = register_copy(pipeline)
+    seen: list[list[str]] = [[] for _ in range(4)]
+    failures: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def stream(mine: list[str]) -> None:
+        with httpx.Client(timeout=30, headers=AUTH) as http:
+            while not stop.is_set():
+                answer = http.post(f"{service}/recommend", json={"user_id": "u00003", "k": 5})
+                if answer.status_code != 200:
+                    failures.append((answer.status_code, answer.text))
+                else:
+                    mine.append(answer.json()["model_version"])
+
+    threads = [threading.Thread(target=stream, args=(mine,)) for mine in seen]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1)
+        registry.set_champion(uri, new)
+        reloaded = post(service, "/reload", {}).json()
+        assert reloaded == {"model_version": new, "previous_version": "1", "changed": True}
+        time.sleep(1)
+        # Rollback = moving the alias back; the 1 s poll picks it up without /reload.
+        assert registry.rollback_champion(uri) == "1"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(m[-1:] != ["1"] for m in seen):
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert failures == []
+    for mine in seen:  # each client saw v1, then only the new version, then only v1
+        runs = [v for i, v in enumerate(mine) if i == 0 or mine[i - 1] != v]
+        assert runs == ["1", new, "1"], runs
+    assert post(service, "/reload", {}).json()["changed"] is False
+
+
+def test_a_failing_model_degrades_to_popularity(pipeline, service):
+    """A champion whose scores are NaN (a corrupted model): answers stay 200, from
+    popularity, flagged with the reason."""
+    uri = pipeline.settings.tracking_uri()
+    broken = register_copy(
+        pipeline, lambda m: torch.nn.init.constant_(m.item_embedding.weight, float("nan")))
+    registry.set_champion(uri, broken)
+    try:
+        assert post(service, "/reload", {}).json()["model_version"] == broken
+        body = post(service, "/recommend", {"user_id": "u00001", "k": 5}).json()
+        assert body["degraded"] is True and body["model_version"] == broken
+        assert body["reason"] == "model failed (FloatingPointError): popularity"
+        assert len(body["items"]) == 5
+        scored = post(service, "/score", {"user_id": "u00001", "item_ids": ["i00001"]}).json()
+        assert scored["degraded"] is True and scored["reason"].startswith("model failed")
+    finally:
+        registry.rollback_champion(uri)
+        assert post(service, "/reload", {}).json()["model_version"] == "1"
+
+
+def test_reload_needs_a_configured_key(service):
+    assert post(service, "/reload", {}, headers={}).status_code == 401
+
+
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_fuzzing_every_operation_of_the_openapi_spec_gives_no_5xx(service, mode):
+    """Schemathesis generates valid (positive) and invalid (negative) requests from
+    the service's own OpenAPI document; no answer may be a 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import Unsatisfiable
+
+    schema = schemathesis.openapi.from_url(f"{service}/docs.json", headers=AUTH)
+    checked = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        strategy = operation.as_strategy(generation_mode=schemathesis.GenerationMode(mode))
+
+        @settings(max_examples=25, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=strategy)
+        def call(case):
+            answer = case.call(base_url=service, headers=AUTH, timeout=30)
+            assert answer.status_code < 500, (case.as_curl_command(), answer.status_code,
+                                              answer.text[:300])
+
+        try:
+            call()
+        except Unsatisfiable:  # nothing to get wrong (e.g. GET /livez has no inputs)
+            continue
+        checked.append(operation.path)
+    assert {"/recommend", "/score", "/events"} <= set(checked)
+
+
 def test_redis_down_degrades_then_recovers(pipeline, service):
     """Last in this file: stops the embedded Redis under the running service."""
     import time
@@ -121,7 +299,7 @@ def test_redis_down_degrades_then_recovers(pipeline, service):
     assert redis_server.stop(settings)
     try:
         body = post(service, "/recommend", {"user_id": "u00001", "k": 4}).json()
-        assert body["degraded"] is True
+        assert body["degraded"] is True and body["model_version"] == "1"
         assert body["reason"] == "online store unavailable: popularity"
         assert len(body["items"]) == 4
         assert httpx.get(f"{service}/readyz", timeout=10).status_code == 503

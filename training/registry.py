@@ -24,6 +24,9 @@ EXPERIMENT = "behaviour_encoder"
 CHAMPION, CHALLENGER = "champion", "challenger"
 # Interaction counts per item id, logged with each run (the serving fallback).
 POPULARITY_DOCUMENT = "item_popularity.json"
+# The same over the last RECENT_POPULARITY_DAYS of the training data (the fallback's order).
+RECENT_POPULARITY_DOCUMENT = "item_popularity_recent.json"
+RECENT_POPULARITY_DAYS = 30
 # Run and version tag: the newest event time in the training data (the drift reference).
 TRAINED_UNTIL_TAG = "training_events_until"
 

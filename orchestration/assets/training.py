@@ -119,9 +119,14 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
     params = {**model_config.to_dict(), **train_config.to_dict(),
               "training_rows": len(frame), "torch": torch.__version__}
     counts = events["item_id"].value_counts()
+    newest = events["event_timestamp"].max()
+    recent = events.loc[events["event_timestamp"] > newest - pd.Timedelta(
+        days=registry.RECENT_POPULARITY_DAYS), "item_id"].value_counts()
     registered = registry.log_and_register(
         mlflow.tracking_uri, mlflow.artifact_location, result.model, params, result.history,
-        metrics, tags, documents={registry.POPULARITY_DOCUMENT: counts.astype(int).to_dict()},
+        metrics, tags, documents={
+            registry.POPULARITY_DOCUMENT: counts.astype(int).to_dict(),
+            registry.RECENT_POPULARITY_DOCUMENT: recent.astype(int).to_dict()},
         inputs=[(events.drop(columns=["source_file", "source_row", "event_key"]),
                  "validated_events", str(settings.validated_events_dir), "training")])
     return MaterializeResult(metadata={

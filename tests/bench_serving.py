@@ -1,0 +1,164 @@
+"""``make bench SECTIONS=serving``: the real service under load, on this machine.
+
+1. A MovieLens-100K champion: the pipeline on ``../shared/data/ml-100k`` in a
+   temporary RECSYS_HOME (``BENCH_HOME`` reuses one that already has a
+   champion); ``BENCH_SERVING_EPOCHS`` (default 5) epochs: latency does not
+   depend on how long the model trained.
+2. The in-process floor: feature read (Redis) + encode + top-10, no HTTP.
+3. ``bentoml serve`` with the embedded Redis, then an open-loop load generator
+   on loopback: requests are sent on a fixed schedule (``rate`` per second, for
+   ``BENCH_SERVING_SECONDS``, default 30) whatever the answers do, for random
+   users; latency is measured from each request's scheduled time, so a slow
+   server cannot hide queueing by slowing the client down. At most
+   ``MAX_IN_FLIGHT`` requests are outstanding; a request over that is an error.
+4. Event-to-visible: ``/events`` with an item, then ``/recommend`` no longer
+   offers it; the time from sending the event to that answer.
+"""
+
+import asyncio
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from infra import redis_server
+from infra.settings import Settings
+from orchestration.cli import free_port, start_service, stop_service, wait_ready
+from tests.bench_features import percentiles, print_latency_table, timed
+from training import registry
+
+ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
+RATES = (50, 100, 200, 400)
+MAX_IN_FLIGHT = 256
+API_KEY = "bench"
+
+
+def prepare(settings: Settings) -> None:
+    if registry.alias_version(settings.tracking_uri(), registry.CHAMPION):
+        return
+    from dagster import materialize
+
+    from orchestration.definitions import ASSETS, CHECKS
+    from orchestration.resources import resources_from_settings
+
+    epochs = int(os.environ.get("BENCH_SERVING_EPOCHS", "5"))
+    result = materialize([*ASSETS, *CHECKS], resources=resources_from_settings(settings),
+                         run_config={"ops": {"behaviour_encoder_version": {
+                             "config": {"epochs": epochs}}}})
+    assert result.success
+
+
+async def open_loop(url: str, users: list[str], rate: float, seconds: float) -> dict:
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    errors = {"status": 0, "exception": 0, "over_in_flight": 0}
+    in_flight = 0
+    limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT)
+    async with httpx.AsyncClient(timeout=10, limits=limits,
+                                 headers={"X-API-Key": API_KEY}) as client:
+        async def one(scheduled: float, user: str) -> None:
+            nonlocal in_flight
+            in_flight += 1
+            try:
+                answer = await client.post(f"{url}/recommend", json={"user_id": user, "k": 10})
+                if answer.status_code == 200:
+                    latencies.append(loop.time() - scheduled)
+                else:
+                    errors["status"] += 1
+            except httpx.HTTPError:
+                errors["exception"] += 1
+            finally:
+                in_flight -= 1
+
+        tasks = []
+        start = loop.time() + 0.05
+        for i in range(int(rate * seconds)):
+            scheduled = start + i / rate
+            delay = scheduled - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if in_flight >= MAX_IN_FLIGHT:
+                errors["over_in_flight"] += 1
+                continue
+            tasks.append(asyncio.create_task(one(scheduled, random.choice(users))))
+        await asyncio.gather(*tasks)
+        elapsed = loop.time() - start
+    row = {"target_rps": rate, "achieved_rps": round(len(latencies) / elapsed, 1),
+           "requests": int(rate * seconds), "errors": sum(errors.values()), **{
+               f"errors_{k}": v for k, v in errors.items() if v}}
+    if latencies:
+        row.update(percentiles(latencies))
+    return row
+
+
+def event_to_visible(url: str, users: list[str], samples: int = 100) -> dict:
+    times = []
+    with httpx.Client(timeout=10, headers={"X-API-Key": API_KEY}) as http:
+        for _ in range(samples):
+            user = random.choice(users)
+            item = http.post(f"{url}/recommend", json={"user_id": user, "k": 1}
+                             ).json()["items"][0]["item_id"]
+            started = time.perf_counter()
+            http.post(f"{url}/events", json={"events": [
+                {"user_id": user, "item_id": item, "event_type": "click"}]})
+            after = http.post(f"{url}/recommend", json={"user_id": user, "k": 10}).json()
+            times.append(time.perf_counter() - started)
+            assert item not in [i["item_id"] for i in after["items"]]
+    return percentiles(times)
+
+
+def in_process_floor(settings: Settings, users: list[str]) -> dict:
+    import torch
+
+    from feature_repo.store import open_store
+    from serving.online import OnlineFeatures
+    from serving.scoring import load_served_model, recommend
+
+    torch.set_num_threads(1)
+    server = redis_server.ensure(settings)
+    online = OnlineFeatures(open_store(settings, server.url), server.client(),
+                            settings.recent_items)
+    served = load_served_model(settings.tracking_uri())
+    floor = lambda user: recommend(served, online.recent(user), 10, True)  # noqa: E731
+    timed(floor, users, 200)
+    return percentiles(timed(floor, users, 2000))
+
+
+def benchmark() -> dict:
+    random.seed(0)
+    home = Path(os.environ.get("BENCH_HOME") or tempfile.mkdtemp(prefix="recsys_bench_"))
+    settings = Settings(home=home, source=ML100K)
+    print(f"state: {home}")
+    prepare(settings)
+    from orchestration.assets.ingest import read_validated_events
+
+    users = read_validated_events(settings, columns=["user_id"])["user_id"].unique().tolist()
+    seconds = float(os.environ.get("BENCH_SERVING_SECONDS", "30"))
+    results: dict = {"in_process_floor": in_process_floor(settings, users)}
+    port = free_port()
+    process = start_service(settings, port, settings.home / "bench_serve.log",
+                            env={"RECSYS_API_KEY": API_KEY, "RECSYS_SOURCE": str(ML100K)})
+    try:
+        wait_ready(port, process)
+        url = f"http://127.0.0.1:{port}"
+        asyncio.run(open_loop(url, users, 50, 5))  # warm-up, not reported
+        results["load"] = [asyncio.run(open_loop(url, users, rate, seconds)) for rate in RATES]
+        results["event_to_visible"] = event_to_visible(url, users)
+    finally:
+        stop_service(settings)
+    print_latency_table({"in-process floor (read + encode + top-10)":
+                         results["in_process_floor"],
+                         "event-to-visible (/events then /recommend)":
+                         results["event_to_visible"]})
+    print(f"\n{'target rps':>10} {'achieved':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+          f"{'errors':>7}")
+    for row in results["load"]:
+        print(f"{row['target_rps']:>10} {row['achieved_rps']:>9} {row.get('p50_ms', np.nan):>8} "
+              f"{row.get('p95_ms', np.nan):>8} {row.get('p99_ms', np.nan):>8} {row['errors']:>7}")
+    if not os.environ.get("BENCH_HOME"):
+        redis_server.stop(settings)
+    return results
