@@ -40,6 +40,7 @@ class Settings:
     api_key: str | None = field(default=None, repr=False)  # required by the service when set
     max_body_bytes: int = 1 << 20  # the service's request body limit
     model_poll_s: int = 30  # how often the service checks the champion alias
+    quantize: bool = False  # the service runs the encoder int8-quantised
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -71,6 +72,7 @@ class Settings:
             api_key=env.get("RECSYS_API_KEY") or None,
             max_body_bytes=int(body),
             model_poll_s=int(poll),
+            quantize=_flag(env, "RECSYS_QUANTIZE"),
         )
 
     # Paths under the state directory: the only places the project writes.

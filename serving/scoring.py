@@ -10,14 +10,15 @@ that contributed most to it), or a fallback with its reason:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from mlflow.exceptions import MlflowException
 
 from training import registry
-from training.model import BehaviourEncoder
+from training.model import BehaviourEncoder, quantized, traced_encoder
 from training.sequences import ItemIndex, pad_left
 
 log = logging.getLogger("recsys.serving")
@@ -33,6 +34,9 @@ class ServedModel:
     model: BehaviourEncoder
     index: ItemIndex
     popularity: np.ndarray  # (N + 1,) fallback scores: recent counts, all-time as tie-break
+    encoder: Callable[[torch.Tensor], torch.Tensor]  # (1, max_len) -> (1, D): traced encode
+    table: torch.Tensor  # (N + 1, D) the item table the model scores against
+    unit_table: np.ndarray  # the same, rows at unit length (for "because")
     content: np.ndarray | None = None  # (N + 1, D) unit text embeddings; row 0 and unknown = 0
 
 
@@ -58,30 +62,41 @@ def popularity_scores(index: ItemIndex, recent: dict[str, int], all_time: dict[s
 
 
 def load_served_model(tracking_uri: str, alias: str = registry.CHAMPION,
-                      content: dict[str, np.ndarray] | None = None) -> ServedModel:
-    """The version behind ``alias`` with its fallback popularity; ``content``: item
-    id -> text embedding (the online ``item_content`` view), for cold starts."""
+                      quantize: bool = False) -> ServedModel:
+    """The version behind ``alias`` with its fallback popularity; ``quantize``: the
+    encoder's linear layers int8 (see ``training.model.quantized``)."""
     version = registry.alias_version(tracking_uri, alias)
     if version is None:
         raise LookupError(f"no {registry.MODEL_NAME} version has alias {alias!r}; "
                           "run the pipeline first (make demo or dagster asset materialize)")
     model = registry.load_version(tracking_uri, version)
+    if quantize:
+        model = quantized(model)
     index = ItemIndex(model.item_ids)
+    table = model.item_table().detach().clone()
+    unit = table.numpy() / np.maximum(np.linalg.norm(table.numpy(), axis=1, keepdims=True), 1e-12)
     all_time = registry.load_document(tracking_uri, version, registry.POPULARITY_DOCUMENT)
     try:
         recent = registry.load_document(tracking_uri, version,
                                         registry.RECENT_POPULARITY_DOCUMENT)
     except (MlflowException, OSError):  # versions registered before the document existed
         recent = {}
-    table = None
-    if content:
-        dim = len(next(iter(content.values())))
-        table = np.zeros((len(index) + 1, dim), dtype=np.float32)
-        for item, vector in content.items():
-            if item in index.index:
-                table[index.index[item]] = vector
     return ServedModel(version=version, model=model, index=index,
-                       popularity=popularity_scores(index, recent, all_time), content=table)
+                       popularity=popularity_scores(index, recent, all_time),
+                       encoder=traced_encoder(model), table=table, unit_table=unit)
+
+
+def with_content(served: ServedModel, content: dict[str, np.ndarray]) -> ServedModel:
+    """``content``: item id -> text embedding (the online ``item_content`` view),
+    for the cold-start blend."""
+    if not content:
+        return served
+    dim = len(next(iter(content.values())))
+    table = np.zeros((len(served.index) + 1, dim), dtype=np.float32)
+    for item, vector in content.items():
+        if item in served.index.index:
+            table[served.index.index[item]] = vector
+    return replace(served, content=table)
 
 
 def _top(scores: np.ndarray, k: int, exclude: list[int]) -> list[tuple[int, float]]:
@@ -98,19 +113,20 @@ def model_scores(served: ServedModel, encoded: list[int]) -> np.ndarray:
     """(N + 1,) scores for one history; raises when the model fails or returns
     non-finite scores for catalogue items."""
     with torch.inference_mode():
-        scores = served.model.score(pad_left([encoded], served.model.config.max_len))[0].numpy()
+        user = served.encoder(pad_left([encoded], served.model.config.max_len))
+        scores = served.model.logits(user, served.table)[0].numpy()
     if not np.isfinite(scores[1:]).all():
         raise FloatingPointError("the model returned non-finite scores")
     return scores
 
 
-def _because(table: np.ndarray, picked: list[int], history: list[int]) -> list[list[int]]:
-    """Per picked item, the history items whose vectors are most similar to its
-    vector (the dot product the model's scores are made of): its reason."""
+def _because(unit: np.ndarray, picked: list[int], history: list[int]) -> list[list[int]]:
+    """Per picked item, the history items whose vectors are most similar (cosine;
+    ``unit``: an item table with rows at unit length) to its vector: its reason."""
     recent = list(dict.fromkeys(reversed(history)))[:BECAUSE_WINDOW]
     if not picked or not recent:
         return [[] for _ in picked]
-    similarity = table[picked] @ table[recent].T  # (k, R)
+    similarity = unit[picked] @ unit[recent].T  # (k, R)
     order = np.argsort(-similarity, axis=1, kind="stable")[:, :BECAUSE]
     return [[recent[j] for j in row] for row in order]
 
@@ -144,8 +160,7 @@ def recommend(served: ServedModel, history: list[str], k: int, exclude_seen: boo
     if encoded:
         try:
             ranked = _top(model_scores(served, encoded), k, exclude)
-            table = served.model.item_table().detach().numpy()
-            because = _because(table, [i for i, _ in ranked], encoded)
+            because = _because(served.unit_table, [i for i, _ in ranked], encoded)
         except Exception as error:  # any model failure: answer from popularity
             log.warning("model v%s failed (%s: %s); answering from popularity",
                         served.version, type(error).__name__, error)

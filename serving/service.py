@@ -26,7 +26,13 @@ from infra import redis_server
 from infra.settings import Settings
 from serving.guard import Guard
 from serving.online import EventLog, OnlineFeatures
-from serving.scoring import ServedModel, load_served_model, recommend, score_items
+from serving.scoring import (
+    ServedModel,
+    load_served_model,
+    recommend,
+    score_items,
+    with_content,
+)
 from training import registry
 
 log = logging.getLogger("recsys.serving")
@@ -126,14 +132,12 @@ class Recommender:
     def _load(self) -> ServedModel:
         """The champion, with the item text embeddings from the online store (for
         cold starts; left out, with a warning, while Redis is unreachable)."""
-        uri = self.settings.tracking_uri()
-        served = load_served_model(uri)
+        served = load_served_model(self.settings.tracking_uri(), quantize=self.settings.quantize)
         try:
-            content = self.online.item_embeddings(served.index.item_ids)
+            return with_content(served, self.online.item_embeddings(served.index.item_ids))
         except redis.RedisError as error:
             log.warning("item embeddings unavailable (%s): no content blend", type(error).__name__)
             return served
-        return load_served_model(uri, content=content) if content else served
 
     def _swap_if_moved(self) -> tuple[str, str]:
         """Load the champion when the alias moved; one swap at a time. A request
@@ -174,7 +178,7 @@ class Recommender:
             return None
 
     @bentoml.api
-    def recommend(self, user_id: IdLike,
+    async def recommend(self, user_id: IdLike,
                   k: Annotated[int, Field(ge=1, le=1000, description="How many items.")] = 10,
                   exclude_seen: Annotated[bool, Field(
                       description="Leave out items in the user's recent history.")] = True,
@@ -192,17 +196,17 @@ class Recommender:
         ranked = recommend(served, history or [], k, exclude_seen,
                            [str(i) for i in context_item_ids])
         reason = "online store unavailable: popularity" if history is None else ranked.reason
-        titles = dict(zip(served.index.item_ids, served.model.titles, strict=True))
+        titles, position = served.model.titles, served.index.index
         return Recommendation(
             user_id=user, model_version=served.version, degraded=reason is not None,
             reason=reason, items=[RecommendedItem(
                 item_id=i, score=s, title=t,
-                because=[Because(item_id=b, title=titles[b]) for b in why])
+                because=[Because(item_id=b, title=titles[position[b] - 1]) for b in why])
                 for i, s, t, why in ranked.items],
         )
 
     @bentoml.api
-    def score(self, user_id: IdLike,
+    async def score(self, user_id: IdLike,
               item_ids: Annotated[list[IdLike], Field(
                   min_length=1, max_length=1000, description="Candidate item ids.")],
               ) -> Scores:

@@ -52,41 +52,78 @@ def prepare(settings: Settings) -> None:
     assert result.success
 
 
-async def open_loop(url: str, users: list[str], rate: float, seconds: float) -> dict:
+class Connection:
+    """One keep-alive HTTP/1.1 connection on raw asyncio streams: a load generator
+    much cheaper per request than a general client, so that on two cores it
+    takes less CPU away from the server it measures."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> "Connection":
+        return cls(*await asyncio.open_connection(host, port))
+
+    async def post(self, path: str, body: bytes) -> int:
+        self.writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            f"X-API-Key: {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.lower().split(b"\r\n"):
+            if line.startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def open_loop(port: int, users: list[str], rate: float, seconds: float) -> dict:
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
     errors = {"status": 0, "exception": 0, "over_in_flight": 0}
+    idle: list[Connection] = []
+    opened: list[Connection] = []
     in_flight = 0
-    limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT)
-    async with httpx.AsyncClient(timeout=10, limits=limits,
-                                 headers={"X-API-Key": API_KEY}) as client:
-        async def one(scheduled: float, user: str) -> None:
-            nonlocal in_flight
-            in_flight += 1
-            try:
-                answer = await client.post(f"{url}/recommend", json={"user_id": user, "k": 10})
-                if answer.status_code == 200:
-                    latencies.append(loop.time() - scheduled)
-                else:
-                    errors["status"] += 1
-            except httpx.HTTPError:
-                errors["exception"] += 1
-            finally:
-                in_flight -= 1
 
-        tasks = []
-        start = loop.time() + 0.05
-        for i in range(int(rate * seconds)):
-            scheduled = start + i / rate
-            delay = scheduled - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if in_flight >= MAX_IN_FLIGHT:
-                errors["over_in_flight"] += 1
-                continue
-            tasks.append(asyncio.create_task(one(scheduled, random.choice(users))))
-        await asyncio.gather(*tasks)
-        elapsed = loop.time() - start
+    async def one(scheduled: float, user: str) -> None:
+        nonlocal in_flight
+        in_flight += 1
+        connection = idle.pop() if idle else None
+        try:
+            if connection is None:
+                connection = await Connection.open("127.0.0.1", port)
+                opened.append(connection)
+            body = f'{{"user_id": "{user}", "k": 10}}'.encode()
+            status = await asyncio.wait_for(connection.post("/recommend", body), 10)
+            if status == 200:
+                latencies.append(loop.time() - scheduled)
+            else:
+                errors["status"] += 1
+            idle.append(connection)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
+            errors["exception"] += 1
+        finally:
+            in_flight -= 1
+
+    tasks = []
+    start = loop.time() + 0.05
+    for i in range(int(rate * seconds)):
+        scheduled = start + i / rate
+        delay = scheduled - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if in_flight >= MAX_IN_FLIGHT:
+            errors["over_in_flight"] += 1
+            continue
+        tasks.append(asyncio.create_task(one(scheduled, random.choice(users))))
+    await asyncio.gather(*tasks)
+    elapsed = loop.time() - start
+    for connection in opened:
+        connection.close()
     row = {"target_rps": rate, "achieved_rps": round(len(latencies) / elapsed, 1),
            "requests": int(rate * seconds), "errors": sum(errors.values()), **{
                f"errors_{k}": v for k, v in errors.items() if v}}
@@ -112,20 +149,32 @@ def event_to_visible(url: str, users: list[str], samples: int = 100) -> dict:
 
 
 def in_process_floor(settings: Settings, users: list[str]) -> dict:
+    """Float and int8 encoders: the floor (read + encode + top-10) and test NDCG@10."""
     import torch
 
     from feature_repo.store import open_store
+    from orchestration.assets.ingest import read_validated_events
     from serving.online import OnlineFeatures
     from serving.scoring import load_served_model, recommend
+    from training.evaluate import evaluate
+    from training.sequences import leave_one_out
+    from training.train import model_scorer
 
     torch.set_num_threads(1)
     server = redis_server.ensure(settings)
     online = OnlineFeatures(open_store(settings, server.url), server.client(),
                             settings.recent_items)
-    served = load_served_model(settings.tracking_uri())
-    floor = lambda user: recommend(served, online.recent(user), 10, True)  # noqa: E731
-    timed(floor, users, 200)
-    return percentiles(timed(floor, users, 2000))
+    split = leave_one_out(read_validated_events(settings))
+    out = {}
+    for name, quantize in (("float32", False), ("int8", True)):
+        served = load_served_model(settings.tracking_uri(), quantize=quantize)
+        floor = lambda user: recommend(served, online.recent(user), 10, True)  # noqa: B023, E731
+        timed(floor, users, 200)
+        out[name] = {**percentiles(timed(floor, users, 2000)), "test_ndcg_at_10": round(
+            evaluate(model_scorer(served.model), split, served.index, "test")["ndcg_at_10"], 4)}
+    out["int8_relative_ndcg_change"] = round(
+        out["int8"]["test_ndcg_at_10"] / out["float32"]["test_ndcg_at_10"] - 1, 4)
+    return out
 
 
 def benchmark() -> dict:
@@ -145,15 +194,17 @@ def benchmark() -> dict:
     try:
         wait_ready(port, process)
         url = f"http://127.0.0.1:{port}"
-        asyncio.run(open_loop(url, users, 50, 5))  # warm-up, not reported
-        results["load"] = [asyncio.run(open_loop(url, users, rate, seconds)) for rate in RATES]
+        asyncio.run(open_loop(port, users, 50, 5))  # warm-up, not reported
+        results["load"] = [asyncio.run(open_loop(port, users, rate, seconds)) for rate in RATES]
         results["event_to_visible"] = event_to_visible(url, users)
     finally:
         stop_service(settings)
-    print_latency_table({"in-process floor (read + encode + top-10)":
-                         results["in_process_floor"],
-                         "event-to-visible (/events then /recommend)":
-                         results["event_to_visible"]})
+    floor = results["in_process_floor"]
+    print_latency_table({"floor float32 (in process)": floor["float32"],
+                         "floor int8 (in process)": floor["int8"],
+                         "event-to-visible": results["event_to_visible"]})
+    print(f"test NDCG@10 float32 {floor['float32']['test_ndcg_at_10']}, int8 "
+          f"{floor['int8']['test_ndcg_at_10']} ({floor['int8_relative_ndcg_change']:+.2%})")
     print(f"\n{'target rps':>10} {'achieved':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
           f"{'errors':>7}")
     for row in results["load"]:

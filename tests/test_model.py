@@ -85,3 +85,18 @@ def test_config_travels_with_the_model():
     assert model.config.to_dict()["max_len"] == 5
     with pytest.raises(ValueError):
         BehaviourEncoder(EncoderConfig(n_items=3), ["a"], ["A"])
+
+
+def test_traced_and_quantised_encoders_match_the_model():
+    from training.model import quantized, traced_encoder
+
+    torch.manual_seed(0)
+    model = BehaviourEncoder(EncoderConfig(n_items=30, max_len=8), [f"i{i}" for i in range(30)],
+                             [f"t{i}" for i in range(30)]).eval()
+    traced = traced_encoder(model)
+    small = quantized(model)
+    for history in ([5], [1, 2, 3, 4, 5, 6, 7, 8], list(range(1, 21)), [30, 29, 28]):
+        seq = pad_left([history], 8)
+        with torch.inference_mode():
+            assert torch.allclose(traced(seq), model.encode(seq), atol=1e-5)
+            assert torch.allclose(small.encode(seq), model.encode(seq), atol=0.05)

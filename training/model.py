@@ -24,6 +24,9 @@ class EncoderConfig:
     layers: int = 2
     heads: int = 1
     dropout: float = 0.2
+    # > 0: scores are cosine similarities / temperature (unit user and item vectors);
+    # 0: plain dot products.
+    temperature: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,15 +67,25 @@ class BehaviourEncoder(nn.Module):
     def item_table(self) -> torch.Tensor:
         return self.item_embedding.weight  # (N + 1, D)
 
+    def logits(self, users: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """(..., D) user vectors x (N + 1, D) item table -> (..., N + 1) scores."""
+        temperature = getattr(self.config, "temperature", 0.0)  # older pickles lack it
+        if temperature > 0:
+            users = nn.functional.normalize(users, dim=-1)
+            table = nn.functional.normalize(table, dim=-1)
+            return users @ table.T / temperature
+        return users @ table.T
+
     def forward(self, seq: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Training: mean full-softmax cross-entropy of the next item at every position.
 
         seq, targets: (B, T); targets == PAD are ignored.
         """
-        logits = self.hidden_states(seq) @ self.item_table().T  # (B, T, N + 1)
-        logits[..., PAD] = float("-inf")
-        return nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=PAD)
+        states = self.hidden_states(seq)
+        real = targets != PAD  # only positions with a target: no work spent on padding
+        logits = self.logits(states[real], self.item_table())  # (M, N + 1)
+        logits[:, PAD] = float("-inf")
+        return nn.functional.cross_entropy(logits, targets[real])
 
     def encode(self, seq: torch.Tensor) -> torch.Tensor:
         """Inference: (B, T) left-padded sequences -> (B, D) user vectors (last position)."""
@@ -80,6 +93,59 @@ class BehaviourEncoder(nn.Module):
 
     def score(self, seq: torch.Tensor) -> torch.Tensor:
         """(B, T) -> (B, N + 1) scores over the catalogue; padding scores -inf."""
-        scores = self.encode(seq) @ self.item_table().T
+        scores = self.logits(self.encode(seq), self.item_table())
         scores[:, PAD] = float("-inf")
         return scores
+
+
+def _linear_from_conv1d(layer: nn.Module) -> nn.Linear:
+    """GPT-2's Conv1D is a linear layer with its weight transposed."""
+    linear = nn.Linear(layer.nx, layer.nf)
+    with torch.no_grad():
+        linear.weight.copy_(layer.weight.T)
+        linear.bias.copy_(layer.bias)
+    return linear
+
+
+def quantized(model: BehaviourEncoder) -> BehaviourEncoder:
+    """A copy with the transformer's linear layers dynamically quantised to int8
+    (weights int8, activations quantised per call); the item table, used for the
+    embedding lookup and the final scores, stays float32. Inference only."""
+    import copy
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+    from transformers.pytorch_utils import Conv1D
+
+    clone = copy.deepcopy(model).eval()
+    for module in list(clone.backbone.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, Conv1D):
+                setattr(module, name, _linear_from_conv1d(child))
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated for torchao
+        warnings.simplefilter("ignore")
+        clone.backbone = quantize_dynamic(clone.backbone, {nn.Linear}, dtype=torch.qint8)
+    return clone
+
+
+class _Encode(nn.Module):
+    def __init__(self, model: BehaviourEncoder):
+        super().__init__()
+        self.model = model
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(seq)
+
+
+def traced_encoder(model: BehaviourEncoder) -> torch.jit.ScriptModule:
+    """``model.encode`` as a TorchScript trace: the same numbers, without the
+    Python overhead of the Hugging Face forward (about 2.5x faster for one user
+    on this machine). Traced on a left-padded sequence, so the attention mask is
+    part of the graph; inference only."""
+    import warnings
+
+    example = torch.zeros((1, model.config.max_len), dtype=torch.long)
+    example[0, -3:] = torch.tensor([1, 2, 3]).clamp(max=model.config.n_items)
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")  # TracerWarnings about Python-side branches
+        return torch.jit.trace(_Encode(model).eval(), example, check_trace=False)
