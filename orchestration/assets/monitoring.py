@@ -170,7 +170,8 @@ def reports_index(state: RecsysState, mlflow: MlflowResource) -> MaterializeResu
     version = registry.alias_version(uri, registry.CHAMPION)
     if version is not None:
         run = registry.version_run(uri, version)
-        names = [k for k in run.data.metrics if k == "train_loss" or k.startswith("val_")]
+        names = [k for k in run.data.metrics if k == "train_loss" or (
+            k.startswith("val_") and not k.startswith("val_baseline"))]  # per-epoch curves
         final = {k: v for k, v in run.data.metrics.items() if k not in names}
         reports.write(settings.reports_dir, reports.CHAMPION, reports.champion_html(
             version, final, registry.metric_curves(uri, run.info.run_id, names)))
