@@ -135,6 +135,7 @@ class Windows:
     reference: pd.DataFrame
     current: pd.DataFrame
     new_events: int  # validated events after the champion's training data
+    train_counts: pd.Series  # item id -> events in the champion's training data
 
 
 def windows(events: pd.DataFrame, trained_until: pd.Timestamp | None, size: int) -> Windows:
@@ -144,7 +145,8 @@ def windows(events: pd.DataFrame, trained_until: pd.Timestamp | None, size: int)
     trained = events if trained_until is None else events[
         events["event_timestamp"] <= trained_until]
     return Windows(reference=trained.tail(size), current=events.tail(size),
-                   new_events=len(events) - len(trained))
+                   new_events=len(events) - len(trained),
+                   train_counts=trained["item_id"].value_counts())
 
 
 def event_features(window: pd.DataFrame, genres_of: pd.Series,

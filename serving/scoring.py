@@ -146,6 +146,18 @@ def _content_blend(served: ServedModel, given: list[int]) -> np.ndarray | None:
     return CONTENT_WEIGHT * similarity + (1 - CONTENT_WEIGHT) * popular
 
 
+def scores_or_popularity(served: ServedModel, encoded: list[int],
+                         ) -> tuple[np.ndarray, str | None]:
+    """The model's scores for a history, or, when the model fails, popularity and
+    the reason."""
+    try:
+        return model_scores(served, encoded), None
+    except Exception as error:  # any model failure: answer from popularity
+        log.warning("model v%s failed (%s: %s); answering from popularity",
+                    served.version, type(error).__name__, error)
+        return served.popularity, f"model failed ({type(error).__name__}): popularity"
+
+
 def recommend(served: ServedModel, history: list[str], k: int, exclude_seen: bool,
               context: list[str] = ()) -> Ranked:
     """Top-k, best first, for a user's online history (item ids, oldest first) and
@@ -153,19 +165,15 @@ def recommend(served: ServedModel, history: list[str], k: int, exclude_seen: boo
     history the model reads both; without one, popularity answers, blended with
     content similarity to the given items when there are any."""
     known = served.index.encode(history)
-    encoded = known + served.index.encode(list(context)) if known else []
     given = served.index.encode(list(context))
+    encoded = known + given if known else []
     exclude = (encoded or given) if exclude_seen else []
-    ranked, because, reason = [], None, None
+    because = None
     if encoded:
-        try:
-            ranked = _top(model_scores(served, encoded), k, exclude)
+        scores, reason = scores_or_popularity(served, encoded)
+        ranked = _top(scores, k, exclude)
+        if reason is None:
             because = _because(served.unit_table, [i for i, _ in ranked], encoded)
-        except Exception as error:  # any model failure: answer from popularity
-            log.warning("model v%s failed (%s: %s); answering from popularity",
-                        served.version, type(error).__name__, error)
-            reason = f"model failed ({type(error).__name__}): popularity"
-            ranked = _top(served.popularity, k, exclude)
     else:
         blend = _content_blend(served, given)
         if blend is None:
@@ -188,14 +196,9 @@ def score_items(served: ServedModel, history: list[str], item_ids: list[str],
     """Scores for given candidates (None for items not in the catalogue), and the
     fallback's reason when popularity answered instead of the model."""
     encoded = served.index.encode(history)
-    reason = None if encoded else "no history for this user: popularity"
-    scores = served.popularity
     if encoded:
-        try:
-            scores = model_scores(served, encoded)
-        except Exception as error:
-            log.warning("model v%s failed (%s); scoring by popularity", served.version,
-                        type(error).__name__)
-            reason = f"model failed ({type(error).__name__}): popularity"
+        scores, reason = scores_or_popularity(served, encoded)
+    else:
+        scores, reason = served.popularity, "no history for this user: popularity"
     return [float(scores[served.index.index[i]]) if i in served.index.index else None
             for i in item_ids], reason

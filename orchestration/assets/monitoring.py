@@ -3,6 +3,8 @@ reference (an asset with three checks), training/serving skew between Redis and
 the offline store (a check), and the reports index page."""
 
 
+from dataclasses import fields
+
 import numpy as np
 import pandas as pd
 from dagster import (
@@ -67,20 +69,21 @@ def training_serving_skew(config: SkewSample, state: RecsysState,
 
 
 class DriftConfig(Config):
-    """Window size, users scored for prediction drift, and the WARN / ERROR bounds."""
+    """Window size, users scored for prediction drift, and the WARN / ERROR bounds
+    (defaults: ``orchestration.drift.Thresholds``)."""
 
     window_events: int = 10_000
     scored_users: int = 500
-    psi_warn: float = 0.1
-    psi_error: float = 0.25
-    ks_warn: float = 0.1
-    ks_error: float = 0.2
-    js_warn: float = 0.1
-    js_error: float = 0.2
+    psi_warn: float = drift.Thresholds.psi_warn
+    psi_error: float = drift.Thresholds.psi_error
+    ks_warn: float = drift.Thresholds.ks_warn
+    ks_error: float = drift.Thresholds.ks_error
+    js_warn: float = drift.Thresholds.js_warn
+    js_error: float = drift.Thresholds.js_error
 
     def thresholds(self) -> drift.Thresholds:
-        return drift.Thresholds(self.psi_warn, self.psi_error, self.ks_warn, self.ks_error,
-                                self.js_warn, self.js_error)
+        return drift.Thresholds(**{f.name: getattr(self, f.name)
+                                   for f in fields(drift.Thresholds)})
 
 
 def top_scorer(model: BehaviourEncoder, batch: int = 256) -> drift.TopScore:
@@ -122,13 +125,11 @@ def feature_drift(context: AssetExecutionContext, config: DriftConfig, state: Re
         "user_id", "item_id", "event_type", "rating", "event_timestamp"])
     items = pd.read_parquet(settings.offline_dir / ITEMS, columns=["item_id", "genres"])
     win = drift.windows(events, trained_until, config.window_events)
-    trained = events if trained_until is None else events[
-        events["event_timestamp"] <= trained_until]
     top = top_scorer(registry.load_version(uri, version))
     scores = tuple(drift.window_top_scores(w, top, config.scored_users)
                    for w in (win.reference, win.current))
     features = drift.compare(win.reference, win.current, items.set_index("item_id")["genres"],
-                             trained["item_id"].value_counts(), config.thresholds(), scores)
+                             win.train_counts, config.thresholds(), scores)
     overall = drift.worst(f.severity for f in features)
     summary = {"champion": f"behaviour_encoder v{version}",
                "trained on events until": until or "unknown (all events used as reference)",
