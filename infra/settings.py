@@ -41,6 +41,9 @@ class Settings:
     max_body_bytes: int = 1 << 20  # the service's request body limit
     model_poll_s: int = 30  # how often the service checks the champion alias
     quantize: bool = False  # the service runs the encoder int8-quantised
+    serving_workers: int = 2  # service worker processes (each loads the model)
+    access_log: bool = False  # the service logs one line per request (~0.5 ms CPU each)
+    tracing: bool = False  # OpenTelemetry spans in the service (off: no SDK work per request)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -55,8 +58,10 @@ class Settings:
                              f"got {tolerance!r}")
         body = env.get("RECSYS_MAX_BODY_BYTES") or str(1 << 20)
         poll = env.get("RECSYS_MODEL_POLL_S") or "30"
+        workers = env.get("RECSYS_SERVING_WORKERS") or "2"
         for name, value in (("RECSYS_RECENT_ITEMS", recent), ("RECSYS_SERVING_THREADS", threads),
-                            ("RECSYS_MAX_BODY_BYTES", body), ("RECSYS_MODEL_POLL_S", poll)):
+                            ("RECSYS_MAX_BODY_BYTES", body), ("RECSYS_MODEL_POLL_S", poll),
+                            ("RECSYS_SERVING_WORKERS", workers)):
             if not value.isdigit() or int(value) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         return cls(
@@ -73,6 +78,9 @@ class Settings:
             max_body_bytes=int(body),
             model_poll_s=int(poll),
             quantize=_flag(env, "RECSYS_QUANTIZE"),
+            serving_workers=int(workers),
+            access_log=_flag(env, "RECSYS_ACCESS_LOG"),
+            tracing=_flag(env, "RECSYS_TRACING"),
         )
 
     # Paths under the state directory: the only places the project writes.
@@ -102,6 +110,11 @@ class Settings:
     @property
     def event_log_dir(self) -> Path:
         return self.home / "event_log"
+
+    @property
+    def serving_dir(self) -> Path:
+        """The service's workers' shared state (see serving.workers)."""
+        return self.home / "serving"
 
     @property
     def feast_dir(self) -> Path:

@@ -3,7 +3,10 @@ champion behaviour encoder over online features, and real-time event intake."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
+import os
 import threading
 import time
 from typing import Annotated, Literal
@@ -33,9 +36,13 @@ from serving.scoring import (
     score_items,
     with_content,
 )
+from serving.workers import WorkerBoard
 from training import registry
 
 log = logging.getLogger("recsys.serving")
+
+WATCH_TICK_S = 0.2  # how often a worker looks for a /reload answered by another
+RELOAD_WAIT_S = 60.0  # how long /reload waits for every worker to load the new model
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_LENGTH,
                                       pattern=r"^[A-Za-z0-9_.:\-]+$")]
@@ -95,6 +102,10 @@ class Reloaded(BaseModel):
     model_version: str = Field(description="The version serving now.")
     previous_version: str = Field(description="The version that served before the call.")
     changed: bool = Field(description="Whether the call swapped models.")
+    workers: int = Field(description="Service worker processes running.")
+    workers_on_version: int = Field(description=(
+        "How many of them serve model_version when the call returns (all of them "
+        "unless one did not finish loading within RELOAD_WAIT_S)."))
 
 
 def event_times_us(values: list[int | float | str | None], now: float,
@@ -110,7 +121,15 @@ def _error_text(error: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
 
 
-@bentoml.service(name="recommender", traffic={"timeout": 30})
+_startup = Settings.from_env()
+if not _startup.tracing:
+    # BentoML wraps every request in an OpenTelemetry span, exported nowhere unless
+    # a tracing exporter is configured; a disabled SDK makes those spans no-ops.
+    os.environ.setdefault("OTEL_SDK_DISABLED", "true")
+
+
+@bentoml.service(name="recommender", traffic={"timeout": 30}, workers=_startup.serving_workers,
+                 logging={"access": {"enabled": _startup.access_log}})
 class Recommender:
     def __init__(self) -> None:
         settings = Settings.from_env()
@@ -120,12 +139,18 @@ class Recommender:
         self.redis = server.client()
         self.online = OnlineFeatures(open_store(settings, server.url), self.redis,
                                      settings.recent_items)
+        self.board = WorkerBoard(settings.serving_dir)
+        self._reload_token = self.board.reload_token()
         self.served = self._load()
+        self.board.report(self.served.version)
         self.event_log = EventLog(settings.event_log_dir)
         self.future_tolerance_s = settings.future_tolerance_s  # as in batch validation
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
         threading.Thread(target=self._watch, name="champion-watch", daemon=True).start()
+        # The imports and the model are long-lived: keep them out of the collector's
+        # full passes, which otherwise stall a request now and then.
+        gc.freeze()
         log.info("serving behaviour_encoder version %s from %s", self.served.version,
                  settings.home)
 
@@ -147,11 +172,20 @@ class Recommender:
             current = registry.alias_version(self.settings.tracking_uri(), registry.CHAMPION)
             if current is not None and current != before:
                 self.served = self._load()
+                self.board.report(self.served.version)
                 log.info("champion moved: v%s -> v%s", before, self.served.version)
             return before, self.served.version
 
     def _watch(self) -> None:
-        while not self._stop.wait(self.settings.model_poll_s):
+        """Check the alias every RECSYS_MODEL_POLL_S seconds, and at once when
+        another worker answered /reload."""
+        last_poll = time.monotonic()
+        while not self._stop.wait(WATCH_TICK_S):
+            token = self.board.reload_token()
+            if token == self._reload_token and (
+                    time.monotonic() - last_poll < self.settings.model_poll_s):
+                continue
+            self._reload_token, last_poll = token, time.monotonic()
             try:
                 self._swap_if_moved()
             except Exception as error:  # keep serving the loaded model
@@ -160,6 +194,7 @@ class Recommender:
     @bentoml.on_shutdown
     def close(self) -> None:
         self._stop.set()
+        self.board.leave()
         self.redis.close()
 
     def __is_ready__(self) -> bool:
@@ -223,15 +258,23 @@ class Recommender:
                       degraded=reason is not None, reason=reason)
 
     @bentoml.api
-    def reload(self, ctx: bentoml.Context) -> Reloaded:
+    async def reload(self, ctx: bentoml.Context) -> Reloaded:
         """Check the champion alias now and swap to it if it moved (the service also
-        checks every RECSYS_MODEL_POLL_S seconds). Needs RECSYS_API_KEY to be set."""
+        checks every RECSYS_MODEL_POLL_S seconds); answers when every worker serves
+        it. Needs RECSYS_API_KEY to be set."""
         if not self.settings.api_key:
             ctx.response.status_code = 403
+            workers = self.board.versions()
             return Reloaded(model_version=self.served.version,
-                            previous_version=self.served.version, changed=False)
-        before, after = self._swap_if_moved()
-        return Reloaded(model_version=after, previous_version=before, changed=before != after)
+                            previous_version=self.served.version, changed=False,
+                            workers=len(workers), workers_on_version=sum(
+                                v == self.served.version for v in workers.values()))
+        before, after = await asyncio.to_thread(self._swap_if_moved)
+        self.board.request_reload()
+        workers = await asyncio.to_thread(self.board.wait_all, after, RELOAD_WAIT_S)
+        return Reloaded(model_version=after, previous_version=before, changed=before != after,
+                        workers=len(workers),
+                        workers_on_version=sum(v == after for v in workers.values()))
 
     @bentoml.api
     def events(self, events: Annotated[list[dict], Field(min_length=1, max_length=1000)],
@@ -293,6 +336,5 @@ class Recommender:
         return EventsAccepted(accepted=len(accepted), rejected=rejected)
 
 
-_startup = Settings.from_env()
 Recommender.add_asgi_middleware(Guard, api_key=_startup.api_key,
                                 max_body_bytes=_startup.max_body_bytes)

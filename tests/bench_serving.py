@@ -93,6 +93,9 @@ async def open_loop(port: int, users: list[str], rate: float, seconds: float) ->
         nonlocal in_flight
         in_flight += 1
         connection = idle.pop() if idle else None
+        if connection is not None and connection.reader.at_eof():
+            connection.close()  # the server closed it while idle (keep-alive timeout)
+            connection = None
         try:
             if connection is None:
                 connection = await Connection.open("127.0.0.1", port)

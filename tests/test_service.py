@@ -219,6 +219,8 @@ def test_champion_swap_under_load_fails_no_request_and_switches_cleanly(pipeline
             reloaded = post(service, "/reload", {}).json()
             assert reloaded["model_version"] == new
             assert reloaded["changed"] == (reloaded["previous_version"] == "1")
+            # Both worker processes (the default) serve it when /reload answers.
+            assert reloaded["workers"] == reloaded["workers_on_version"] == 2
             time.sleep(1)
         finally:
             # Rollback = moving the alias back; the poll picks it up without /reload.
@@ -247,6 +249,7 @@ def test_a_failing_model_degrades_to_popularity(pipeline, service):
     registry.set_champion(uri, broken)
     try:
         assert post(service, "/reload", {}).json()["model_version"] == broken
+        # httpx.post opens a new connection per call: these reach either worker.
         body = post(service, "/recommend", {"user_id": "u00001", "k": 5}).json()
         assert body["degraded"] is True and body["model_version"] == broken
         assert body["reason"] == "model failed (FloatingPointError): popularity"
