@@ -11,14 +11,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import redis
 from feast import FeatureStore
-from feast.data_source import PushMode
 
-from feature_repo.data_sources import USER_RECENT_ITEMS_PUSH
 from feature_repo.feature_views import ITEM_CONTENT
-from feature_repo.online_reader import RecentItemsReader
+from feature_repo.online_rows import RecentItemsRows
 from feature_repo.recent_items import merge_recent
 
 LOCK_PREFIX = "recsys:lock:user:"
@@ -48,13 +45,14 @@ class OnlineFeatures:
         self.client = client
         self.recent_items = recent_items
         self.lock_wait_s = lock_wait_s  # how long a writer waits for the user's lock
-        # Reads go through a thin reader of Feast's Redis layout (proved equal to
-        # get_online_features for the behaviour_encoder_v1 service in the tests).
-        self.reader = RecentItemsReader(client, store.config.project)
+        # Reads and writes go through thin access to Feast's Redis layout (proved
+        # equal to get_online_features and to push in the tests).
+        self.rows = RecentItemsRows(client, store.config.project,
+                                    getattr(store.config.online_store, "key_ttl_seconds", None))
 
     def _read(self, user_id: str) -> tuple[list[str], list[int], int]:
         """(items, their times in us, the stored row's time in whole seconds or 0)."""
-        row = self.reader.read(user_id)
+        row = self.rows.read(user_id)
         return row.item_ids, row.timestamps_us, row.row_seconds
 
     def recent(self, user_id: str) -> list[str]:
@@ -68,16 +66,11 @@ class OnlineFeatures:
             old_items, old_times, stamp_s = self._read(user_id)
             new_items, new_times = merge_recent(old_items, old_times, items, timestamps_us,
                                                 self.recent_items)
-            # Feast skips a write whose time is not newer than the stored row's, and
-            # reads that time back in whole seconds only: stay strictly above it.
+            # Feast's own writes (materialisation) skip a row whose time is not newer
+            # than the stored one, which reads back in whole seconds here: stay
+            # strictly above it, so a later batch write is ordered after this one.
             row_time = max(time.time_ns() // 1000, new_times[-1], (stamp_s + 1) * 1_000_000)
-            frame = pd.DataFrame({
-                "user_id": [user_id],
-                "event_timestamp": [pd.Timestamp(row_time, unit="us", tz="UTC")],
-                "recent_item_ids": [new_items],
-                "recent_timestamps": [new_times],
-            })
-            self.store.push(USER_RECENT_ITEMS_PUSH, frame, to=PushMode.ONLINE)
+            self.rows.write(user_id, new_items, new_times, row_time)
             return new_items
 
     def item_embeddings(self, item_ids: list[str], batch: int = 1000) -> dict[str, np.ndarray]:

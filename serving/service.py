@@ -112,9 +112,14 @@ def event_times_us(values: list[int | float | str | None], now: float,
                    future_tolerance_s: float = FUTURE_TOLERANCE_S) -> list[int | None]:
     """Unix seconds or ISO-8601 (None = now) -> unix microseconds; None where the
     value is unparseable, before 1990 or more than the tolerance in the future."""
-    seconds = parse_timestamps(pd.Series([now if v is None else v for v in values], dtype=object))
-    valid = seconds.between(MIN_TIMESTAMP, now + future_tolerance_s)
-    return [int(round(x * 1_000_000)) if ok else None for x, ok in zip(seconds, valid, strict=True)]
+    strings = [v for v in values if isinstance(v, str)]  # parsed together, as in batch
+    parsed = iter(parse_timestamps(pd.Series(strings, dtype=object)).tolist() if strings else [])
+    out = []
+    for value in values:
+        seconds = now if value is None else next(parsed) if isinstance(value, str) else float(value)
+        valid = MIN_TIMESTAMP <= seconds <= now + future_tolerance_s  # False for NaN
+        out.append(int(round(seconds * 1_000_000)) if valid else None)
+    return out
 
 
 def _error_text(error: ValidationError) -> str:

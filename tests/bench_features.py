@@ -20,7 +20,7 @@ from feature_repo.data_sources import USER_RECENT_ITEMS_FILE
 from feature_repo.feature_services import BEHAVIOUR_ENCODER_SERVICE
 from feature_repo.feature_views import USER_RECENT_ITEMS
 from feature_repo.materialize import materialize_view
-from feature_repo.online_reader import RecentItemsReader
+from feature_repo.online_rows import RecentItemsRows
 from feature_repo.recent_items import recent_items_table
 from feature_repo.store import apply_definitions, open_store
 from infra import redis_server
@@ -94,7 +94,7 @@ def benchmark() -> dict:
         del events, users
         gc.collect()
         gc.freeze()
-        reader = RecentItemsReader(client, settings.feast_project)
+        reader = RecentItemsRows(client, settings.feast_project)
 
         def feast_read(user):
             return store.get_online_features(features=service,

@@ -240,7 +240,7 @@ def test_profile_and_popularity_are_point_in_time(home: Settings):
 
 
 def test_thin_reader_returns_exactly_what_get_online_features_returns(home: Settings):
-    from feature_repo.online_reader import RecentItemsReader
+    from feature_repo.online_rows import RecentItemsRows
 
     home.offline_dir.mkdir(parents=True)
     path = home.offline_dir / USER_RECENT_ITEMS_FILE
@@ -252,7 +252,7 @@ def test_thin_reader_returns_exactly_what_get_online_features_returns(home: Sett
     materialize_view(store, USER_RECENT_ITEMS, path, "user_id", times.min().to_pydatetime(),
                      (times.max() + pd.Timedelta(seconds=1)).to_pydatetime())
     OnlineFeatures(store, server.client(), 50).append("bob", ["y"], [1_700_000_000_000_000])
-    reader = RecentItemsReader(server.client(), home.feast_project)
+    reader = RecentItemsRows(server.client(), home.feast_project)
     users = ["alice", "bob", "nobody"]
     expected = store.get_online_features(
         features=store.get_feature_service(BEHAVIOUR_ENCODER_SERVICE),
@@ -263,3 +263,32 @@ def test_thin_reader_returns_exactly_what_get_online_features_returns(home: Sett
         assert row.timestamps_us == list(expected["recent_timestamps"][k] or [])
         assert row.row_seconds == (expected["recent_item_ids__ts"][k] or 0)
     assert reader.read("bob").item_ids == ["x", "y"] and reader.read("nobody").item_ids == []
+
+
+def test_thin_write_leaves_exactly_the_hash_push_leaves(home: Settings):
+    """The service's writer and Feast's push, for the same row: the same fields and
+    bytes in Redis, and get_online_features reads the row back."""
+    from feast.data_source import PushMode
+
+    from feature_repo.data_sources import USER_RECENT_ITEMS_PUSH
+    from feature_repo.online_rows import RecentItemsRows
+
+    server = redis_server.ensure(home)
+    store = open_store(home, server.url)
+    apply_definitions(store, home)
+    client = server.client()
+    rows = RecentItemsRows(client, home.feast_project)
+    items, times, row_time = ["p", "q"], [1_700_000_000_000_001, 1_700_000_000_250_000], (
+        1_700_000_001_123_456)
+    store.push(USER_RECENT_ITEMS_PUSH, pd.DataFrame({
+        "user_id": ["by-push"], "event_timestamp": [pd.Timestamp(row_time, unit="us", tz="UTC")],
+        "recent_item_ids": [items], "recent_timestamps": [times]}), to=PushMode.ONLINE)
+    rows.write("by-writer", items, times, row_time)
+    pushed = client.hgetall(rows.key("by-push"))
+    assert len(pushed) == 3
+    assert client.hgetall(rows.key("by-writer")) == pushed
+    read = store.get_online_features(
+        features=store.get_feature_service(BEHAVIOUR_ENCODER_SERVICE),
+        entity_rows=[{"user_id": "by-writer"}]).to_dict(include_event_timestamps=True)
+    assert read["recent_item_ids"] == [items] and read["recent_timestamps"] == [times]
+    assert read["recent_item_ids__ts"] == [row_time // 1_000_000]

@@ -197,7 +197,7 @@ def test_skew_is_zero_after_materialisation_and_catches_a_corrupted_value(pipeli
     from dagster import AssetSelection
     from feast.protos.feast.types.Value_pb2 import StringList, Value
 
-    from feature_repo.online_reader import RecentItemsReader
+    from feature_repo.online_rows import RecentItemsRows
     from orchestration.assets.monitoring import training_serving_skew
     from orchestration.definitions import ASSETS, CHECKS
 
@@ -220,7 +220,7 @@ def test_skew_is_zero_after_materialisation_and_catches_a_corrupted_value(pipeli
     assert set(clean.metadata["mismatch_rate"].value.values()) == {0.0}
     # Corrupt one user's recent items in Redis (same hash, same row time).
     client = redis_server.ensure(settings).client()
-    reader = RecentItemsReader(client, settings.feast_project)
+    reader = RecentItemsRows(client, settings.feast_project)
     user = "u00042"
     key, field = reader.key(user), reader.fields[0]
     original = client.hget(key, field)

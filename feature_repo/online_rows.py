@@ -1,0 +1,81 @@
+"""Thin access to Feast's Redis layout for ``user_recent_items`` rows: a read is
+one HMGET and two protobuf parses instead of ``get_online_features``' general
+path (~0.3 ms), a write one HSET instead of ``FeatureStore.push`` (~17 ms).
+
+The definitions stay in Feast; this is the hash Feast's Redis online store
+writes (key = serialised entity key + project, field = murmur3 of
+``view:feature``, plus ``_ts:view``). ``tests/test_features.py`` proves that a
+read returns exactly what ``get_online_features`` returns for the
+``behaviour_encoder_v1`` feature service, and that a write leaves exactly the
+hash ``push`` leaves, so a change of Feast's layout fails a test rather than
+serving wrong features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from feast.infra.online_stores.helpers import _mmh3, _redis_key
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import Value
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from feature_repo.feature_views import USER_RECENT_ITEMS
+
+ENTITY_KEY_SERIALIZATION_VERSION = 3  # as rendered in feature_store.yaml
+
+
+@dataclass(frozen=True)
+class RecentItems:
+    item_ids: list[str]  # oldest first
+    timestamps_us: list[int]
+    row_seconds: int  # the stored row's time, whole seconds (0 when there is no row)
+
+
+class RecentItemsRows:
+    def __init__(self, client: redis.Redis, project: str, ttl_seconds: int | None = None):
+        self.client = client
+        self.project = project
+        self.ttl_seconds = ttl_seconds  # the online store's key_ttl_seconds, as Feast applies it
+        self.fields = [_mmh3(f"{USER_RECENT_ITEMS}:recent_item_ids"),
+                       _mmh3(f"{USER_RECENT_ITEMS}:recent_timestamps"),
+                       f"_ts:{USER_RECENT_ITEMS}".encode()]
+
+    def key(self, user_id: str) -> bytes:
+        entity = EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user_id)])
+        return _redis_key(self.project, entity, ENTITY_KEY_SERIALIZATION_VERSION)
+
+    def read(self, user_id: str) -> RecentItems:
+        items_bin, times_bin, ts_bin = self.client.hmget(self.key(user_id), self.fields)
+        items, times, stamp = Value(), Value(), Timestamp()
+        if items_bin:
+            items.ParseFromString(items_bin)
+        if times_bin:
+            times.ParseFromString(times_bin)
+        if ts_bin:
+            stamp.ParseFromString(ts_bin)
+        return RecentItems(item_ids=list(items.string_list_val.val),
+                           timestamps_us=list(times.int64_list_val.val),
+                           row_seconds=int(stamp.seconds))
+
+    def write(self, user_id: str, item_ids: list[str], timestamps_us: list[int],
+              row_time_us: int) -> None:
+        """Replace the user's row (no staleness check: the caller holds the user's
+        lock and passes a row time newer than the stored one)."""
+        items, times = Value(), Value()
+        items.string_list_val.val.extend(item_ids)
+        times.int64_list_val.val.extend(timestamps_us)
+        stamp = Timestamp(seconds=row_time_us // 1_000_000,
+                          nanos=(row_time_us % 1_000_000) * 1000)
+        key = self.key(user_id)
+        mapping = {self.fields[2]: stamp.SerializeToString(),
+                   self.fields[0]: items.SerializeToString(),
+                   self.fields[1]: times.SerializeToString()}
+        if self.ttl_seconds:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.hset(key, mapping=mapping)
+                pipe.expire(key, self.ttl_seconds)
+                pipe.execute()
+        else:
+            self.client.hset(key, mapping=mapping)
