@@ -1,16 +1,17 @@
 """``make bench``: figures on this machine, printed as tables and written to
 ``bench_results/<section>.json``. Sections: ``data`` (tests/bench_data.py),
-``features`` (tests/bench_features.py) and ``serving`` (tests/bench_serving.py).
+``features`` (tests/bench_features.py), ``models`` (tests/bench_models.py) and
+``serving`` (tests/bench_serving.py).
 """
 
 import json
 import sys
 from pathlib import Path
 
-from tests import bench_data, bench_features, bench_serving
+from tests import bench_data, bench_features, bench_models, bench_serving
 
 SECTIONS = {"data": bench_data.benchmark, "features": bench_features.benchmark,
-            "serving": bench_serving.benchmark}
+            "models": bench_models.benchmark, "serving": bench_serving.benchmark}
 
 
 def main() -> None:

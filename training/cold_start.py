@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from training.evaluate import K, evaluate
-from training.model import BehaviourEncoder
+from training.model import BehaviourEncoder, EncoderConfig
 from training.sequences import ItemIndex, Split
+from training.train import TrainConfig, model_scorer, train_encoder
 
 RIDGE = 1.0  # text embeddings are unit vectors; the fit is not sensitive to it near 1
 
@@ -103,3 +104,25 @@ def cold_start_metrics(scorer, measure: Split, index: ItemIndex) -> dict[str, fl
     return {"cold_start_hr_at_10": hr, "cold_start_random_hr_at_10": random,
             "cold_start_lift": hr / random, "cold_start_users": len(measure.test)}
 
+
+
+def warm_rows(split: Split, index: ItemIndex) -> np.ndarray:
+    """Model indices of the items with training interactions."""
+    return np.unique([i for items in split.train.values() for i in index.encode(items)])
+
+
+def evaluate_cold_start(sequences: list[list[int]], split: Split, index: ItemIndex,
+                        titles: list[str], text: np.ndarray, model_config: EncoderConfig,
+                        train_config: TrainConfig, fraction: float, seed: int,
+                        ) -> dict[str, float]:
+    """Train with ``fraction`` of the items held out of the training interactions
+    (early stopping on the validation events of the other items), give the
+    held-out items their text-mapped vectors, and measure HR@10 on the test
+    events of those items against a random ranking."""
+    held_out = hold_out_items(index, fraction, seed)
+    fit, measure = cold_split(split, held_out)
+    result = train_encoder(without_items(sequences, set(index.encode(sorted(held_out)))), fit,
+                           index, titles, model_config, train_config)
+    fill_cold_items(result.model, text, warm_rows(fit, index))
+    return {**cold_start_metrics(model_scorer(result.model), measure, index),
+            "cold_start_held_out_items": len(held_out)}

@@ -24,18 +24,11 @@ from infra.fingerprint import file_sha256, tree_sha256
 from orchestration.assets.ingest import ITEMS, read_validated_events
 from orchestration.resources import FeatureStoreResource, MlflowResource, RecsysState
 from training import registry
-from training.cold_start import (
-    cold_split,
-    cold_start_metrics,
-    fill_cold_items,
-    hold_out_items,
-    without_items,
-)
+from training.cold_start import evaluate_cold_start, fill_cold_items, warm_rows
 from training.evaluate import ease_baseline, evaluate, popularity_scorer
 from training.model import EncoderConfig
 from training.sequences import (
     ItemIndex,
-    Split,
     leave_one_out,
     sequences_from_training_set,
     training_targets,
@@ -70,14 +63,25 @@ class EncoderTraining(Config):
 
     epochs: int = 40
     patience: int = 5
-    batch_size: int = 128
+    batch_size: int = 32
     learning_rate: float = 1e-3
     hidden: int = 64
     layers: int = 2
     heads: int = 1
-    dropout: float = 0.2
+    dropout: float = 0.5
+    # Cosine scores / temperature (0: dot products): on ML-100K +0.01 NDCG@10 and
+    # coverage@10 0.39 -> 0.49 against dot products (README, Models).
+    temperature: float = 0.05
     seed: int = 42
     threads: int = 2
+
+    def configs(self, n_items: int, max_len: int) -> tuple[EncoderConfig, TrainConfig]:
+        return (EncoderConfig(n_items=n_items, max_len=max_len, hidden=self.hidden,
+                              layers=self.layers, heads=self.heads, dropout=self.dropout,
+                              temperature=self.temperature),
+                TrainConfig(epochs=self.epochs, batch_size=self.batch_size,
+                            learning_rate=self.learning_rate, patience=self.patience,
+                            seed=self.seed, threads=self.threads))
 
 
 def item_text_table(settings, index: ItemIndex) -> np.ndarray:
@@ -94,11 +98,6 @@ def item_text_table(settings, index: ItemIndex) -> np.ndarray:
     return table
 
 
-def warm_rows(split: Split, index: ItemIndex) -> np.ndarray:
-    """Model indices of the items with training interactions."""
-    return np.unique([i for items in split.train.values() for i in index.encode(items)])
-
-
 @asset(group_name="training", deps=["training_set", "item_catalogue", "item_content_offline"])
 def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTraining,
                               state: RecsysState, mlflow: MlflowResource) -> MaterializeResult:
@@ -111,12 +110,7 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
     split = leave_one_out(events)
     index = ItemIndex(items["item_id"].tolist())
     sequences = sequences_from_training_set(frame, index)
-    model_config = EncoderConfig(n_items=len(index), max_len=settings.recent_items,
-                                 hidden=config.hidden, layers=config.layers, heads=config.heads,
-                                 dropout=config.dropout)
-    train_config = TrainConfig(epochs=config.epochs, batch_size=config.batch_size,
-                               learning_rate=config.learning_rate, patience=config.patience,
-                               seed=config.seed, threads=config.threads)
+    model_config, train_config = config.configs(len(index), settings.recent_items)
     result = train_encoder(
         sequences, split, index, items["title"].tolist(), model_config, train_config,
         on_epoch=lambda e, m: context.log.info(f"epoch {e}: {m}"))
@@ -244,25 +238,17 @@ def cold_start_evaluation(context: AssetExecutionContext, config: ColdStartEvalu
     items = pd.read_parquet(settings.offline_dir / ITEMS)
     index = ItemIndex(items["item_id"].tolist())
     split = leave_one_out(events)
-    held_out = hold_out_items(index, config.held_out_fraction, config.seed)
-    fit, measure = cold_split(split, held_out)
-    frame = pd.read_parquet(settings.offline_dir / TRAINING_SET)
-    sequences = without_items(sequences_from_training_set(frame, index),
-                              set(index.encode(sorted(held_out))))
-    model_config = EncoderConfig(
-        n_items=len(index), max_len=int(params["max_len"]), hidden=int(params["hidden"]),
-        layers=int(params["layers"]), heads=int(params["heads"]),
-        dropout=float(params["dropout"]), temperature=float(params.get("temperature", 0)))
-    train_config = TrainConfig(
-        epochs=int(params["epochs"]), batch_size=int(params["batch_size"]),
-        learning_rate=float(params["learning_rate"]), patience=int(params["patience"]),
-        seed=int(params["seed"]), threads=int(params["threads"]))
-    result = train_encoder(sequences, fit, index, items["title"].tolist(), model_config,
-                           train_config)
-    fill_cold_items(result.model, item_text_table(settings, index), warm_rows(fit, index))
-    metrics = cold_start_metrics(model_scorer(result.model), measure, index)
+    # The challenger's hyper-parameters, as logged on its run.
+    model_config, train_config = EncoderTraining(**{
+        name: type(default)(params[name]) for name, default in EncoderTraining().__dict__.items()
+        if name in params}).configs(len(index), int(params["max_len"]))
+    sequences = sequences_from_training_set(
+        pd.read_parquet(settings.offline_dir / TRAINING_SET), index)
+    metrics = evaluate_cold_start(sequences, split, index, items["title"].tolist(),
+                                  item_text_table(settings, index), model_config,
+                                  train_config, config.held_out_fraction, config.seed)
     context.log.info(f"cold start: {metrics}")
     registry.log_metrics_to_run(uri, run.info.run_id, metrics)
     return MaterializeResult(metadata={
-        "challenger": version, "held_out_items": len(held_out),
+        "challenger": version,
         **{k: round(float(v), 4) for k, v in metrics.items()}})

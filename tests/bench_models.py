@@ -1,0 +1,93 @@
+"""``make bench SECTIONS=models``: model quality on MovieLens-100K under the
+protocol of DESIGN.md, on this machine.
+
+The pipeline's state for ``../shared/data/ml-100k`` (``BENCH_HOME`` reuses one;
+otherwise the pipeline runs first in a temporary home), then on the same split:
+popularity, EASE (lambda chosen on validation), and the behaviour encoder with
+the pipeline's default hyper-parameters for ``BENCH_MODEL_SEEDS`` seeds (default
+3), each followed by its int8 variant; then the cold-start evaluation (10% of
+the items held out of training) for the first seed. Test is computed once per
+trained model, after the checkpoint was chosen on validation.
+"""
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from infra.settings import Settings
+from orchestration.assets.ingest import ITEMS, read_validated_events
+from orchestration.assets.training import TRAINING_SET, EncoderTraining, item_text_table
+from tests.bench_serving import ML100K, prepare
+from training.cold_start import evaluate_cold_start, fill_cold_items, warm_rows
+from training.evaluate import ease_baseline, evaluate, popularity_scorer
+from training.model import quantized
+from training.sequences import ItemIndex, leave_one_out, sequences_from_training_set
+from training.train import model_scorer, train_encoder
+
+SEEDS = (42, 43, 44)
+METRICS = ("ndcg_at_10", "hr_at_10", "mrr", "coverage_at_10")
+
+
+def benchmark() -> dict:
+    home = Path(os.environ.get("BENCH_HOME") or tempfile.mkdtemp(prefix="recsys_bench_"))
+    settings = Settings(home=home, source=ML100K)
+    print(f"state: {home}")
+    prepare(settings)
+    events = read_validated_events(settings)
+    items = pd.read_parquet(settings.offline_dir / ITEMS)
+    index = ItemIndex(items["item_id"].tolist())
+    titles = items["title"].tolist()
+    split = leave_one_out(events)
+    sequences = sequences_from_training_set(pd.read_parquet(settings.offline_dir / TRAINING_SET),
+                                            index)
+    text = item_text_table(settings, index)
+    rows: dict[str, dict] = {}
+    started = time.perf_counter()
+    rows["popularity"] = evaluate(popularity_scorer(split, index), split, index, "test")
+    rows["popularity"]["train_seconds"] = 0.0
+    ease = ease_baseline(split, index)
+    rows["EASE"] = {m: ease[f"baseline_ease_{m}"] for m in METRICS}
+    rows["EASE"]["train_seconds"] = time.perf_counter() - started
+    seeds = SEEDS[:int(os.environ.get("BENCH_MODEL_SEEDS", len(SEEDS)))]
+    cold = {}
+    for seed in seeds:
+        model_config, train_config = EncoderTraining(seed=seed).configs(
+            len(index), settings.recent_items)
+        result = train_encoder(sequences, split, index, titles, model_config, train_config)
+        fill_cold_items(result.model, text, warm_rows(split, index))
+        rows[f"encoder seed {seed}"] = {
+            **evaluate(model_scorer(result.model), split, index, "test"),
+            "train_seconds": result.train_seconds, "best_epoch": result.best_epoch}
+        rows[f"encoder int8 seed {seed}"] = evaluate(
+            model_scorer(quantized(result.model)), split, index, "test")
+        print(f"seed {seed}: {rows[f'encoder seed {seed}']}", flush=True)
+        if not cold:
+            cold = evaluate_cold_start(sequences, split, index, titles, text, model_config,
+                                       train_config, fraction=0.1, seed=7)
+            print(f"cold start: {cold}", flush=True)
+    summary = {}
+    for name in ("encoder", "encoder int8"):
+        runs = [rows[f"{name} seed {s}"] for s in seeds]
+        summary[name] = {m: (float(np.mean([r[m] for r in runs])),
+                             float(np.std([r[m] for r in runs])))
+                         for m in (*METRICS, *(("train_seconds",) if name == "encoder" else ()))}
+    print(f"\n{'model':<22} {'NDCG@10':>8} {'HR@10':>8} {'MRR':>8} {'cov@10':>8} {'train s':>8}")
+    for name, row in rows.items():
+        print(f"{name:<22} " + " ".join(f"{row[m]:>8.4f}" for m in METRICS)
+              + f" {row.get('train_seconds', float('nan')):>8.1f}")
+    for name, stats in summary.items():
+        print(f"{name + ' (mean)':<22} " + " ".join(
+            f"{stats[m][0]:>8.4f}" for m in METRICS) + (
+            f" {stats['train_seconds'][0]:>8.1f}" if "train_seconds" in stats else ""))
+        print(f"{'  spread (std)':<22} " + " ".join(f"{stats[m][1]:>8.4f}" for m in METRICS))
+    int8, full = summary["encoder int8"], summary["encoder"]
+    print(f"int8 vs float NDCG@10: {int8['ndcg_at_10'][0] / full['ndcg_at_10'][0] - 1:+.2%}")
+    if cold.get("cold_start_users"):
+        print(f"cold start (10% of items held out, {cold['cold_start_users']} test users): "
+              f"HR@10 {cold['cold_start_hr_at_10']:.4f} vs random "
+              f"{cold['cold_start_random_hr_at_10']:.4f} ({cold['cold_start_lift']:.1f}x)")
+    return {"rows": rows, "summary": summary, "cold_start": cold, "seeds": list(seeds)}
