@@ -269,14 +269,12 @@ class Recommender:
         it. Needs RECSYS_API_KEY to be set."""
         if not self.settings.api_key:
             ctx.response.status_code = 403
+            before = after = self.served.version
             workers = self.board.versions()
-            return Reloaded(model_version=self.served.version,
-                            previous_version=self.served.version, changed=False,
-                            workers=len(workers), workers_on_version=sum(
-                                v == self.served.version for v in workers.values()))
-        before, after = await asyncio.to_thread(self._swap_if_moved)
-        self.board.request_reload()
-        workers = await asyncio.to_thread(self.board.wait_all, after, RELOAD_WAIT_S)
+        else:
+            before, after = await asyncio.to_thread(self._swap_if_moved)
+            self.board.request_reload()
+            workers = await asyncio.to_thread(self.board.wait_all, after, RELOAD_WAIT_S)
         return Reloaded(model_version=after, previous_version=before, changed=before != after,
                         workers=len(workers),
                         workers_on_version=sum(v == after for v in workers.values()))

@@ -100,3 +100,19 @@ def test_traced_and_quantised_encoders_match_the_model():
         with torch.inference_mode():
             assert torch.allclose(traced(seq), model.encode(seq), atol=1e-5)
             assert torch.allclose(small.encode(seq), model.encode(seq), atol=0.05)
+
+
+def test_a_time_budget_stops_before_an_epoch_that_would_overrun_it():
+    data = generate(GeneratorConfig(users=100, items=50, events=3_000, seed=5))
+    events = data.events.assign(
+        event_timestamp=pd.to_datetime(data.events["timestamp"], unit="s", utc=True))
+    split = leave_one_out(events)
+    index = ItemIndex(data.items["item_id"].tolist())
+    sequences = [index.encode(items)[-11:] for items in split.train.values()]
+    config = EncoderConfig(n_items=len(index), max_len=10, hidden=16)
+    budget = train_encoder(sequences, split, index, data.items["title"].tolist(), config,
+                           TrainConfig(epochs=4, patience=4, max_seconds=1e-6, threads=1))
+    assert len(budget.history) == 1 and budget.best_epoch == 1
+    free = train_encoder(sequences, split, index, data.items["title"].tolist(), config,
+                         TrainConfig(epochs=4, patience=4, threads=1))
+    assert len(free.history) == 4

@@ -1,6 +1,9 @@
 """The whole asset graph materialised once (session fixture) on small generated
 data, against the embedded Redis and a local MLflow store."""
 
+import mlflow.models
+import mlflow.pyfunc
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -17,6 +20,7 @@ from orchestration.resources import resources_from_settings
 from tests.test_sources import U_ITEM
 from training import registry
 from training.model import BehaviourEncoder, EncoderConfig
+from training.text_encoder import TextEncoder
 
 MICROSECOND = pd.Timedelta(microseconds=1)
 
@@ -104,6 +108,9 @@ def test_champion_registered_and_beats_popularity(pipeline):
     assert run.data.tags["dagster_run_id"] == pipeline.result.run_id
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["validated_events"]
     assert run.data.params["hidden"] == "64"
+    info = mlflow.models.get_model_info(f"models:/{registry.MODEL_NAME}/{champion}")
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == [-1, 50]
+    assert info.saved_input_example_info["type"] == "ndarray"
     assert pipeline.metadata("behaviour_encoder_version")["version"] == "1"
 
 
@@ -273,11 +280,14 @@ def test_text_encoder_registered_and_cold_start_measured(pipeline):
     text_version = registry.alias_version(uri, registry.CHAMPION, registry.TEXT_MODEL_NAME)
     assert text_version == "1"
     assert pipeline.metadata("item_content_offline")["item_text_encoder_version"] == "1"
+    texts = ["Space Saga. Sci-Fi, Adventure. A crew far from home.", "A quiet romance."]
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{registry.TEXT_MODEL_NAME}/1")
+    np.testing.assert_allclose(pyfunc.predict(pd.DataFrame({"text": texts})),
+                               TextEncoder().encode(texts), atol=1e-5)
     assert (registry.text_encoder_dir(uri, "1") / "config.json").exists()
     run = registry.version_run(uri, registry.alias_version(uri, registry.CHAMPION))
     m = run.data.metrics
     assert m["cold_start_users"] >= 20
-    print("cold start", {k: v for k, v in m.items() if k.startswith("cold")})
     assert m["cold_start_hr_at_10"] >= 2 * m["cold_start_random_hr_at_10"]
     assert m["cold_start_lift"] == pytest.approx(
         m["cold_start_hr_at_10"] / m["cold_start_random_hr_at_10"])

@@ -15,10 +15,12 @@ import pandas as pd
 import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import Model, infer_signature
 
+from infra.fingerprint import tree_sha256
 from training.model import BehaviourEncoder
 from training.sequences import pad_left
+from training.text_encoder import TextEncoderModel
 
 MODEL_NAME = "behaviour_encoder"
 EXPERIMENT = "behaviour_encoder"
@@ -30,6 +32,9 @@ RECENT_POPULARITY_DOCUMENT = "item_popularity_recent.json"
 RECENT_POPULARITY_DAYS = 30
 # Run and version tag: the newest event time in the training data (the drift reference).
 TRAINED_UNTIL_TAG = "training_events_until"
+TEXT_MODEL_NAME = "item_text_encoder"  # the pretrained item text encoder
+TEXT_EXPERIMENT = "item_text_encoder"
+TEXT_MODEL_SHA_TAG = "model_dir_sha256"  # sha256 of the registered model directory
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)
 
@@ -82,7 +87,7 @@ def log_and_register(tracking_uri: str, artifact_location: str | None,
             signature = infer_signature(example.numpy(), model.encode(example).numpy())
         info = mlflow.pytorch.log_model(
             model, name="model", registered_model_name=MODEL_NAME, signature=signature,
-            serialization_format="pickle",
+            input_example=example.numpy(), serialization_format="pickle",
             pip_requirements=["torch==2.13.0", "transformers==5.23.0"],
         )
     version = str(info.registered_model_version)
@@ -165,20 +170,12 @@ def load_version(tracking_uri: str, version: str) -> BehaviourEncoder:
     return model
 
 
-TEXT_MODEL_NAME = "item_text_encoder"
-TEXT_EXPERIMENT = "item_text_encoder"
-TEXT_MODEL_SHA_TAG = "model_dir_sha256"
-
-
 def register_text_encoder(tracking_uri: str, artifact_location: str | None, model_dir: Path,
                           dim: int) -> tuple[str, bool]:
     """``item_text_encoder``: the pretrained model directory logged as an MLflow
     pyfunc (weights and tokenizer as artifacts), registered with alias ``champion``.
     A directory whose bytes are already registered is not logged again.
     Returns (version, whether it was new)."""
-    from infra.fingerprint import tree_sha256
-    from training.text_encoder import TextEncoderModel
-
     digest = tree_sha256(model_dir)
     c = client(tracking_uri)
     found = c.search_model_versions(f"name='{TEXT_MODEL_NAME}' and "
@@ -210,8 +207,6 @@ def text_encoder_dir(tracking_uri: str, version: str) -> Path:
     source = client(tracking_uri).get_model_version_download_uri(TEXT_MODEL_NAME, version)
     root = (Path(source.removeprefix("file://")) if source.startswith("file://")
             else Path(mlflow.artifacts.download_artifacts(source)))
-    from mlflow.models import Model
-
     flavor = Model.load(str(root / "MLmodel")).flavors["python_function"]
     return root / flavor["artifacts"]["model_dir"]["path"]
 

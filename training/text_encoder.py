@@ -66,7 +66,6 @@ class TextEncoderModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.encoder = TextEncoder(Path(context.artifacts["model_dir"]))
 
-    def predict(self, context, model_input, params=None):
-        texts = (model_input.iloc[:, 0] if isinstance(model_input, pd.DataFrame)
-                 else pd.Series(model_input)).astype(str).tolist()
-        return self.encoder.encode(texts)
+    def predict(self, context, model_input: list[str], params=None) -> list[list[float]]:
+        """Texts (a list, or a one-column DataFrame) -> unit embeddings."""
+        return self.encoder.encode(list(model_input)).tolist()

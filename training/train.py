@@ -26,6 +26,8 @@ class TrainConfig:
     patience: int = 5
     seed: int = 42
     threads: int = 2
+    # Wall-clock budget: no epoch starts that would end past it (0: no budget).
+    max_seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,6 +95,9 @@ def train_encoder(sequences: list[list[int]], split: Split, index: ItemIndex, ti
             stale += 1
             if stale >= config.patience:
                 break
+        elapsed = time.perf_counter() - started
+        if config.max_seconds and elapsed * (epoch + 1) / epoch > config.max_seconds:
+            break  # the next epoch would end past the budget
     model.load_state_dict(best_state)
     model.eval()
     return TrainResult(model=model, history=history, best_epoch=best_epoch,
