@@ -109,7 +109,7 @@ def test_champion_registered_and_beats_popularity(pipeline):
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["validated_events"]
     assert run.data.params["hidden"] == "64"
     info = mlflow.models.get_model_info(f"models:/{registry.MODEL_NAME}/{champion}")
-    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == [-1, 50]
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 50]
     assert info.saved_input_example_info["type"] == "ndarray"
     assert pipeline.metadata("behaviour_encoder_version")["version"] == "1"
 
