@@ -85,6 +85,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The blocking promotion check's step: when only it fails, the run did its job.
+PROMOTION_STEP = "behaviour_encoder_version_challenger_beats_champion"
+
+
 def run_pipeline(settings: Settings):
     """The whole asset graph, headless, recorded in the Dagster instance under home."""
     os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
@@ -93,7 +97,7 @@ def run_pipeline(settings: Settings):
 
     instance = instance_for(settings)
     result = defs.resolve_job_def("recsys_pipeline").execute_in_process(
-        instance=instance,
+        instance=instance, raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
     steps = instance.get_run_step_stats(result.run_id)
     return result, [(s.step_key, (s.end_time or 0) - (s.start_time or 0)) for s in steps]
@@ -117,10 +121,15 @@ def demo(settings: Settings) -> None:
             print(f"Redis at {server.url}")
         with stage("pipeline (dagster, all assets)"):
             result, steps = run_pipeline(settings)
-            if not result.success:
-                raise SystemExit("the pipeline failed; see the Dagster UI (make ui)")
+            failed = {e.step_key for e in result.get_step_failure_events()}
+            if failed - {PROMOTION_STEP}:
+                raise SystemExit(f"the pipeline failed at {sorted(failed)}; see the Dagster "
+                                 "UI (make ui)")
             for key, seconds in steps:
                 print(f"  {key:<32} {seconds:7.1f} s")
+            if failed:  # a challenger that lost: the gate worked, the champion stays
+                print("  the new challenger did not beat the champion, which stays "
+                      "(promotion check in the Dagster UI)")
         with stage("service (bentoml serve)"):
             port = free_port()
             process = start_service(settings, port, settings.home / "serve.log")
