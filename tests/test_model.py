@@ -116,3 +116,104 @@ def test_a_time_budget_stops_before_an_epoch_that_would_overrun_it():
     free = train_encoder(sequences, split, index, data.items["title"].tolist(), config,
                          TrainConfig(epochs=4, patience=4, threads=1))
     assert len(free.history) == 4
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.1])
+def test_sampled_softmax_is_the_softmax_over_the_target_and_the_drawn_items(temperature):
+    torch.manual_seed(3)
+    n = 40
+    model = BehaviourEncoder(EncoderConfig(n_items=n, max_len=6, temperature=temperature),
+                             [f"i{i}" for i in range(n)], [f"t{i}" for i in range(n)]).eval()
+    seq = pad_left([[1, 2, 3, 4, 5, 6], [7, 8, 9]], 6)
+    targets = pad_left([[2, 3, 4, 5, 6, 7], [8, 9, 10]], 6)
+    torch.manual_seed(11)
+    loss = model(seq, targets, negatives=15)
+    torch.manual_seed(11)
+    drawn = torch.randint(1, n + 1, (15,)).tolist()  # the same draws
+    with torch.no_grad():
+        full = model.logits(model.hidden_states(seq), model.item_table())  # (B, T, N + 1)
+    expected = []
+    for row in range(2):
+        for position in range(6):
+            target = int(targets[row, position])
+            if target == 0:
+                continue
+            logits = full[row, position]
+            others = torch.stack([logits[d] for d in drawn if d != target])
+            expected.append(torch.logsumexp(torch.cat([logits[target:target + 1], others]), 0)
+                            - logits[target])
+    assert any(int(t) in drawn for t in targets[targets != 0])  # the masking is exercised
+    assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    full_loss = model(seq, targets)
+    assert loss.item() < full_loss.item()  # fewer negatives: a smaller loss
+    assert model(seq, targets, negatives=n).item() == pytest.approx(full_loss.item())
+
+
+def test_sampled_softmax_training_learns_the_sequences():
+    data = generate(GeneratorConfig(users=300, items=120, events=12_000, seed=7))
+    events = data.events.assign(
+        event_timestamp=pd.to_datetime(data.events["timestamp"], unit="s", utc=True))
+    split = leave_one_out(events)
+    index = ItemIndex(data.items["item_id"].tolist())
+    sequences = [index.encode(items)[-21:] for items in split.train.values()]
+    losses = []
+    result = train_encoder(
+        sequences, split, index, data.items["title"].tolist(),
+        EncoderConfig(n_items=len(index), max_len=20, hidden=32, dropout=0.1),
+        TrainConfig(epochs=8, patience=8, learning_rate=3e-3, threads=1, sampled_negatives=30),
+        on_epoch=lambda epoch, row: losses.append(row["train_loss"]))
+    assert losses[-1] < losses[0] * 0.9
+    # 10 of 120 items (fewer after excluding seen ones): random HR@10 is ~0.1.
+    assert result.validation["val_hr_at_10"] > 0.2
+
+
+def test_with_a_weight_average_the_checkpoint_is_the_averaged_model_that_was_validated():
+    from training.evaluate import evaluate
+    from training.train import model_scorer
+
+    data = generate(GeneratorConfig(users=200, items=80, events=8_000, seed=9))
+    events = data.events.assign(
+        event_timestamp=pd.to_datetime(data.events["timestamp"], unit="s", utc=True))
+    split = leave_one_out(events)
+    index = ItemIndex(data.items["item_id"].tolist())
+    sequences = [index.encode(items)[-11:] for items in split.train.values()]
+    config = EncoderConfig(n_items=len(index), max_len=10, hidden=16)
+    results = {decay: train_encoder(sequences, split, index, data.items["title"].tolist(),
+                                    config, TrainConfig(epochs=3, patience=3, threads=1,
+                                                        learning_rate=3e-3, ema_decay=decay))
+               for decay in (0.0, 0.9)}
+    for result in results.values():
+        again = evaluate(model_scorer(result.model), split, index, "validation")
+        assert again["ndcg_at_10"] == pytest.approx(result.validation["val_ndcg_at_10"])
+    # Same seed and batches: only the averaging differs.
+    assert results[0.0].history[0]["train_loss"] == pytest.approx(
+        results[0.9].history[0]["train_loss"])
+    plain, averaged = (results[d].model.item_table() for d in (0.0, 0.9))
+    assert not torch.allclose(plain, averaged)
+
+
+def test_label_smoothing_spreads_its_share_over_the_items_never_over_padding():
+    torch.manual_seed(4)
+    n = 12
+    model = BehaviourEncoder(EncoderConfig(n_items=n, max_len=4, temperature=0.1),
+                             [f"i{i}" for i in range(n)], [f"t{i}" for i in range(n)]).eval()
+    seq, targets = pad_left([[1, 2, 3]], 4), pad_left([[2, 3, 4]], 4)
+    with torch.no_grad():
+        log_p = torch.log_softmax(
+            model.logits(model.hidden_states(seq), model.item_table())[0, 1:, 1:], dim=-1)
+        wanted = targets[0, 1:] - 1
+        nll = -log_p[torch.arange(3), wanted].mean()
+        uniform = -log_p.mean()  # over the n items, padding excluded
+        assert model(seq, targets).item() == pytest.approx(nll.item(), rel=1e-5)
+        assert model(seq, targets, label_smoothing=0.2).item() == pytest.approx(
+            (0.8 * nll + 0.2 * uniform).item(), rel=1e-5)
+
+
+def test_the_weight_average_warms_up_then_decays_at_the_configured_rate():
+    from training.train import ema_with_warm_up
+
+    update = ema_with_warm_up(0.998)
+    for updates, expected in ((1, 1 - 2 / 11), (90, 1 - 91 / 100), (100_000, 0.002)):
+        averaged, current = [torch.zeros(3)], [torch.ones(3)]
+        update(averaged, current, torch.tensor(updates))
+        assert torch.allclose(averaged[0], torch.full((3,), expected))

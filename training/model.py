@@ -67,25 +67,51 @@ class BehaviourEncoder(nn.Module):
     def item_table(self) -> torch.Tensor:
         return self.item_embedding.weight  # (N + 1, D)
 
-    def logits(self, users: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """(..., D) user vectors x (N + 1, D) item table -> (..., N + 1) scores."""
+    def _scaled(self, users: torch.Tensor, items: torch.Tensor,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """User and item vectors whose dot products are the scores."""
         temperature = getattr(self.config, "temperature", 0.0)  # older pickles lack it
         if temperature > 0:
-            users = nn.functional.normalize(users, dim=-1)
-            table = nn.functional.normalize(table, dim=-1)
-            return users @ table.T / temperature
+            return (nn.functional.normalize(users, dim=-1) / temperature,
+                    nn.functional.normalize(items, dim=-1))
+        return users, items
+
+    def logits(self, users: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """(..., D) user vectors x (N + 1, D) item table -> (..., N + 1) scores."""
+        users, table = self._scaled(users, table)
         return users @ table.T
 
-    def forward(self, seq: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Training: mean full-softmax cross-entropy of the next item at every position.
+    def forward(self, seq: torch.Tensor, targets: torch.Tensor,
+                negatives: int = 0, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Training: mean cross-entropy of the next item at every position.
 
-        seq, targets: (B, T); targets == PAD are ignored.
+        seq, targets: (B, T); targets == PAD are ignored. ``negatives`` = 0: full
+        softmax over the catalogue; > 0: sampled softmax, each position's target
+        against ``negatives`` items drawn uniformly (with replacement) and shared
+        by the batch, for catalogues too large to score whole; the target is
+        masked where it was drawn. A uniform proposal needs no log-Q correction
+        (it is the same constant for every item). With ``negatives`` >= the
+        catalogue size every other item is a negative: the full softmax.
+        ``label_smoothing``: the share of each target's probability spread evenly
+        over the classes (the catalogue's items; padding is no class).
         """
         states = self.hidden_states(seq)
         real = targets != PAD  # only positions with a target: no work spent on padding
-        logits = self.logits(states[real], self.item_table())  # (M, N + 1)
-        logits[:, PAD] = float("-inf")
-        return nn.functional.cross_entropy(logits, targets[real])
+        users, wanted = states[real], targets[real]  # (M, D), (M,)
+        table = self.item_table()
+        n_items = table.shape[0] - 1
+        if negatives <= 0 or negatives >= n_items:
+            logits = self.logits(users, table[1:])  # (M, N): padding is no class
+            return nn.functional.cross_entropy(logits, wanted - 1,
+                                               label_smoothing=label_smoothing)
+        drawn = torch.randint(1, n_items + 1, (negatives,), device=table.device)  # (S,)
+        scaled, own = self._scaled(users, table[wanted])
+        positive = (scaled * own).sum(dim=-1, keepdim=True)  # (M, 1)
+        negative = self.logits(users, table[drawn]).masked_fill(
+            drawn[None, :] == wanted[:, None], float("-inf"))  # (M, S)
+        logits = torch.cat([positive, negative], dim=1)  # the target is class 0
+        return nn.functional.cross_entropy(logits, torch.zeros_like(wanted),
+                                           label_smoothing=label_smoothing)
 
     def encode(self, seq: torch.Tensor) -> torch.Tensor:
         """Inference: (B, T) left-padded sequences -> (B, D) user vectors (last position)."""

@@ -28,6 +28,14 @@ class TrainConfig:
     threads: int = 2
     # Wall-clock budget: no epoch starts that would end past it (0: no budget).
     max_seconds: float = 0.0
+    # 0: full softmax over the catalogue; > 0: sampled softmax with this many
+    # uniformly drawn negatives per batch (for catalogues too large to score whole).
+    sampled_negatives: int = 0
+    # > 0: validation and the checkpoint use an exponential moving average of the
+    # weights (this decay per step) instead of the latest weights.
+    ema_decay: float = 0.0
+    # Share of each target's probability spread evenly over the catalogue.
+    label_smoothing: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,6 +56,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def ema_with_warm_up(decay: float) -> Callable:
+    """An exponential moving average of the weights for ``AveragedModel``, whose
+    decay after t updates is min(decay, (1 + t) / (10 + t)): a short run is not
+    averaged back towards its first, untrained weights."""
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor],
+               updates: torch.Tensor) -> None:
+        t = float(updates)
+        rate = 1 - min(decay, (1 + t) / (10 + t))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, rate)
+        else:  # integer buffers are not averaged
+            for old, new in zip(averaged, current, strict=True):
+                old.copy_(new)
+    return update
+
+
 def model_scorer(model: BehaviourEncoder) -> Callable[[list[list[int]]], np.ndarray]:
     def score(histories: list[list[int]]) -> np.ndarray:
         model.eval()
@@ -66,6 +91,9 @@ def train_encoder(sequences: list[list[int]], split: Split, index: ItemIndex, ti
     inputs, targets = next_item_pairs(sequences, model_config.max_len)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
+    averaged = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=ema_with_warm_up(config.ema_decay),
+        use_buffers=True) if config.ema_decay > 0 else None
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, float]] = []
     best, best_state, best_epoch, stale = -1.0, None, 0, 0
@@ -76,13 +104,17 @@ def train_encoder(sequences: list[list[int]], split: Split, index: ItemIndex, ti
         total, batches = 0.0, 0
         for start in range(0, len(order), config.batch_size):
             rows = order[start:start + config.batch_size]
-            loss = model(inputs[rows], targets[rows])
+            loss = model(inputs[rows], targets[rows], config.sampled_negatives,
+                         config.label_smoothing)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             total += loss.item()
             batches += 1
-        metrics = evaluate(model_scorer(model), split, index, "validation")
+        chosen = model if averaged is None else averaged.module
+        metrics = evaluate(model_scorer(chosen), split, index, "validation")
         row = {"train_loss": total / max(1, batches),
                **{f"val_{k}": v for k, v in metrics.items()}}
         history.append(row)
@@ -90,7 +122,7 @@ def train_encoder(sequences: list[list[int]], split: Split, index: ItemIndex, ti
             on_epoch(epoch, row)
         if metrics["ndcg_at_10"] > best:
             best, best_epoch, stale = metrics["ndcg_at_10"], epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(chosen.state_dict())
         else:
             stale += 1
             if stale >= config.patience:
