@@ -34,6 +34,7 @@ from training import registry
 
 ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 RATES = (50, 100, 200, 400)
+BATCH_SIZES = (1, 2, 4, 8, 16)
 MAX_IN_FLIGHT = 256
 API_KEY = "bench"
 
@@ -85,6 +86,7 @@ class Connection:
 async def open_loop(port: int, users: list[str], rate: float, seconds: float) -> dict:
     clock = time.perf_counter  # not loop.time(): uvloop's has millisecond resolution
     latencies: list[float] = []
+    late: list[float] = []  # how far behind its schedule the generator sent each request
     errors = {"status": 0, "exception": 0, "over_in_flight": 0}
     idle: list[Connection] = []
     opened: list[Connection] = []
@@ -102,9 +104,11 @@ async def open_loop(port: int, users: list[str], rate: float, seconds: float) ->
                 connection = await Connection.open("127.0.0.1", port)
                 opened.append(connection)
             body = f'{{"user_id": "{user}", "k": 10}}'.encode()
+            sent = clock()
             status = await asyncio.wait_for(connection.post("/recommend", body), 10)
             if status == 200:
                 latencies.append(clock() - scheduled)
+                late.append(sent - scheduled)
             else:
                 errors["status"] += 1
             idle.append(connection)
@@ -133,6 +137,7 @@ async def open_loop(port: int, users: list[str], rate: float, seconds: float) ->
                f"errors_{k}": v for k, v in errors.items() if v}}
     if latencies:
         row.update(percentiles(latencies))
+        row["send_lateness"] = percentiles(late)
     return row
 
 
@@ -178,6 +183,29 @@ def in_process_floor(settings: Settings, users: list[str]) -> dict:
             evaluate(model_scorer(served.model), split, served.index, "test")["ndcg_at_10"], 4)}
     out["int8_relative_ndcg_change"] = round(
         out["int8"]["test_ndcg_at_10"] / out["float32"]["test_ndcg_at_10"] - 1, 4)
+    out["batched_scoring"] = batched_scoring_cost(
+        load_served_model(settings.tracking_uri()), online, users)
+    return out
+
+
+def batched_scoring_cost(served, online, users: list[str], repeat: int = 300) -> dict:
+    """What batching could save: median encode + score time per user when
+    ``size`` users are scored together (the traced encoder takes any batch)."""
+    import torch
+
+    from training.sequences import pad_left
+
+    histories = [served.index.encode(online.recent(u)) for u in users[:200]]
+    out = {}
+    for size in BATCH_SIZES:
+        samples = []
+        for _ in range(repeat):
+            seq = pad_left(random.sample(histories, size), served.model.config.max_len)
+            started = time.perf_counter()
+            with torch.inference_mode():
+                served.model.logits(served.encoder(seq), served.table)
+            samples.append(time.perf_counter() - started)
+        out[f"batch_{size}"] = {"per_user_ms": round(float(np.median(samples)) * 1000 / size, 3)}
     return out
 
 
@@ -210,6 +238,9 @@ def benchmark() -> dict:
     print_latency_table({"floor float32 (in process)": floor["float32"],
                          "floor int8 (in process)": floor["int8"],
                          "event-to-visible": results["event_to_visible"]})
+    print("encode + score per user, float32, batch " + ", ".join(
+        f"{name.split('_')[1]}: {row['per_user_ms']} ms"
+        for name, row in floor["batched_scoring"].items()))
     print(f"test NDCG@10 float32 {floor['float32']['test_ndcg_at_10']}, int8 "
           f"{floor['int8']['test_ndcg_at_10']} ({floor['int8_relative_ndcg_change']:+.2%})")
     print(f"\n{'target rps':>10} {'achieved':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
