@@ -4,7 +4,10 @@ training reference (the newest events the champion was trained on).
 Statistics come from scipy: Kolmogorov-Smirnov (``scipy.stats.ks_2samp``) and the
 Jensen-Shannon distance (``scipy.spatial.distance.jensenshannon``, base 2, so 0..1).
 The population stability index is the textbook sum over reference-quantile bins,
-sum((cur - ref) * ln(cur / ref)), on top of ``numpy.histogram``.
+sum((cur - ref) * ln(cur / ref)), on top of ``numpy.histogram``. PSI and JS are
+judged on their excess over a permutation null (random splits of the pooled
+samples: JS's mean, PSI's 95th percentile), far from 0 for small samples or many
+categories.
 
 Features, per event of a window:
 - numeric (PSI and KS): ``rating``; ``item_train_popularity``, log(1 + the item's
@@ -33,12 +36,16 @@ LEVELS = (OK, WARN, ERROR)
 PSI_BINS = 10
 PSI_FLOOR = 1e-4  # share given to an empty bin, so the logarithm stays finite
 NULL_ROUNDS = 5  # permutations for the Jensen-Shannon null distance
+PSI_NULL_ROUNDS = 100  # permutations for PSI's null (its 95th percentile)
+KS_ALPHA = 0.01  # a KS distance counts only when this unlikely under no change
 
 
 @dataclass(frozen=True)
 class Thresholds:
     """A statistic at or above ``*_warn`` is WARN, at or above ``*_error`` ERROR.
-    PSI 0.1 / 0.25 are the customary bounds; KS and JS are distances in 0..1."""
+    PSI 0.1 / 0.25 are the customary bounds; KS and JS are distances in 0..1.
+    PSI and JS are compared on their excess over a permutation null, KS only when
+    its p-value is below ``KS_ALPHA``."""
 
     psi_warn: float = 0.1
     psi_error: float = 0.25
@@ -78,6 +85,20 @@ def psi(reference: np.ndarray, current: np.ndarray, bins: int = PSI_BINS) -> flo
     return float(np.sum((cur - ref) * np.log(cur / ref)))
 
 
+def permutation_null(statistic: Callable[[np.ndarray, np.ndarray], float],
+                     reference: np.ndarray, current: np.ndarray,
+                     rounds: int = NULL_ROUNDS, seed: int = 0) -> np.ndarray:
+    """The statistic between random splits of the pooled samples (same sizes),
+    ``rounds`` times: its values when nothing changed, at these sample sizes."""
+    pooled = np.concatenate([reference, current])
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(rounds):
+        shuffled = rng.permutation(pooled)
+        values.append(statistic(shuffled[:len(reference)], shuffled[len(reference):]))
+    return np.asarray(values)
+
+
 def numeric_drift(name: str, reference: pd.Series, current: pd.Series,
                   thresholds: Thresholds, kind: str = "numeric") -> FeatureDrift:
     # Missing values (no rating) and -inf (a user who has seen every item) are left out.
@@ -86,13 +107,22 @@ def numeric_drift(name: str, reference: pd.Series, current: pd.Series,
     if reference.empty or current.empty:
         return FeatureDrift(name, kind, {"reference_n": len(reference),
                                          "current_n": len(current)}, OK, reference, current)
-    ks = ks_2samp(reference.to_numpy(float), current.to_numpy(float))
-    value = psi(reference.to_numpy(float), current.to_numpy(float))
-    stats = {"psi": value, "ks": float(ks.statistic), "ks_pvalue": float(ks.pvalue),
+    ref, cur = reference.to_numpy(float), current.to_numpy(float)
+    ks = ks_2samp(ref, cur)
+    value = psi(ref, cur)
+    # A few hundred values (the prediction scores) put PSI at ~0.1 between two
+    # samples of one distribution: judged on its excess over what 95% of random
+    # splits stay under.
+    null = float(np.percentile(permutation_null(psi, ref, cur, PSI_NULL_ROUNDS), 95))
+    stats = {"psi": value, "psi_null": null, "psi_excess": max(0.0, value - null),
+             "ks": float(ks.statistic), "ks_pvalue": float(ks.pvalue),
              "reference_mean": float(reference.mean()), "current_mean": float(current.mean()),
              "reference_n": len(reference), "current_n": len(current)}
-    severity = worst([_level(value, thresholds.psi_warn, thresholds.psi_error),
-                      _level(stats["ks"], thresholds.ks_warn, thresholds.ks_error)])
+    # KS 0.1 is within chance for 300 values a side: it counts when significant.
+    ks_level = (_level(stats["ks"], thresholds.ks_warn, thresholds.ks_error)
+                if stats["ks_pvalue"] < KS_ALPHA else OK)
+    severity = worst([_level(stats["psi_excess"], thresholds.psi_warn, thresholds.psi_error),
+                      ks_level])
     return FeatureDrift(name, kind, stats, severity, reference, current)
 
 
@@ -114,14 +144,11 @@ def categorical_drift(name: str, reference: pd.Series, current: pd.Series,
                                                   "current_n": len(current)}, OK,
                             reference, current)
     distance = _js(reference, current)
-    pooled = pd.concat([reference, current], ignore_index=True).to_numpy()
-    rng = np.random.default_rng(seed)
-    null = []
-    for _ in range(rounds):
-        shuffled = pd.Series(rng.permutation(pooled))
-        null.append(_js(shuffled[:len(reference)], shuffled[len(reference):]))
-    excess = max(0.0, distance - float(np.mean(null)))
-    stats = {"js": distance, "js_null": float(np.mean(null)), "js_excess": excess,
+    null = float(np.mean(permutation_null(lambda a, b: _js(pd.Series(a), pd.Series(b)),
+                                          reference.to_numpy(), current.to_numpy(),
+                                          rounds, seed)))
+    excess = max(0.0, distance - null)
+    stats = {"js": distance, "js_null": null, "js_excess": excess,
              "categories": int(pd.concat([reference, current]).nunique()),
              "new_categories": int((~current.isin(set(reference))).sum()),
              "reference_n": len(reference), "current_n": len(current)}

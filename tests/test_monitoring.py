@@ -7,6 +7,7 @@ shifted = other genre tastes and another popularity order."""
 import math
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 from dagster import DagsterInstance, Definitions, build_sensor_context
@@ -135,6 +136,20 @@ def test_numeric_drift_statistics(reference, current, expected):
         assert result.statistics["psi"] == 0.0 and result.statistics["ks"] == 0.0
     else:
         assert result.statistics["ks"] == 0.5 and result.statistics["psi"] > 1.0
+
+
+def test_small_samples_of_one_distribution_stay_green_and_a_shift_does_not():
+    # 300 values a side: PSI and KS between two draws of N(0, 1) are ~0.1 by chance.
+    rng = np.random.default_rng(0)
+    draw = lambda mean: pd.Series(rng.normal(mean, 1.0, size=300))  # noqa: E731
+    same = drift.numeric_drift("x", draw(0.0), draw(0.0), drift.Thresholds())
+    assert same.statistics["psi_null"] > 0.05 and same.statistics["psi_excess"] == 0.0
+    assert same.severity == drift.OK
+    moved = drift.numeric_drift("x", draw(0.0), draw(0.5), drift.Thresholds())
+    assert moved.statistics["psi_excess"] > 0.1 and moved.statistics["ks_pvalue"] < 1e-4
+    assert moved.severity == drift.ERROR
+    null = drift.permutation_null(drift.psi, draw(0.0).to_numpy(), draw(0.0).to_numpy(), 7)
+    assert null.shape == (7,) and (null > 0).all()
 
 
 def test_psi_matches_the_formula_on_hand_made_bins():
