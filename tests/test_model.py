@@ -11,6 +11,17 @@ from training.sequences import ItemIndex, leave_one_out, pad_left
 from training.train import TrainConfig, train_encoder
 
 
+def generated(users: int, items: int, events: int, seed: int, length: int):
+    """Generated data, its leave-one-out split, the item index, and each user's
+    last ``length`` training items as one sequence (history + target)."""
+    data = generate(GeneratorConfig(users=users, items=items, events=events, seed=seed))
+    split = leave_one_out(data.events.assign(
+        event_timestamp=pd.to_datetime(data.events["timestamp"], unit="s", utc=True)))
+    index = ItemIndex(data.items["item_id"].tolist())
+    sequences = [index.encode(history)[-length:] for history in split.train.values()]
+    return data, split, index, sequences
+
+
 @pytest.fixture(scope="module")
 def trained():
     data = generate(GeneratorConfig(users=600, items=300, events=30_000, seed=11))
@@ -103,12 +114,7 @@ def test_traced_and_quantised_encoders_match_the_model():
 
 
 def test_a_time_budget_stops_before_an_epoch_that_would_overrun_it():
-    data = generate(GeneratorConfig(users=100, items=50, events=3_000, seed=5))
-    events = data.events.assign(
-        event_timestamp=pd.to_datetime(data.events["timestamp"], unit="s", utc=True))
-    split = leave_one_out(events)
-    index = ItemIndex(data.items["item_id"].tolist())
-    sequences = [index.encode(items)[-11:] for items in split.train.values()]
+    data, split, index, sequences = generated(100, 50, 3_000, 5, 11)
     config = EncoderConfig(n_items=len(index), max_len=10, hidden=16)
     budget = train_encoder(sequences, split, index, data.items["title"].tolist(), config,
                            TrainConfig(epochs=4, patience=4, max_seconds=1e-6, threads=1))
@@ -150,12 +156,7 @@ def test_sampled_softmax_is_the_softmax_over_the_target_and_the_drawn_items(temp
 
 
 def test_sampled_softmax_training_learns_the_sequences():
-    data = generate(GeneratorConfig(users=300, items=120, events=12_000, seed=7))
-    events = data.events.assign(
-        event_timestamp=pd.to_datetime(data.events["timestamp"], unit="s", utc=True))
-    split = leave_one_out(events)
-    index = ItemIndex(data.items["item_id"].tolist())
-    sequences = [index.encode(items)[-21:] for items in split.train.values()]
+    data, split, index, sequences = generated(300, 120, 12_000, 7, 21)
     losses = []
     result = train_encoder(
         sequences, split, index, data.items["title"].tolist(),
@@ -171,12 +172,7 @@ def test_with_a_weight_average_the_checkpoint_is_the_averaged_model_that_was_val
     from training.evaluate import evaluate
     from training.train import model_scorer
 
-    data = generate(GeneratorConfig(users=200, items=80, events=8_000, seed=9))
-    events = data.events.assign(
-        event_timestamp=pd.to_datetime(data.events["timestamp"], unit="s", utc=True))
-    split = leave_one_out(events)
-    index = ItemIndex(data.items["item_id"].tolist())
-    sequences = [index.encode(items)[-11:] for items in split.train.values()]
+    data, split, index, sequences = generated(200, 80, 8_000, 9, 11)
     config = EncoderConfig(n_items=len(index), max_len=10, hidden=16)
     results = {decay: train_encoder(sequences, split, index, data.items["title"].tolist(),
                                     config, TrainConfig(epochs=3, patience=3, threads=1,
