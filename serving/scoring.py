@@ -1,7 +1,8 @@
 """The served model and top-K scoring, as plain functions (no HTTP, no Redis).
 
 Every answer says where it came from: the model (with, per item, the recent items
-that contributed most to it), or a fallback with its reason:
+that contributed most to it: the encoder's attention to each, times its
+similarity to the item), or a fallback with its reason:
 - no usable history: recent popularity, blended with content similarity to the
   items given in the request when there are any;
 - the model raised or returned non-finite scores: recent popularity.
@@ -34,7 +35,8 @@ class ServedModel:
     model: BehaviourEncoder
     index: ItemIndex
     popularity: np.ndarray  # (N + 1,) fallback scores: recent counts, all-time as tie-break
-    encoder: Callable[[torch.Tensor], torch.Tensor]  # (1, max_len) -> (1, D): traced encode
+    # (B, max_len) -> (B, D) user vectors, (B, max_len) attention rollout: traced
+    encoder: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     table: torch.Tensor  # (N + 1, D) the item table the model scores against
     unit_table: np.ndarray  # the same, rows at unit length (for "because")
     content: np.ndarray | None = None  # (N + 1, D) unit text embeddings; row 0 and unknown = 0
@@ -109,25 +111,38 @@ def _top(scores: np.ndarray, k: int, exclude: list[int]) -> list[tuple[int, floa
     return [(int(i), float(scores[i])) for i in top]
 
 
-def model_scores(served: ServedModel, encoded: list[int]) -> np.ndarray:
-    """(N + 1,) scores for one history; raises when the model fails or returns
-    non-finite scores for catalogue items."""
+def model_scores(served: ServedModel, encoded: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(N + 1,) scores for one history, and the encoder's attention rollout over
+    its last max_len items (oldest first, summing to 1); raises when the model
+    fails or returns non-finite scores for catalogue items."""
+    window = encoded[-served.model.config.max_len:]
     with torch.inference_mode():
-        user = served.encoder(pad_left([encoded], served.model.config.max_len))
+        user, flow = served.encoder(pad_left([window], served.model.config.max_len))
         scores = served.model.logits(user, served.table)[0].numpy()
     if not np.isfinite(scores[1:]).all():
         raise FloatingPointError("the model returned non-finite scores")
-    return scores
+    return scores, flow[0, flow.shape[1] - len(window):].numpy()
 
 
-def _because(unit: np.ndarray, picked: list[int], history: list[int]) -> list[list[int]]:
-    """Per picked item, the history items whose vectors are most similar (cosine;
-    ``unit``: an item table with rows at unit length) to its vector: its reason."""
+def _because(unit: np.ndarray, picked: list[int], history: list[int],
+             attention: np.ndarray | None = None) -> list[list[int]]:
+    """Per picked item, its reason: among the newest BECAUSE_WINDOW distinct
+    history items, those with the largest attention x cosine similarity (``unit``:
+    an item table with rows at unit length) to it. ``attention``: the encoder's
+    share of each of the last ``len(attention)`` history positions (summed over
+    an item's repeats); without it, similarity alone."""
     recent = list(dict.fromkeys(reversed(history)))[:BECAUSE_WINDOW]
     if not picked or not recent:
         return [[] for _ in picked]
-    similarity = unit[picked] @ unit[recent].T  # (k, R)
-    order = np.argsort(-similarity, axis=1, kind="stable")[:, :BECAUSE]
+    relevance = unit[picked] @ unit[recent].T  # (k, R)
+    if attention is not None:
+        weight = dict.fromkeys(recent, 0.0)
+        for item, share in zip(history[len(history) - len(attention):], attention, strict=True):
+            if item in weight:
+                weight[item] += float(share)
+        # An item unlike the recommended one is no reason for it, however attended to.
+        relevance = np.clip(relevance, 0.0, None) * np.fromiter(weight.values(), dtype=np.float64)
+    order = np.argsort(-relevance, axis=1, kind="stable")[:, :BECAUSE]
     return [[recent[j] for j in row] for row in order]
 
 
@@ -147,15 +162,15 @@ def _content_blend(served: ServedModel, given: list[int]) -> np.ndarray | None:
 
 
 def scores_or_popularity(served: ServedModel, encoded: list[int],
-                         ) -> tuple[np.ndarray, str | None]:
-    """The model's scores for a history, or, when the model fails, popularity and
-    the reason."""
+                         ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+    """The model's scores for a history and its attention rollout, or, when the
+    model fails, popularity and the reason."""
     try:
-        return model_scores(served, encoded), None
+        return *model_scores(served, encoded), None
     except Exception as error:  # any model failure: answer from popularity
         log.warning("model v%s failed (%s: %s); answering from popularity",
                     served.version, type(error).__name__, error)
-        return served.popularity, f"model failed ({type(error).__name__}): popularity"
+        return served.popularity, None, f"model failed ({type(error).__name__}): popularity"
 
 
 def recommend(served: ServedModel, history: list[str], k: int, exclude_seen: bool,
@@ -170,10 +185,10 @@ def recommend(served: ServedModel, history: list[str], k: int, exclude_seen: boo
     exclude = (encoded or given) if exclude_seen else []
     because = None
     if encoded:
-        scores, reason = scores_or_popularity(served, encoded)
+        scores, attention, reason = scores_or_popularity(served, encoded)
         ranked = _top(scores, k, exclude)
         if reason is None:
-            because = _because(served.unit_table, [i for i, _ in ranked], encoded)
+            because = _because(served.unit_table, [i for i, _ in ranked], encoded, attention)
     else:
         blend = _content_blend(served, given)
         if blend is None:
@@ -197,7 +212,7 @@ def score_items(served: ServedModel, history: list[str], item_ids: list[str],
     fallback's reason when popularity answered instead of the model."""
     encoded = served.index.encode(history)
     if encoded:
-        scores, reason = scores_or_popularity(served, encoded)
+        scores, _, reason = scores_or_popularity(served, encoded)
     else:
         scores, reason = served.popularity, "no history for this user: popularity"
     return [float(scores[served.index.index[i]]) if i in served.index.index else None

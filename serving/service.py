@@ -58,8 +58,9 @@ class RecommendedItem(BaseModel):
     score: float = Field(description="Model score (a popularity or blended score when degraded).")
     title: str = Field(description="Item title from the catalogue.")
     because: list[Because] = Field(description=(
-        "The recent items that contributed most to this one (closest to it in the "
-        "model's item space), for 'because you watched ...'; empty for popularity."))
+        "The recent items that contributed most to this one (the encoder's attention "
+        "to each times its similarity to this item), for 'because you watched ...'; "
+        "empty for popularity."))
 
 
 class Recommendation(BaseModel):

@@ -236,7 +236,7 @@ def batched_scoring_cost(served, online, users: list[str], repeat: int = 300) ->
             seq = pad_left(random.sample(histories, size), served.model.config.max_len)
             started = time.perf_counter()
             with torch.inference_mode():
-                served.model.logits(served.encoder(seq), served.table)
+                served.model.logits(served.encoder(seq)[0], served.table)
             samples.append(time.perf_counter() - started)
         out[f"batch_{size}"] = {"per_user_ms": round(float(np.median(samples)) * 1000 / size, 3)}
     return out

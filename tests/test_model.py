@@ -109,8 +109,40 @@ def test_traced_and_quantised_encoders_match_the_model():
     for history in ([5], [1, 2, 3, 4, 5, 6, 7, 8], list(range(1, 21)), [30, 29, 28]):
         seq = pad_left([history], 8)
         with torch.inference_mode():
-            assert torch.allclose(traced(seq), model.encode(seq), atol=1e-5)
+            users, attention = traced(seq)
+            assert torch.allclose(users, model.encode(seq), atol=1e-5)
+            assert torch.allclose(attention, model.encode_explained(seq)[1], atol=1e-5)
             assert torch.allclose(small.encode(seq), model.encode(seq), atol=0.05)
+
+
+def test_the_attention_rollout_is_that_of_the_models_own_attention_weights():
+    """``encode_explained`` recomputes each layer's attention from its input; it
+    must equal the rollout of the probabilities Hugging Face's eager attention
+    reports: per layer the mean over heads, mixed half and half with the
+    identity, multiplied down from the last position."""
+    import copy
+    import math
+
+    torch.manual_seed(1)
+    model = BehaviourEncoder(EncoderConfig(n_items=30, max_len=8, heads=2),
+                             [f"i{i}" for i in range(30)], [f"t{i}" for i in range(30)]).eval()
+    seq = pad_left([[3, 4, 5], [1, 2, 3, 4, 5, 6, 7, 8, 9], [7]], 8)
+    eager = copy.deepcopy(model)
+    eager.backbone.set_attn_implementation("eager")
+    real = (seq != 0).long()
+    with torch.inference_mode():
+        users, rollout = model.encode_explained(seq)
+        reported = eager.backbone(
+            inputs_embeds=eager.item_embedding(seq) * math.sqrt(model.config.hidden),
+            attention_mask=real, position_ids=(real.cumsum(1) - 1).clamp(min=0),
+            output_attentions=True).attentions
+    mixed = [0.5 * layer.mean(dim=1) + 0.5 * torch.eye(8) for layer in reported]
+    expected = (mixed[1][:, -1:, :] @ mixed[0])[:, 0, :]
+    assert torch.allclose(rollout, expected, atol=1e-5)
+    assert torch.allclose(users, model.encode(seq), atol=1e-6)
+    assert torch.allclose(rollout.sum(dim=1), torch.ones(3))
+    assert (rollout[real == 0] == 0).all() and (rollout[real == 1] > 0).all()
+    assert rollout[2, -1] == 1.0  # one item: all of it
 
 
 def test_a_time_budget_stops_before_an_epoch_that_would_overrun_it():

@@ -163,6 +163,27 @@ def test_bodies_over_the_limit_get_413(service):
     assert streamed.status_code == 413
 
 
+def test_the_reason_for_an_item_is_the_attended_history_item_most_like_it():
+    """``because``: attention share x cosine similarity (clipped at 0) over the
+    newest distinct history items; repeats add up; without attention, similarity."""
+    import numpy as np
+
+    from serving.scoring import _because
+
+    # Items 1 and 2 point like item 5, item 3 is orthogonal to it, item 4 opposite.
+    unit = np.array([[0, 0], [1, 0], [1, 0], [0, 1], [-1, 0], [1, 0]], dtype=np.float64)
+    history = [1, 2, 3, 4]
+    assert _because(unit, [5], history, np.array([0.1, 0.5, 0.3, 0.1])) == [[2, 1]]
+    assert _because(unit, [5], history, np.array([0.6, 0.1, 0.2, 0.1])) == [[1, 2]]
+    # Most attention on the opposite item: still never a reason before a like one.
+    assert _because(unit, [5], history, np.array([0.05, 0.05, 0.1, 0.8])) == [[2, 1]]
+    assert _because(unit, [5], [1, 2, 1], np.array([0.3, 0.4, 0.3])) == [[1, 2]]
+    # Attention over the last two positions only: item 1 gets none.
+    assert _because(unit, [5], [1, 2, 3], np.array([0.5, 0.5])) == [[2, 3]]
+    assert _because(unit, [5], history) == [[2, 1]]  # similarity ties: newest first
+    assert _because(unit, [1, 3], history, np.full(4, 0.25)) == [[2, 1], [3, 4]]
+
+
 def test_event_times_are_parsed_like_the_batch_validation():
     from serving.service import event_times_us
 

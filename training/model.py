@@ -117,6 +117,48 @@ class BehaviourEncoder(nn.Module):
         """Inference: (B, T) left-padded sequences -> (B, D) user vectors (last position)."""
         return self.hidden_states(seq)[:, -1, :]
 
+    def encode_explained(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: (B, T) -> (B, D) user vectors and (B, T) attention rollout
+        (Abnar & Zuidema, 2020): how much the last position's output draws on each
+        input position through the attention layers, each layer's attention
+        averaged over heads and mixed half and half with its residual path. Rows
+        sum to 1; padding gets 0. The attention probabilities are recomputed from
+        each layer's own query/key projections (recorded as the forward computes
+        them), so this holds for any attention implementation (sdpa too)."""
+        projections: list[torch.Tensor] = []  # each layer's query/key/value projection
+
+        def record(module, args, output):
+            projections.append(output)
+
+        hooks = [block.attn.c_attn.register_forward_hook(record) for block in self.backbone.h]
+        try:
+            users = self.hidden_states(seq)[:, -1, :]
+        finally:
+            for hook in hooks:
+                hook.remove()
+        real = seq != PAD  # (B, T)
+        length = seq.shape[1]
+        identity = torch.eye(length)
+        # Causal, to real items; a padding position to itself (no row without a key).
+        allowed = torch.ones(length, length, dtype=torch.bool).tril()[None] & (
+            real[:, None, :] | identity.bool()[None])
+        flow = None  # (B, T): the last position's share of each position, from the top down
+        for block, projection in zip(reversed(self.backbone.h), reversed(projections),
+                                     strict=True):
+            module = block.attn
+            rows = slice(-1, None) if flow is None else slice(None)  # top layer: the last row
+            query, key, _ = projection.split(module.split_size, dim=2)
+            heads = (*query.shape[:-1], -1, module.head_dim)  # (B, T, H, d)
+            query = query.view(heads).transpose(1, 2)[:, :, rows]  # (B, H, R, d)
+            key = key.view(heads).transpose(1, 2)  # (B, H, T, d)
+            logits = (query @ key.transpose(-1, -2) * module.scaling).masked_fill(
+                ~allowed[:, None, rows], float("-inf"))
+            attention = torch.softmax(logits, dim=-1).mean(dim=1)  # (B, R, T)
+            mixed = 0.5 * attention + 0.5 * identity[rows]
+            flow = mixed[:, -1, :] if flow is None else (flow[:, None, :] @ mixed)[:, 0, :]
+        flow = flow * real
+        return users, flow / flow.sum(dim=1, keepdim=True).clamp(min=1e-12)
+
     def score(self, seq: torch.Tensor) -> torch.Tensor:
         """(B, T) -> (B, N + 1) scores over the catalogue; padding scores -inf."""
         scores = self.logits(self.encode(seq), self.item_table())
@@ -159,15 +201,15 @@ class _Encode(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        return self.model.encode(seq)
+    def forward(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode_explained(seq)
 
 
 def traced_encoder(model: BehaviourEncoder) -> torch.jit.ScriptModule:
-    """``model.encode`` as a TorchScript trace: the same numbers, without the
-    Python overhead of the Hugging Face forward (about 2.5x faster for one user
-    on this machine). Traced on a left-padded sequence, so the attention mask is
-    part of the graph; inference only."""
+    """``model.encode_explained`` as a TorchScript trace: the same numbers,
+    without the Python overhead of the Hugging Face forward (about 2.5x faster
+    for one user on this machine). Traced on a left-padded sequence, so the
+    attention mask is part of the graph; inference only."""
     import warnings
 
     example = torch.zeros((1, model.config.max_len), dtype=torch.long)
