@@ -19,7 +19,7 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from training import registry
-from training.model import BehaviourEncoder, quantized, traced_encoder
+from training.model import PAD, BehaviourEncoder, attention_rollout, quantized, traced_encoder
 from training.sequences import ItemIndex, pad_left
 
 log = logging.getLogger("recsys.serving")
@@ -35,7 +35,8 @@ class ServedModel:
     model: BehaviourEncoder
     index: ItemIndex
     popularity: np.ndarray  # (N + 1,) fallback scores: recent counts, all-time as tie-break
-    # (B, max_len) -> (B, D) user vectors, (B, max_len) attention rollout: traced
+    # (B, max_len) -> (B, D) user vectors and the layers' attention projections
+    # (for ``attention_rollout``): the traced ``encode_explained``
     encoder: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     table: torch.Tensor  # (N + 1, D) the item table the model scores against
     unit_table: np.ndarray  # the same, rows at unit length (for "because")
@@ -115,13 +116,16 @@ def model_scores(served: ServedModel, encoded: list[int]) -> tuple[np.ndarray, n
     """(N + 1,) scores for one history, and the encoder's attention rollout over
     its last max_len items (oldest first, summing to 1); raises when the model
     fails or returns non-finite scores for catalogue items."""
-    window = encoded[-served.model.config.max_len:]
+    config = served.model.config
+    window = encoded[-config.max_len:]
+    seq = pad_left([window], config.max_len)
     with torch.inference_mode():
-        user, flow = served.encoder(pad_left([window], served.model.config.max_len))
+        user, projections = served.encoder(seq)
         scores = served.model.logits(user, served.table)[0].numpy()
     if not np.isfinite(scores[1:]).all():
         raise FloatingPointError("the model returned non-finite scores")
-    return scores, flow[0, flow.shape[1] - len(window):].numpy()
+    flow = attention_rollout(projections.numpy(), seq.numpy() != PAD, config.heads)
+    return scores, flow[0, config.max_len - len(window):]
 
 
 def _because(unit: np.ndarray, picked: list[int], history: list[int],

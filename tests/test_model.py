@@ -109,19 +109,22 @@ def test_traced_and_quantised_encoders_match_the_model():
     for history in ([5], [1, 2, 3, 4, 5, 6, 7, 8], list(range(1, 21)), [30, 29, 28]):
         seq = pad_left([history], 8)
         with torch.inference_mode():
-            users, attention = traced(seq)
+            users, projections = traced(seq)
             assert torch.allclose(users, model.encode(seq), atol=1e-5)
-            assert torch.allclose(attention, model.encode_explained(seq)[1], atol=1e-5)
+            assert torch.allclose(projections, model.encode_explained(seq)[1], atol=1e-5)
             assert torch.allclose(small.encode(seq), model.encode(seq), atol=0.05)
 
 
 def test_the_attention_rollout_is_that_of_the_models_own_attention_weights():
-    """``encode_explained`` recomputes each layer's attention from its input; it
-    must equal the rollout of the probabilities Hugging Face's eager attention
-    reports: per layer the mean over heads, mixed half and half with the
-    identity, multiplied down from the last position."""
+    """``attention_rollout`` recomputes each layer's attention from the query/key
+    projections ``encode_explained`` records; it must equal the rollout of the
+    probabilities Hugging Face's eager attention reports: per layer the mean
+    over heads, mixed half and half with the identity, multiplied down from the
+    last position."""
     import copy
     import math
+
+    from training.model import attention_rollout
 
     torch.manual_seed(1)
     model = BehaviourEncoder(EncoderConfig(n_items=30, max_len=8, heads=2),
@@ -131,7 +134,8 @@ def test_the_attention_rollout_is_that_of_the_models_own_attention_weights():
     eager.backbone.set_attn_implementation("eager")
     real = (seq != 0).long()
     with torch.inference_mode():
-        users, rollout = model.encode_explained(seq)
+        users, projections = model.encode_explained(seq)
+        rollout = torch.from_numpy(attention_rollout(projections.numpy(), (seq != 0).numpy(), 2))
         reported = eager.backbone(
             inputs_embeds=eager.item_embedding(seq) * math.sqrt(model.config.hidden),
             attention_mask=real, position_ids=(real.cumsum(1) - 1).clamp(min=0),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import GPT2Config, GPT2Model
@@ -118,14 +119,10 @@ class BehaviourEncoder(nn.Module):
         return self.hidden_states(seq)[:, -1, :]
 
     def encode_explained(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inference: (B, T) -> (B, D) user vectors and (B, T) attention rollout
-        (Abnar & Zuidema, 2020): how much the last position's output draws on each
-        input position through the attention layers, each layer's attention
-        averaged over heads and mixed half and half with its residual path. Rows
-        sum to 1; padding gets 0. The attention probabilities are recomputed from
-        each layer's own query/key projections (recorded as the forward computes
-        them), so this holds for any attention implementation (sdpa too)."""
-        projections: list[torch.Tensor] = []  # each layer's query/key/value projection
+        """Inference: (B, T) -> (B, D) user vectors and (L, B, T, 3D) each layer's
+        query/key/value projections (bottom first), recorded as the forward
+        computes them: ``attention_rollout`` explains the vectors from them."""
+        projections: list[torch.Tensor] = []
 
         def record(module, args, output):
             projections.append(output)
@@ -136,34 +133,44 @@ class BehaviourEncoder(nn.Module):
         finally:
             for hook in hooks:
                 hook.remove()
-        real = seq != PAD  # (B, T)
-        length = seq.shape[1]
-        identity = torch.eye(length)
-        # Causal, to real items; a padding position to itself (no row without a key).
-        allowed = torch.ones(length, length, dtype=torch.bool).tril()[None] & (
-            real[:, None, :] | identity.bool()[None])
-        flow = None  # (B, T): the last position's share of each position, from the top down
-        for block, projection in zip(reversed(self.backbone.h), reversed(projections),
-                                     strict=True):
-            module = block.attn
-            rows = slice(-1, None) if flow is None else slice(None)  # top layer: the last row
-            query, key, _ = projection.split(module.split_size, dim=2)
-            heads = (*query.shape[:-1], -1, module.head_dim)  # (B, T, H, d)
-            query = query.view(heads).transpose(1, 2)[:, :, rows]  # (B, H, R, d)
-            key = key.view(heads).transpose(1, 2)  # (B, H, T, d)
-            logits = (query @ key.transpose(-1, -2) * module.scaling).masked_fill(
-                ~allowed[:, None, rows], float("-inf"))
-            attention = torch.softmax(logits, dim=-1).mean(dim=1)  # (B, R, T)
-            mixed = 0.5 * attention + 0.5 * identity[rows]
-            flow = mixed[:, -1, :] if flow is None else (flow[:, None, :] @ mixed)[:, 0, :]
-        flow = flow * real
-        return users, flow / flow.sum(dim=1, keepdim=True).clamp(min=1e-12)
+        return users, torch.stack(projections)
 
     def score(self, seq: torch.Tensor) -> torch.Tensor:
         """(B, T) -> (B, N + 1) scores over the catalogue; padding scores -inf."""
         scores = self.logits(self.encode(seq), self.item_table())
         scores[:, PAD] = float("-inf")
         return scores
+
+
+def attention_rollout(projections: np.ndarray, real: np.ndarray, heads: int) -> np.ndarray:
+    """How much the last position's output draws on each input position through
+    the attention layers (attention rollout, Abnar & Zuidema, 2020): each layer's
+    attention averaged over heads and mixed half and half with its residual path,
+    multiplied down from the last position. ``projections``: (L, B, T, 3D) from
+    ``encode_explained``; ``real``: (B, T), False at padding. Returns (B, T), rows
+    summing to 1, padding 0. In numpy: for one user it costs a fraction of the
+    same arithmetic as traced torch operations."""
+    layers, batch, length, width = projections.shape
+    dim = width // 3
+    head_dim = dim // heads
+    scaling = head_dim ** -0.5  # GPT-2's attention scaling
+    identity = np.eye(length, dtype=projections.dtype)
+    # Causal, to real items; a padding position to itself (no row without a key).
+    allowed = np.tril(np.ones((length, length), dtype=bool))[None] & (
+        real[:, None, :] | identity.astype(bool)[None])  # (B, T, T)
+    flow = None  # (B, T): the last position's share of each position, from the top down
+    for layer in range(layers - 1, -1, -1):
+        qkv = projections[layer]
+        rows = slice(length - 1, length) if flow is None else slice(0, length)
+        query = qkv[:, rows, :dim].reshape(batch, -1, heads, head_dim).transpose(0, 2, 1, 3)
+        key = qkv[:, :, dim:2 * dim].reshape(batch, length, heads, head_dim).transpose(0, 2, 3, 1)
+        logits = np.where(allowed[:, None, rows], query @ key * scaling, -np.inf)  # (B, H, R, T)
+        weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        attention = (weights / weights.sum(axis=-1, keepdims=True)).mean(axis=1)  # (B, R, T)
+        mixed = 0.5 * attention + 0.5 * identity[rows]
+        flow = mixed[:, -1, :] if flow is None else (flow[:, None, :] @ mixed)[:, 0, :]
+    flow = flow * real
+    return flow / np.maximum(flow.sum(axis=1, keepdims=True), 1e-12)
 
 
 def _linear_from_conv1d(layer: nn.Module) -> nn.Linear:
