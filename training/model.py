@@ -156,18 +156,18 @@ def attention_rollout(projections: np.ndarray, real: np.ndarray, heads: int) -> 
     scaling = head_dim ** -0.5  # GPT-2's attention scaling
     identity = np.eye(length, dtype=projections.dtype)
     # Causal, to real items; a padding position to itself (no row without a key).
-    allowed = np.tril(np.ones((length, length), dtype=bool))[None] & (
-        real[:, None, :] | identity.astype(bool)[None])  # (B, T, T)
+    allowed = np.tril(real[:, None, :] | identity.astype(bool))  # (B, T, T)
+    mask = np.where(allowed, 0.0, -np.inf).astype(projections.dtype)[:, None]  # (B, 1, T, T)
     flow = None  # (B, T): the last position's share of each position, from the top down
     for layer in range(layers - 1, -1, -1):
         qkv = projections[layer]
         rows = slice(length - 1, length) if flow is None else slice(0, length)
         query = qkv[:, rows, :dim].reshape(batch, -1, heads, head_dim).transpose(0, 2, 1, 3)
         key = qkv[:, :, dim:2 * dim].reshape(batch, length, heads, head_dim).transpose(0, 2, 3, 1)
-        logits = np.where(allowed[:, None, rows], query @ key * scaling, -np.inf)  # (B, H, R, T)
+        logits = query @ key * scaling + mask[:, :, rows]  # (B, H, R, T)
         weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        attention = (weights / weights.sum(axis=-1, keepdims=True)).mean(axis=1)  # (B, R, T)
-        mixed = 0.5 * attention + 0.5 * identity[rows]
+        weights /= weights.sum(axis=-1, keepdims=True)
+        mixed = 0.5 * weights.mean(axis=1) + 0.5 * identity[rows]  # (B, R, T)
         flow = mixed[:, -1, :] if flow is None else (flow[:, None, :] @ mixed)[:, 0, :]
     flow = flow * real
     return flow / np.maximum(flow.sum(axis=1, keepdims=True), 1e-12)
