@@ -112,10 +112,12 @@ def _top(scores: np.ndarray, k: int, exclude: list[int]) -> list[tuple[int, floa
     return [(int(i), float(scores[i])) for i in top]
 
 
-def model_scores(served: ServedModel, encoded: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(N + 1,) scores for one history, and the encoder's attention rollout over
-    its last max_len items (oldest first, summing to 1); raises when the model
-    fails or returns non-finite scores for catalogue items."""
+def model_scores(served: ServedModel, encoded: list[int], explain: bool = False,
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N + 1,) scores for one history, and with ``explain`` the encoder's
+    attention rollout over its last max_len items (oldest first, summing to 1;
+    else None); raises when the model fails or returns non-finite scores for
+    catalogue items."""
     config = served.model.config
     window = encoded[-config.max_len:]
     seq = pad_left([window], config.max_len)
@@ -124,6 +126,8 @@ def model_scores(served: ServedModel, encoded: list[int]) -> tuple[np.ndarray, n
         scores = served.model.logits(user, served.table)[0].numpy()
     if not np.isfinite(scores[1:]).all():
         raise FloatingPointError("the model returned non-finite scores")
+    if not explain:
+        return scores, None
     flow = attention_rollout(projections.numpy(), seq.numpy() != PAD, config.heads)
     return scores, flow[0, config.max_len - len(window):]
 
@@ -165,12 +169,12 @@ def _content_blend(served: ServedModel, given: list[int]) -> np.ndarray | None:
     return CONTENT_WEIGHT * similarity + (1 - CONTENT_WEIGHT) * popular
 
 
-def scores_or_popularity(served: ServedModel, encoded: list[int],
+def scores_or_popularity(served: ServedModel, encoded: list[int], explain: bool = False,
                          ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
-    """The model's scores for a history and its attention rollout, or, when the
-    model fails, popularity and the reason."""
+    """The model's scores for a history (and with ``explain`` its attention
+    rollout), or, when the model fails, popularity and the reason."""
     try:
-        return *model_scores(served, encoded), None
+        return *model_scores(served, encoded, explain), None
     except Exception as error:  # any model failure: answer from popularity
         log.warning("model v%s failed (%s: %s); answering from popularity",
                     served.version, type(error).__name__, error)
@@ -189,7 +193,7 @@ def recommend(served: ServedModel, history: list[str], k: int, exclude_seen: boo
     exclude = (encoded or given) if exclude_seen else []
     because = None
     if encoded:
-        scores, attention, reason = scores_or_popularity(served, encoded)
+        scores, attention, reason = scores_or_popularity(served, encoded, explain=True)
         ranked = _top(scores, k, exclude)
         if reason is None:
             because = _because(served.unit_table, [i for i, _ in ranked], encoded, attention)

@@ -135,7 +135,7 @@ def test_the_attention_rollout_is_that_of_the_models_own_attention_weights():
     real = (seq != 0).long()
     with torch.inference_mode():
         users, projections = model.encode_explained(seq)
-        rollout = torch.from_numpy(attention_rollout(projections.numpy(), (seq != 0).numpy(), 2))
+        rollout = torch.from_numpy(attention_rollout(projections.numpy(), real.bool().numpy(), 2))
         reported = eager.backbone(
             inputs_embeds=eager.item_embedding(seq) * math.sqrt(model.config.hidden),
             attention_mask=real, position_ids=(real.cumsum(1) - 1).clamp(min=0),
