@@ -6,23 +6,27 @@ import torch
 from training.cold_start import (
     cold_split,
     fill_cold_items,
-    fit_projection,
     hold_out_items,
-    project,
     random_hit_rate,
+    text_neighbour_vectors,
     without_items,
 )
 from training.model import BehaviourEncoder, EncoderConfig
 from training.sequences import ItemIndex, Split
 
 
-def test_projection_recovers_a_linear_map_from_text_to_item_vectors():
-    rng = np.random.default_rng(0)
-    text = rng.normal(size=(200, 8))
-    true = rng.normal(size=(8, 4))
-    weights = fit_projection(text, text @ true + 0.5, ridge=1e-6)
-    new = rng.normal(size=(3, 8))
-    np.testing.assert_allclose(project(weights, new), new @ true + 0.5, atol=1e-4)
+def test_a_cold_vector_is_the_weighted_direction_of_its_text_neighbours():
+    a, b = np.eye(2)
+    warm_text = np.stack([a, a, b])
+    warm_vectors = np.array([[2.0, 0.0], [0.0, 2.0], [0.0, 4.0]])
+    got = text_neighbour_vectors(np.stack([a, b, -b]), warm_text, warm_vectors, neighbours=2)
+    mean_length = 8 / 3
+    # text a: warm items 0 and 1, similarity 1 each: their unit vectors averaged.
+    np.testing.assert_allclose(got[0], mean_length * np.array([1, 1]) / np.sqrt(2), rtol=1e-6)
+    # text b: item 2 (similarity 1) and a neighbour of similarity 0, which weighs nothing.
+    np.testing.assert_allclose(got[1], [0, mean_length], rtol=1e-6, atol=1e-6)
+    # No neighbour with a positive similarity: its 2 nearest (0 and 1) count the same.
+    np.testing.assert_allclose(got[2], got[0], rtol=1e-6)
 
 
 def test_an_item_with_text_only_gets_a_vector_near_its_text_neighbours():

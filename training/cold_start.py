@@ -1,10 +1,11 @@
 """Items nobody has interacted with yet: their vector in the behaviour encoder's
 item space comes from their text.
 
-A ridge regression maps an item's text embedding (``item_text_encoder``, the
-``item_content`` view) to its row of the trained item table, fitted on the items
-that have training interactions; items without any get the mapped vector, so
-the model can recommend them and read them in a history.
+An item without training interactions gets the similarity-weighted mean
+direction of the ``NEIGHBOURS`` items with interactions whose text
+(``item_text_encoder``, the ``item_content`` view) is nearest its own, at the
+mean length of those items' vectors, so the model can recommend it and read it
+in a history.
 
 The cold-start evaluation holds out a share of the catalogue from the training
 interactions (the items stay in the catalogue, with their text), trains on the
@@ -22,27 +23,37 @@ from training.model import BehaviourEncoder, EncoderConfig
 from training.sequences import ItemIndex, Split
 from training.train import TrainConfig, model_scorer, train_encoder
 
-RIDGE = 1.0  # text embeddings are unit vectors; the fit is not sensitive to it near 1
+# How many text neighbours a cold item's vector is drawn from. ML-100K, 10% of
+# the items held out, three draws, HR@10 on the validation events of the
+# held-out items: 20 neighbours 0.119 (50: 0.116, 100: 0.103); the earlier ridge
+# regression text -> vector 0.062 (README, Models).
+NEIGHBOURS = 20
 
 
-def fit_projection(text: np.ndarray, table: np.ndarray, ridge: float = RIDGE) -> np.ndarray:
-    """(n, T) text embeddings, (n, D) item vectors -> (T + 1, D) weights (last row:
-    bias) of the ridge regression text -> vector."""
-    x = np.hstack([text, np.ones((len(text), 1))]).astype(np.float64)
-    gram = x.T @ x + ridge * np.eye(x.shape[1])
-    gram[-1, -1] -= ridge  # the bias is not shrunk
-    return np.linalg.solve(gram, x.T @ table.astype(np.float64))
-
-
-def project(weights: np.ndarray, text: np.ndarray) -> np.ndarray:
-    return (np.hstack([text, np.ones((len(text), 1))]) @ weights).astype(np.float32)
+def text_neighbour_vectors(text: np.ndarray, warm_text: np.ndarray, warm_vectors: np.ndarray,
+                           neighbours: int = NEIGHBOURS) -> np.ndarray:
+    """(n, T) unit text embeddings of cold items; (m, T), (m, D) the warm items'
+    text and vectors -> (n, D): per cold item, the mean of its nearest warm items'
+    unit vectors weighted by text cosine similarity (negative ones count 0),
+    scaled to the warm vectors' mean length."""
+    lengths = np.linalg.norm(warm_vectors, axis=1, keepdims=True)
+    units = warm_vectors / np.maximum(lengths, 1e-12)
+    similarity = text @ warm_text.T  # (n, m)
+    k = min(neighbours, len(warm_text))
+    nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]  # (n, k)
+    weights = np.take_along_axis(similarity, nearest, axis=1).clip(min=0)
+    # No neighbour with positive similarity: all k count the same.
+    weights[weights.sum(axis=1) == 0] = 1.0
+    mixed = np.einsum("nk,nkd->nd", weights, units[nearest]) / weights.sum(axis=1, keepdims=True)
+    mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)
+    return (mixed * lengths.mean()).astype(np.float32)
 
 
 def fill_cold_items(model: BehaviourEncoder, text: np.ndarray, warm: np.ndarray) -> int:
     """Give every catalogue item outside ``warm`` (model indices with training
-    interactions) its text-mapped vector, in place. ``text``: (N + 1, T), row i =
-    model index i, zero rows for items without text (left as they are).
-    Returns how many items were filled."""
+    interactions) a vector from its text neighbours among the warm items, in
+    place. ``text``: (N + 1, T), row i = model index i, zero rows for items
+    without text (left as they are). Returns how many items were filled."""
     has_text = np.linalg.norm(text, axis=1) > 0
     warm_mask = np.zeros(len(text), dtype=bool)
     warm_mask[warm] = True
@@ -50,12 +61,13 @@ def fill_cold_items(model: BehaviourEncoder, text: np.ndarray, warm: np.ndarray)
     fit_rows = np.flatnonzero(warm_mask & has_text)
     cold_rows = np.flatnonzero(~warm_mask & has_text)
     cold_rows = cold_rows[cold_rows > 0]
-    if len(fit_rows) < 2 or len(cold_rows) == 0:
+    if len(fit_rows) == 0 or len(cold_rows) == 0:
         return 0
     table = model.item_embedding.weight
-    weights = fit_projection(text[fit_rows], table[fit_rows].detach().numpy())
+    vectors = text_neighbour_vectors(text[cold_rows], text[fit_rows],
+                                     table[fit_rows].detach().numpy())
     with torch.no_grad():
-        table[torch.from_numpy(cold_rows)] = torch.from_numpy(project(weights, text[cold_rows]))
+        table[torch.from_numpy(cold_rows)] = torch.from_numpy(vectors)
     return len(cold_rows)
 
 
