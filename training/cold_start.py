@@ -38,15 +38,18 @@ def text_neighbour_vectors(text: np.ndarray, warm_text: np.ndarray, warm_vectors
     scaled to the warm vectors' mean length."""
     lengths = np.linalg.norm(warm_vectors, axis=1, keepdims=True)
     units = warm_vectors / np.maximum(lengths, 1e-12)
-    similarity = text @ warm_text.T  # (n, m)
     k = min(neighbours, len(warm_text))
-    nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]  # (n, k)
-    weights = np.take_along_axis(similarity, nearest, axis=1).clip(min=0)
-    # No neighbour with positive similarity: all k count the same.
-    weights[weights.sum(axis=1) == 0] = 1.0
-    mixed = np.einsum("nk,nkd->nd", weights, units[nearest]) / weights.sum(axis=1, keepdims=True)
-    mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)
-    return (mixed * lengths.mean()).astype(np.float32)
+    out = np.empty((len(text), warm_vectors.shape[1]), dtype=np.float32)
+    for start in range(0, len(text), 1024):  # (chunk, m) similarities at a time
+        similarity = text[start:start + 1024] @ warm_text.T
+        nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]  # (chunk, k)
+        weights = np.take_along_axis(similarity, nearest, axis=1).clip(min=0)
+        # No neighbour with positive similarity: all k count the same.
+        weights[weights.sum(axis=1) == 0] = 1.0
+        mixed = np.einsum("nk,nkd->nd", weights, units[nearest])
+        mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)
+        out[start:start + 1024] = mixed * lengths.mean()
+    return out
 
 
 def fill_cold_items(model: BehaviourEncoder, text: np.ndarray, warm: np.ndarray) -> int:
