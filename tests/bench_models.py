@@ -7,8 +7,8 @@ popularity, EASE (lambda chosen on validation), and the behaviour encoder with
 the pipeline's default hyper-parameters for ``BENCH_MODEL_SEEDS`` seeds (default
 3), each followed by its int8 variant; after the first, the cold-start evaluation
 (10% of the items held out of training) with its recipe, on three draws of
-held-out items. Test is computed once per
-trained model, after the checkpoint was chosen on validation.
+held-out items. Test is computed once per trained model, after the checkpoint
+was chosen on validation.
 """
 
 import os

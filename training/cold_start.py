@@ -28,6 +28,7 @@ from training.train import TrainConfig, model_scorer, train_encoder
 # held-out items: 20 neighbours 0.119 (50: 0.116, 100: 0.103); the earlier ridge
 # regression text -> vector 0.062 (README, Models).
 NEIGHBOURS = 20
+CHUNK = 1024  # cold items whose (CHUNK, warm items) similarities are held at once
 
 
 def text_neighbour_vectors(text: np.ndarray, warm_text: np.ndarray, warm_vectors: np.ndarray,
@@ -40,15 +41,16 @@ def text_neighbour_vectors(text: np.ndarray, warm_text: np.ndarray, warm_vectors
     units = warm_vectors / np.maximum(lengths, 1e-12)
     k = min(neighbours, len(warm_text))
     out = np.empty((len(text), warm_vectors.shape[1]), dtype=np.float32)
-    for start in range(0, len(text), 1024):  # (chunk, m) similarities at a time
-        similarity = text[start:start + 1024] @ warm_text.T
+    for start in range(0, len(text), CHUNK):
+        rows = slice(start, start + CHUNK)
+        similarity = text[rows] @ warm_text.T  # (chunk, m)
         nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]  # (chunk, k)
         weights = np.take_along_axis(similarity, nearest, axis=1).clip(min=0)
         # No neighbour with positive similarity: all k count the same.
         weights[weights.sum(axis=1) == 0] = 1.0
         mixed = np.einsum("nk,nkd->nd", weights, units[nearest])
         mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)
-        out[start:start + 1024] = mixed * lengths.mean()
+        out[rows] = mixed * lengths.mean()
     return out
 
 

@@ -129,7 +129,7 @@ class BehaviourEncoder(nn.Module):
 
         hooks = [block.attn.c_attn.register_forward_hook(record) for block in self.backbone.h]
         try:
-            users = self.hidden_states(seq)[:, -1, :]
+            users = self.encode(seq)
         finally:
             for hook in hooks:
                 hook.remove()
