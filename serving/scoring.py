@@ -35,9 +35,10 @@ class ServedModel:
     model: BehaviourEncoder
     index: ItemIndex
     popularity: np.ndarray  # (N + 1,) fallback scores: recent counts, all-time as tie-break
-    # (B, max_len) -> (B, D) user vectors and the layers' attention projections
-    # (for ``attention_rollout``): the traced ``encode_explained``
-    encoder: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    # (B, max_len) sequences and (B,) user rows -> (B, D) user vectors and the
+    # layers' attention projections (for ``attention_rollout``): the traced
+    # ``encode_explained``
+    encoder: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     table: torch.Tensor  # (N + 1, D) the item table the model scores against
     unit_table: np.ndarray  # the same, rows at unit length (for "because")
     content: np.ndarray | None = None  # (N + 1, D) unit text embeddings; row 0 and unknown = 0
@@ -113,16 +114,16 @@ def _top(scores: np.ndarray, k: int, exclude: list[int]) -> list[tuple[int, floa
 
 
 def model_scores(served: ServedModel, encoded: list[int], explain: bool = False,
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(N + 1,) scores for one history, and with ``explain`` the encoder's
-    attention rollout over its last max_len items (oldest first, summing to 1;
-    else None); raises when the model fails or returns non-finite scores for
-    catalogue items."""
+                 user_id: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N + 1,) scores for one history (and the user's learned vector, when the
+    model has one for ``user_id``), and with ``explain`` the encoder's attention
+    rollout over its last max_len items (oldest first, summing to 1; else None);
+    raises when the model fails or returns non-finite scores for catalogue items."""
     config = served.model.config
     window = encoded[-config.max_len:]
     seq = pad_left([window], config.max_len)
     with torch.inference_mode():
-        user, projections = served.encoder(seq)
+        user, projections = served.encoder(seq, served.model.user_rows([user_id]))
         scores = served.model.logits(user, served.table)[0].numpy()
     if not np.isfinite(scores[1:]).all():
         raise FloatingPointError("the model returned non-finite scores")
@@ -170,11 +171,12 @@ def _content_blend(served: ServedModel, given: list[int]) -> np.ndarray | None:
 
 
 def scores_or_popularity(served: ServedModel, encoded: list[int], explain: bool = False,
+                         user_id: str | None = None,
                          ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
     """The model's scores for a history (and with ``explain`` its attention
     rollout), or, when the model fails, popularity and the reason."""
     try:
-        return *model_scores(served, encoded, explain), None
+        return *model_scores(served, encoded, explain, user_id), None
     except Exception as error:  # any model failure: answer from popularity
         log.warning("model v%s failed (%s: %s); answering from popularity",
                     served.version, type(error).__name__, error)
@@ -182,10 +184,11 @@ def scores_or_popularity(served: ServedModel, encoded: list[int], explain: bool 
 
 
 def recommend(served: ServedModel, history: list[str], k: int, exclude_seen: bool,
-              context: list[str] = ()) -> Ranked:
+              context: list[str] = (), user_id: str | None = None) -> Ranked:
     """Top-k, best first, for a user's online history (item ids, oldest first) and
     the items given in the request (``context``, newest last). With an online
-    history the model reads both; without one, popularity answers, blended with
+    history the model reads both (and the user's learned vector, if the model
+    has one for ``user_id``); without one, popularity answers, blended with
     content similarity to the given items when there are any."""
     known = served.index.encode(history)
     given = served.index.encode(list(context))
@@ -193,7 +196,7 @@ def recommend(served: ServedModel, history: list[str], k: int, exclude_seen: boo
     exclude = (encoded or given) if exclude_seen else []
     because = None
     if encoded:
-        scores, attention, reason = scores_or_popularity(served, encoded, explain=True)
+        scores, attention, reason = scores_or_popularity(served, encoded, True, user_id)
         ranked = _top(scores, k, exclude)
         if reason is None:
             because = _because(served.unit_table, [i for i, _ in ranked], encoded, attention)
@@ -215,12 +218,12 @@ def recommend(served: ServedModel, history: list[str], k: int, exclude_seen: boo
 
 
 def score_items(served: ServedModel, history: list[str], item_ids: list[str],
-                ) -> tuple[list[float | None], str | None]:
+                user_id: str | None = None) -> tuple[list[float | None], str | None]:
     """Scores for given candidates (None for items not in the catalogue), and the
     fallback's reason when popularity answered instead of the model."""
     encoded = served.index.encode(history)
     if encoded:
-        scores, _, reason = scores_or_popularity(served, encoded)
+        scores, _, reason = scores_or_popularity(served, encoded, user_id=user_id)
     else:
         scores, reason = served.popularity, "no history for this user: popularity"
     return [float(scores[served.index.index[i]]) if i in served.index.index else None

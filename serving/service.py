@@ -235,7 +235,7 @@ class Recommender:
         served = self.served
         history = self._history(user)
         ranked = recommend(served, history or [], k, exclude_seen,
-                           [str(i) for i in context_item_ids])
+                           [str(i) for i in context_item_ids], user)
         reason = "online store unavailable: popularity" if history is None else ranked.reason
         titles, position = served.model.titles, served.index.index
         return Recommendation(
@@ -256,7 +256,7 @@ class Recommender:
         served = self.served
         ids = [str(i) for i in item_ids]
         history = self._history(user)
-        values, reason = score_items(served, history or [], ids)
+        values, reason = score_items(served, history or [], ids, user)
         if history is None:
             reason = "online store unavailable: popularity"
         return Scores(user_id=user, model_version=served.version,

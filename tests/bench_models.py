@@ -46,8 +46,8 @@ def benchmark() -> dict:
     index = ItemIndex(items["item_id"].tolist())
     titles = items["title"].tolist()
     split = leave_one_out(events)
-    sequences = sequences_from_training_set(pd.read_parquet(settings.offline_dir / TRAINING_SET),
-                                            index)
+    sequences, users = sequences_from_training_set(
+        pd.read_parquet(settings.offline_dir / TRAINING_SET), index)
     text = item_text_table(settings, index)
     rows: dict[str, dict] = {}
     started = time.perf_counter()
@@ -60,8 +60,9 @@ def benchmark() -> dict:
     cold = {}
     for seed in seeds:
         model_config, train_config = EncoderTraining(seed=seed).configs(
-            len(index), settings.recent_items)
-        result = train_encoder(sequences, split, index, titles, model_config, train_config)
+            len(index), settings.recent_items, len(set(users)))
+        result = train_encoder(sequences, split, index, titles, model_config, train_config,
+                               users=users)
         fill_cold_items(result.model, text, warm_rows(split, index))
         rows[f"encoder seed {seed}"] = {
             **evaluate(model_scorer(result.model), split, index, "test"),
@@ -71,7 +72,7 @@ def benchmark() -> dict:
         print(f"seed {seed}: {rows[f'encoder seed {seed}']}", flush=True)
         if not cold:  # the first seed's recipe, on several draws of held-out items
             for draw in COLD_START_DRAWS:
-                cold[draw] = evaluate_cold_start(sequences, split, index, titles, text,
+                cold[draw] = evaluate_cold_start(sequences, users, split, index, titles, text,
                                                  model_config, train_config, fraction=0.1,
                                                  seed=draw)
                 print(f"cold start, draw {draw}: {cold[draw]}", flush=True)

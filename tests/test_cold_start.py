@@ -53,8 +53,9 @@ def test_held_out_items_leave_training_but_stay_in_the_catalogue():
     held_rows = set(index.encode(sorted(held)))
     warm = [f"i{k}" for k in range(20) if f"i{k}" not in held]
     a, b, c, d = index.encode(warm[:4])
-    kept = without_items([[a, *held_rows, b, c], [*held_rows, d]], held_rows)
-    assert kept == [[a, b, c]]
+    kept = without_items([[a, *held_rows, b, c], [*held_rows, d], [d, c]], ["u", "v", "w"],
+                         held_rows)
+    assert kept == ([[a, b, c], [d, c]], ["u", "w"])  # users stay with their sequences
     split = Split(train={"u": [warm[0], *sorted(held), warm[1]], "v": warm[2:4]},
                   validation={"u": warm[4], "v": sorted(held)[0]},
                   test={"u": sorted(held)[1], "v": warm[5]})

@@ -102,17 +102,59 @@ def test_traced_and_quantised_encoders_match_the_model():
     from training.model import quantized, traced_encoder
 
     torch.manual_seed(0)
-    model = BehaviourEncoder(EncoderConfig(n_items=30, max_len=8), [f"i{i}" for i in range(30)],
-                             [f"t{i}" for i in range(30)]).eval()
+    model = BehaviourEncoder(EncoderConfig(n_items=30, max_len=8, n_users=2),
+                             [f"i{i}" for i in range(30)], [f"t{i}" for i in range(30)],
+                             ["u1", "u2"]).eval()
     traced = traced_encoder(model)
     small = quantized(model)
-    for history in ([5], [1, 2, 3, 4, 5, 6, 7, 8], list(range(1, 21)), [30, 29, 28]):
-        seq = pad_left([history], 8)
+    for history, user in (([5], "u1"), ([1, 2, 3, 4, 5, 6, 7, 8], "u2"),
+                          (list(range(1, 21)), None), ([30, 29, 28], "stranger")):
+        seq, rows = pad_left([history], 8), model.user_rows([user])
         with torch.inference_mode():
-            users, projections = traced(seq)
-            assert torch.allclose(users, model.encode(seq), atol=1e-5)
-            assert torch.allclose(projections, model.encode_explained(seq)[1], atol=1e-5)
-            assert torch.allclose(small.encode(seq), model.encode(seq), atol=0.05)
+            vectors, projections = traced(seq, rows)
+            assert torch.allclose(vectors, model.encode(seq, rows), atol=1e-5)
+            assert torch.allclose(projections, model.encode_explained(seq, rows)[1], atol=1e-5)
+            assert torch.allclose(small.encode(seq, rows), model.encode(seq, rows), atol=0.05)
+
+
+def test_a_user_vector_is_added_for_known_users_only_and_dropped_in_training_only():
+    torch.manual_seed(2)
+    model = BehaviourEncoder(EncoderConfig(n_items=20, max_len=6, n_users=2, user_dropout=0.5),
+                             [f"i{i}" for i in range(20)], [f"t{i}" for i in range(20)],
+                             ["u1", "u2"]).eval()
+    assert model.user_rows(["u2", "u1", "new", None]).tolist() == [2, 1, 0, 0]
+    seq = pad_left([[3, 4, 5]] * 3, 6)
+    with torch.inference_mode():
+        plain = model.encode(seq)
+        vectors = model.encode(seq, model.user_rows(["u1", "u2", "new"]))
+    assert torch.equal(vectors[2], plain[2])  # no vector: the model without users
+    assert not torch.allclose(vectors[0], plain[0]) and not torch.allclose(vectors[0], vectors[1])
+    model.train()
+    model.backbone.eval()  # only the user dropout is random now
+    torch.manual_seed(5)
+    rows = model.user_rows(["u1"] * 400)
+    trained = model.encode(pad_left([[3, 4, 5]] * 400, 6), rows).detach()
+    dropped = torch.isclose(trained, plain[0].expand_as(trained), atol=1e-6).all(dim=1)
+    assert 150 < int(dropped.sum()) < 250  # about half the windows read no user vector
+    assert torch.allclose(trained[~dropped], vectors[0].expand(int((~dropped).sum()), -1),
+                          atol=1e-6)
+
+
+def test_training_with_users_learns_a_vector_per_user_and_checks_their_number():
+    data, split, index, sequences = generated(150, 60, 6_000, 13, 11)
+    users = list(split.train)  # one sequence per user, in this order
+    config = EncoderConfig(n_items=len(index), max_len=10, hidden=16, n_users=len(users),
+                           user_dropout=0.5)
+    result = train_encoder(sequences, split, index, data.items["title"].tolist(), config,
+                           TrainConfig(epochs=2, patience=2, threads=1), users=users)
+    table = result.model.user_embedding.weight.detach()
+    assert table.shape == (len(users) + 1, 16)
+    assert torch.count_nonzero(table[0]) == 0  # "no user" stays the zero vector
+    assert result.model.user_rows(sorted(users)).tolist() == list(range(1, len(users) + 1))
+    with pytest.raises(ValueError, match="distinct users"):
+        train_encoder(sequences, split, index, data.items["title"].tolist(),
+                      EncoderConfig(n_items=len(index), max_len=10, hidden=16, n_users=3),
+                      TrainConfig(epochs=1, threads=1), users=users)
 
 
 def test_the_attention_rollout_is_that_of_the_models_own_attention_weights():

@@ -124,8 +124,9 @@ def test_a_weaker_model_never_becomes_champion(pipeline):
     uri = pipeline.settings.tracking_uri()
     served = registry.load_version(uri, "1")
     torch.manual_seed(0)
+    assert served.config.n_users > 0  # the pipeline's model has user vectors
     weak = BehaviourEncoder(EncoderConfig(**served.config.to_dict()), served.item_ids,
-                            served.titles)
+                            served.titles, list(served.user_index))
     weak.eval()
     weakened = registry.log_and_register(
         uri, pipeline.settings.artifact_location(), weak, {"weakened": True}, [],

@@ -15,6 +15,8 @@ the rate of a random ranking.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -82,10 +84,14 @@ def hold_out_items(index: ItemIndex, fraction: float, seed: int) -> set[str]:
     return set(rng.choice(np.asarray(index.item_ids, dtype=object), size=n, replace=False))
 
 
-def without_items(sequences: list[list[int]], held_out: set[int]) -> list[list[int]]:
-    """Training sequences with the held-out items taken out (inputs and targets)."""
-    kept = ([i for i in seq if i not in held_out] for seq in sequences)
-    return [seq for seq in kept if len(seq) >= 2]
+def without_items(sequences: list[list[int]], users: list[str], held_out: set[int],
+                  ) -> tuple[list[list[int]], list[str]]:
+    """Training sequences (and their users) with the held-out items taken out
+    (inputs and targets); a sequence left shorter than 2 is dropped."""
+    kept = [([i for i in seq if i not in held_out], user)
+            for seq, user in zip(sequences, users, strict=True)]
+    kept = [(seq, user) for seq, user in kept if len(seq) >= 2]
+    return [seq for seq, _ in kept], [user for _, user in kept]
 
 
 def cold_split(split: Split, held_out: set[str]) -> tuple[Split, Split]:
@@ -128,18 +134,21 @@ def warm_rows(split: Split, index: ItemIndex) -> np.ndarray:
     return np.unique([i for items in split.train.values() for i in index.encode(items)])
 
 
-def evaluate_cold_start(sequences: list[list[int]], split: Split, index: ItemIndex,
-                        titles: list[str], text: np.ndarray, model_config: EncoderConfig,
-                        train_config: TrainConfig, fraction: float, seed: int,
-                        ) -> dict[str, float]:
+def evaluate_cold_start(sequences: list[list[int]], users: list[str], split: Split,
+                        index: ItemIndex, titles: list[str], text: np.ndarray,
+                        model_config: EncoderConfig, train_config: TrainConfig,
+                        fraction: float, seed: int) -> dict[str, float]:
     """Train with ``fraction`` of the items held out of the training interactions
     (early stopping on the validation events of the other items), give the
     held-out items their text-mapped vectors, and measure HR@10 on the test
     events of those items against a random ranking."""
     held_out = hold_out_items(index, fraction, seed)
     fit, measure = cold_split(split, held_out)
-    result = train_encoder(without_items(sequences, set(index.encode(sorted(held_out)))), fit,
-                           index, titles, model_config, train_config)
+    sequences, users = without_items(sequences, users, set(index.encode(sorted(held_out))))
+    if model_config.n_users:
+        model_config = replace(model_config, n_users=len(set(users)))
+    result = train_encoder(sequences, fit, index, titles, model_config, train_config,
+                           users=users)
     fill_cold_items(result.model, text, warm_rows(fit, index))
     return {**cold_start_metrics(model_scorer(result.model), measure, index),
             "cold_start_held_out_items": len(held_out)}

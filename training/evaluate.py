@@ -47,7 +47,8 @@ def metrics_from_ranks(ranks: np.ndarray, top: np.ndarray, n_items: int) -> dict
     }
 
 
-Scorer = Callable[[list[list[int]]], np.ndarray]  # histories -> (U, N + 1) scores
+# (histories, their users' ids or None) -> (U, N + 1) scores
+Scorer = Callable[[list[list[int]], list[str] | None], np.ndarray]
 
 
 def evaluate(scorer: Scorer, split: Split, index: ItemIndex, stage: str,
@@ -55,7 +56,7 @@ def evaluate(scorer: Scorer, split: Split, index: ItemIndex, stage: str,
     """stage 'validation': input and exclusion = training items;
     stage 'test': training items + the validation item."""
     users = sorted(split.validation)
-    histories, targets = [], []
+    histories, targets, evaluated = [], [], []
     for user in users:
         history = split.train[user] + ([split.validation[user]] if stage == "test" else [])
         target = (split.test if stage == "test" else split.validation)[user]
@@ -63,10 +64,12 @@ def evaluate(scorer: Scorer, split: Split, index: ItemIndex, stage: str,
             continue
         histories.append(index.encode(history))
         targets.append(index.index[target])
+        evaluated.append(user)
     ranks, tops = [], []
     for start in range(0, len(histories), batch):
         chunk = histories[start:start + batch]
-        r, t = rank_of_targets(scorer(chunk), np.asarray(targets[start:start + batch]), chunk)
+        scores = scorer(chunk, evaluated[start:start + batch])
+        r, t = rank_of_targets(scores, np.asarray(targets[start:start + batch]), chunk)
         ranks.append(r)
         tops.append(t)
     return metrics_from_ranks(np.concatenate(ranks), np.concatenate(tops), len(index))
@@ -79,7 +82,7 @@ def popularity_scorer(split: Split, index: ItemIndex) -> Scorer:
     for item, count in counts.items():
         if item in index.index:
             row[index.index[item]] = count
-    return lambda histories: np.tile(row, (len(histories), 1))
+    return lambda histories, users=None: np.tile(row, (len(histories), 1))
 
 
 EASE_MAX_ITEMS = 20_000  # an (N x N) inverse: beyond this the baseline is skipped
@@ -99,7 +102,7 @@ def ease_scorer(split: Split, index: ItemIndex, lam: float) -> Scorer:
     weights = -inverse / np.diag(inverse)
     weights[np.diag_indices(n)] = 0.0
 
-    def score(histories: list[list[int]]) -> np.ndarray:
+    def score(histories: list[list[int]], users: list[str] | None = None) -> np.ndarray:
         x = np.zeros((len(histories), n))
         for row, items in enumerate(histories):
             x[row, items] = 1.0

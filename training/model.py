@@ -28,6 +28,12 @@ class EncoderConfig:
     # > 0: scores are cosine similarities / temperature (unit user and item vectors);
     # 0: plain dot products.
     temperature: float = 0.0
+    # > 0: a learned vector per training user (rows 1..n_users; row 0, zero, for
+    # anyone else) added to every input position: what the user's whole history
+    # says beyond the last max_len items. ``user_dropout``: the share of training
+    # windows read without it, so that users the model never saw are served well.
+    n_users: int = 0
+    user_dropout: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -36,19 +42,30 @@ class EncoderConfig:
 class BehaviourEncoder(nn.Module):
     """Item sequence -> user vector; scores = user vector . item embedding table.
 
-    ``item_ids`` (catalogue order, index i+1 <-> item_ids[i]) and ``titles``
-    travel with the weights, so the served model needs nothing else.
+    ``item_ids`` (catalogue order, index i+1 <-> item_ids[i]), ``titles`` and
+    ``user_ids`` (the users with a learned vector, row i+1 <-> user_ids[i]) travel
+    with the weights, so the served model needs nothing else.
     """
 
-    def __init__(self, config: EncoderConfig, item_ids: list[str], titles: list[str]):
+    def __init__(self, config: EncoderConfig, item_ids: list[str], titles: list[str],
+                 user_ids: list[str] = ()):
         super().__init__()
         if len(item_ids) != config.n_items or len(titles) != config.n_items:
             raise ValueError("item_ids and titles must have config.n_items entries")
+        if len(user_ids) != config.n_users:
+            raise ValueError("user_ids must have config.n_users entries")
         self.config = config
         self.item_ids = list(item_ids)
         self.titles = list(titles)
+        self.user_index = {user: row + 1 for row, user in enumerate(user_ids)}
         self.item_embedding = nn.Embedding(config.n_items + 1, config.hidden, padding_idx=PAD)
         nn.init.normal_(self.item_embedding.weight, std=0.02)
+        self.user_embedding = None
+        if config.n_users:
+            self.user_embedding = nn.Embedding(config.n_users + 1, config.hidden, padding_idx=0)
+            nn.init.normal_(self.user_embedding.weight, std=0.02)
+            with torch.no_grad():
+                self.user_embedding.weight[0].zero_()
         self.backbone = GPT2Model(GPT2Config(
             vocab_size=1, bos_token_id=None, eos_token_id=None,
             n_positions=config.max_len, n_embd=config.hidden, n_layer=config.layers,
@@ -57,11 +74,25 @@ class BehaviourEncoder(nn.Module):
             attn_pdrop=config.dropout, use_cache=False,
         ))
 
-    def hidden_states(self, seq: torch.Tensor) -> torch.Tensor:
-        """seq: (B, T) left-padded item indices -> (B, T, D)."""
+    def user_rows(self, user_ids: list[str | None]) -> torch.Tensor:
+        """(B,) rows of the user table; 0 (no user vector) for users without one."""
+        index = getattr(self, "user_index", {})  # older pickles lack it
+        return torch.tensor([index.get(user, 0) for user in user_ids], dtype=torch.long)
+
+    def hidden_states(self, seq: torch.Tensor, users: torch.Tensor | None = None,
+                      ) -> torch.Tensor:
+        """seq: (B, T) left-padded item indices, users: (B,) ``user_rows`` or None
+        -> (B, T, D)."""
         mask = (seq != PAD).long()
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        x = self.item_embedding(seq) * math.sqrt(self.config.hidden)  # (B, T, D)
+        x = self.item_embedding(seq)  # (B, T, D)
+        table = getattr(self, "user_embedding", None)  # older pickles lack it
+        if table is not None and users is not None:
+            if self.training and self.config.user_dropout > 0:
+                users = users.masked_fill(
+                    torch.rand(users.shape, device=users.device) < self.config.user_dropout, 0)
+            x = x + table(users)[:, None, :]
+        x = x * math.sqrt(self.config.hidden)
         out = self.backbone(inputs_embeds=x, attention_mask=mask, position_ids=positions)
         return out.last_hidden_state  # (B, T, D)
 
@@ -83,7 +114,8 @@ class BehaviourEncoder(nn.Module):
         return users @ table.T
 
     def forward(self, seq: torch.Tensor, targets: torch.Tensor,
-                negatives: int = 0, label_smoothing: float = 0.0) -> torch.Tensor:
+                negatives: int = 0, label_smoothing: float = 0.0,
+                users: torch.Tensor | None = None) -> torch.Tensor:
         """Training: mean cross-entropy of the next item at every position.
 
         seq, targets: (B, T); targets == PAD are ignored. ``negatives`` = 0: full
@@ -95,31 +127,34 @@ class BehaviourEncoder(nn.Module):
         catalogue size every other item is a negative: the full softmax.
         ``label_smoothing``: the share of each target's probability spread evenly
         over the classes (the catalogue's items; padding is no class).
+        ``users``: (B,) ``user_rows`` of the windows' users, or None.
         """
-        states = self.hidden_states(seq)
+        states = self.hidden_states(seq, users)
         real = targets != PAD  # only positions with a target: no work spent on padding
-        users, wanted = states[real], targets[real]  # (M, D), (M,)
+        queries, wanted = states[real], targets[real]  # (M, D), (M,)
         table = self.item_table()
         n_items = table.shape[0] - 1
         if negatives <= 0 or negatives >= n_items:
-            logits = self.logits(users, table[1:])  # (M, N): padding is no class
+            logits = self.logits(queries, table[1:])  # (M, N): padding is no class
             return nn.functional.cross_entropy(logits, wanted - 1,
                                                label_smoothing=label_smoothing)
         drawn = torch.randint(1, n_items + 1, (negatives,), device=table.device)  # (S,)
-        scaled, own = self._scaled(users, table[wanted])
+        scaled, own = self._scaled(queries, table[wanted])
         positive = (scaled * own).sum(dim=-1, keepdim=True)  # (M, 1)
-        negative = self.logits(users, table[drawn]).masked_fill(
+        negative = self.logits(queries, table[drawn]).masked_fill(
             drawn[None, :] == wanted[:, None], float("-inf"))  # (M, S)
         logits = torch.cat([positive, negative], dim=1)  # the target is class 0
         return nn.functional.cross_entropy(logits, torch.zeros_like(wanted),
                                            label_smoothing=label_smoothing)
 
-    def encode(self, seq: torch.Tensor) -> torch.Tensor:
-        """Inference: (B, T) left-padded sequences -> (B, D) user vectors (last position)."""
-        return self.hidden_states(seq)[:, -1, :]
+    def encode(self, seq: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """Inference: (B, T) left-padded sequences (and (B,) ``user_rows``) -> (B, D)
+        user vectors (last position)."""
+        return self.hidden_states(seq, users)[:, -1, :]
 
-    def encode_explained(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inference: (B, T) -> (B, D) user vectors and (L, B, T, 3D) each layer's
+    def encode_explained(self, seq: torch.Tensor, users: torch.Tensor | None = None,
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: (B, T) [, (B,)] -> (B, D) user vectors and (L, B, T, 3D) each layer's
         query/key/value projections (bottom first), recorded as the forward
         computes them: ``attention_rollout`` explains the vectors from them."""
         projections: list[torch.Tensor] = []
@@ -129,15 +164,16 @@ class BehaviourEncoder(nn.Module):
 
         hooks = [block.attn.c_attn.register_forward_hook(record) for block in self.backbone.h]
         try:
-            users = self.encode(seq)
+            vectors = self.encode(seq, users)
         finally:
             for hook in hooks:
                 hook.remove()
-        return users, torch.stack(projections)
+        return vectors, torch.stack(projections)
 
-    def score(self, seq: torch.Tensor) -> torch.Tensor:
-        """(B, T) -> (B, N + 1) scores over the catalogue; padding scores -inf."""
-        scores = self.logits(self.encode(seq), self.item_table())
+    def score(self, seq: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) [, (B,) ``user_rows``] -> (B, N + 1) scores over the catalogue;
+        padding scores -inf."""
+        scores = self.logits(self.encode(seq, users), self.item_table())
         scores[:, PAD] = float("-inf")
         return scores
 
@@ -208,19 +244,22 @@ class _Encode(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.encode_explained(seq)
+    def forward(self, seq: torch.Tensor, users: torch.Tensor,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode_explained(seq, users)
 
 
 def traced_encoder(model: BehaviourEncoder) -> torch.jit.ScriptModule:
-    """``model.encode_explained`` as a TorchScript trace: the same numbers,
-    without the Python overhead of the Hugging Face forward (about 2.5x faster
-    for one user on this machine). Traced on a left-padded sequence, so the
-    attention mask is part of the graph; inference only."""
+    """``model.encode_explained`` as a TorchScript trace, called with (B, T)
+    sequences and (B,) ``user_rows``: the same numbers, without the Python
+    overhead of the Hugging Face forward (about 2.5x faster for one user on this
+    machine). Traced on a left-padded sequence, so the attention mask is part of
+    the graph; inference only."""
     import warnings
 
     example = torch.zeros((1, model.config.max_len), dtype=torch.long)
     example[0, -3:] = torch.tensor([1, 2, 3]).clamp(max=model.config.n_items)
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")  # TracerWarnings about Python-side branches
-        return torch.jit.trace(_Encode(model).eval(), example, check_trace=False)
+        return torch.jit.trace(_Encode(model).eval(), (example, torch.zeros(1, dtype=torch.long)),
+                               check_trace=False)

@@ -92,13 +92,17 @@ def training_targets(events: pd.DataFrame, feature_time: pd.Series, max_len: int
     return frame[["user_id", "event_timestamp", "target_item_id"]]
 
 
-def sequences_from_training_set(frame: pd.DataFrame, index: ItemIndex) -> list[list[int]]:
-    """Training-set rows (``recent_item_ids`` as of just before the target, and
-    ``target_item_id``) -> item-index sequences (history + target)."""
-    out = []
-    for history, target in zip(frame["recent_item_ids"], frame["target_item_id"], strict=True):
+def sequences_from_training_set(frame: pd.DataFrame, index: ItemIndex,
+                                ) -> tuple[list[list[int]], list[str]]:
+    """Training-set rows (``user_id``, ``recent_item_ids`` as of just before the
+    target, and ``target_item_id``) -> item-index sequences (history + target) and
+    each sequence's user."""
+    sequences, users = [], []
+    for user, history, target in zip(frame["user_id"], frame["recent_item_ids"],
+                                     frame["target_item_id"], strict=True):
         history = [] if history is None else list(history)
         seq = index.encode(history + [target])
         if len(seq) >= 2:
-            out.append(seq)
-    return out
+            sequences.append(seq)
+            users.append(user)
+    return sequences, users

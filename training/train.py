@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from training.evaluate import evaluate
+from training.evaluate import Scorer, evaluate
 from training.model import BehaviourEncoder, EncoderConfig
 from training.sequences import ItemIndex, Split, next_item_pairs, pad_left
 
@@ -73,22 +73,31 @@ def ema_with_warm_up(decay: float) -> Callable:
     return update
 
 
-def model_scorer(model: BehaviourEncoder) -> Callable[[list[list[int]]], np.ndarray]:
-    def score(histories: list[list[int]]) -> np.ndarray:
+def model_scorer(model: BehaviourEncoder) -> Scorer:
+    def score(histories: list[list[int]], users: list[str] | None = None) -> np.ndarray:
         model.eval()
+        rows = None if users is None else model.user_rows(users)
         with torch.inference_mode():
-            return model.score(pad_left(histories, model.config.max_len)).numpy()
+            return model.score(pad_left(histories, model.config.max_len), rows).numpy()
     return score
 
 
 def train_encoder(sequences: list[list[int]], split: Split, index: ItemIndex, titles: list[str],
                   model_config: EncoderConfig, config: TrainConfig,
-                  on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
-    """``sequences``: training examples as item indices (history + target)."""
+                  on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+                  users: list[str] | None = None) -> TrainResult:
+    """``sequences``: training examples as item indices (history + target);
+    ``users``: each example's user id. With ``model_config.n_users`` > 0 the model
+    learns a vector for each distinct user of ``users`` (there must be that many)."""
     seed_everything(config.seed)
     torch.set_num_threads(config.threads)
-    model = BehaviourEncoder(model_config, index.item_ids, titles)
+    user_ids = sorted(set(users or ())) if model_config.n_users else []
+    if len(user_ids) != model_config.n_users:
+        raise ValueError(f"model_config.n_users is {model_config.n_users}, "
+                         f"but the examples have {len(user_ids)} distinct users")
+    model = BehaviourEncoder(model_config, index.item_ids, titles, user_ids)
     inputs, targets = next_item_pairs(sequences, model_config.max_len)
+    example_users = model.user_rows(users) if user_ids else None
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     averaged = torch.optim.swa_utils.AveragedModel(
@@ -105,7 +114,8 @@ def train_encoder(sequences: list[list[int]], split: Split, index: ItemIndex, ti
         for start in range(0, len(order), config.batch_size):
             rows = order[start:start + config.batch_size]
             loss = model(inputs[rows], targets[rows], config.sampled_negatives,
-                         config.label_smoothing)
+                         config.label_smoothing,
+                         None if example_users is None else example_users[rows])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
