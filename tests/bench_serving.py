@@ -229,15 +229,17 @@ def batched_scoring_cost(served, online, users: list[str], repeat: int = 300) ->
 
     from training.sequences import pad_left
 
-    histories = [served.index.encode(online.recent(u)) for u in users[:200]]
+    histories = [(served.index.encode(online.recent(u)), u) for u in users[:200]]
     out = {}
     for size in BATCH_SIZES:
         samples = []
         for _ in range(repeat):
-            seq = pad_left(random.sample(histories, size), served.model.config.max_len)
+            picked = random.sample(histories, size)
+            seq = pad_left([h for h, _ in picked], served.model.config.max_len)
+            rows = served.model.user_rows([u for _, u in picked])
             started = time.perf_counter()
             with torch.inference_mode():
-                served.model.logits(served.encoder(seq)[0], served.table)
+                served.model.logits(served.encoder(seq, rows)[0], served.table)
             samples.append(time.perf_counter() - started)
         out[f"batch_{size}"] = {"per_user_ms": round(float(np.median(samples)) * 1000 / size, 3)}
     return out
