@@ -104,6 +104,25 @@ def test_score_given_candidates(service):
     assert body["scores"]["nope"] is None
 
 
+def test_the_model_reads_a_training_users_learned_vector(pipeline, service):
+    """/score for a user the champion was trained on equals the champion's scores
+    of the user's online history with that user's vector, not without it."""
+    from training.sequences import ItemIndex, pad_left
+
+    model = registry.load_version(pipeline.settings.tracking_uri(), "1").eval()
+    user, items = "u00001", ["i00001", "i00002", "i00003", "i00004"]
+    body = post(service, "/score", {"user_id": user, "item_ids": items}).json()
+    assert body["model_version"] == "1" and body["degraded"] is False
+    index = ItemIndex(model.item_ids)
+    seq = pad_left([index.encode(history(pipeline, user))], model.config.max_len)
+    rows = [index.index[i] for i in items]
+    with torch.inference_mode():
+        own = model.score(seq, model.user_rows([user]))[0, rows].tolist()
+        without = model.score(seq)[0, rows].tolist()
+    assert [body["scores"][i] for i in items] == pytest.approx(own, abs=1e-4)
+    assert max(abs(a - b) for a, b in zip(own, without, strict=True)) > 1e-3
+
+
 def test_bad_requests_get_4xx_with_a_message(service):
     cases = [
         ("/recommend", b"{not json"),
