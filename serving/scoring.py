@@ -196,7 +196,8 @@ def recommend(served: ServedModel, history: list[str], k: int, exclude_seen: boo
     exclude = (encoded or given) if exclude_seen else []
     because = None
     if encoded:
-        scores, attention, reason = scores_or_popularity(served, encoded, True, user_id)
+        scores, attention, reason = scores_or_popularity(served, encoded, explain=True,
+                                                         user_id=user_id)
         ranked = _top(scores, k, exclude)
         if reason is None:
             because = _because(served.unit_table, [i for i, _ in ranked], encoded, attention)

@@ -196,8 +196,10 @@ def in_process_floor(settings: Settings, users: list[str]) -> dict:
     out = {}
     for name, quantize in (("float32", False), ("int8", True)):
         served = load_served_model(settings.tracking_uri(), quantize=quantize)
-        floor = lambda user: recommend(  # noqa: B023, E731
-            served, online.recent(user), 10, True, user_id=user)
+
+        def floor(user: str, served=served) -> object:
+            return recommend(served, online.recent(user), 10, True, user_id=user)
+
         timed(floor, users, 200)
         out[name] = {**percentiles(timed(floor, users, 2000)), "test_ndcg_at_10": round(
             evaluate(model_scorer(served.model), split, served.index, "test")["ndcg_at_10"], 4)}
