@@ -60,7 +60,7 @@ def benchmark() -> dict:
     cold = {}
     for seed in seeds:
         model_config, train_config = EncoderTraining(seed=seed).configs(
-            len(index), settings.recent_items, len(set(users)))
+            len(index), settings.recent_items)
         result = train_encoder(sequences, split, index, titles, model_config, train_config,
                                users=users)
         fill_cold_items(result.model, text, warm_rows(split, index))

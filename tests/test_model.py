@@ -140,21 +140,27 @@ def test_a_user_vector_is_added_for_known_users_only_and_dropped_in_training_onl
                           atol=1e-6)
 
 
-def test_training_with_users_learns_a_vector_per_user_and_checks_their_number():
+def test_training_with_user_vectors_learns_one_per_distinct_user():
     data, split, index, sequences = generated(150, 60, 6_000, 13, 11)
     users = list(split.train)  # one sequence per user, in this order
-    config = EncoderConfig(n_items=len(index), max_len=10, hidden=16, n_users=len(users),
+    titles = data.items["title"].tolist()
+    # n_users comes from the examples, not from the config it is given.
+    config = EncoderConfig(n_items=len(index), max_len=10, hidden=16, n_users=3,
                            user_dropout=0.5)
-    result = train_encoder(sequences, split, index, data.items["title"].tolist(), config,
-                           TrainConfig(epochs=2, patience=2, threads=1), users=users)
+    result = train_encoder(sequences, split, index, titles, config,
+                           TrainConfig(epochs=2, patience=2, threads=1, user_vectors=True),
+                           users=users)
+    assert result.model.config.n_users == len(set(users)) == 150  # generated(150 users, ...)
     table = result.model.user_embedding.weight.detach()
     assert table.shape == (len(users) + 1, 16)
     assert torch.count_nonzero(table[0]) == 0  # "no user" stays the zero vector
     assert result.model.user_rows(sorted(users)).tolist() == list(range(1, len(users) + 1))
-    with pytest.raises(ValueError, match="distinct users"):
-        train_encoder(sequences, split, index, data.items["title"].tolist(),
-                      EncoderConfig(n_items=len(index), max_len=10, hidden=16, n_users=3),
-                      TrainConfig(epochs=1, threads=1), users=users)
+    without = train_encoder(sequences, split, index, titles, config,
+                            TrainConfig(epochs=1, threads=1), users=users)
+    assert without.model.config.n_users == 0 and without.model.user_embedding is None
+    with pytest.raises(ValueError, match="each training example's user"):
+        train_encoder(sequences, split, index, titles, config,
+                      TrainConfig(epochs=1, threads=1, user_vectors=True))
 
 
 def test_a_user_vector_carries_the_users_taste_beyond_the_input_window():

@@ -15,8 +15,10 @@ from feature_repo.store import open_store
 from infra import redis_server
 from infra.fingerprint import file_sha256, tree_sha256
 from orchestration.assets.ingest import read_validated_events
+from orchestration.assets.training import EncoderTraining, logged_recipe
 from orchestration.definitions import defs
 from orchestration.resources import resources_from_settings
+from tests.conftest import EPOCHS
 from tests.test_sources import U_ITEM
 from training import registry
 from training.model import BehaviourEncoder, EncoderConfig
@@ -108,6 +110,12 @@ def test_champion_registered_and_beats_popularity(pipeline):
     assert run.data.tags["dagster_run_id"] == pipeline.result.run_id
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["validated_events"]
     assert run.data.params["hidden"] == "64"
+    # The recipe reads back from the run's string params as it was given (the
+    # cold-start evaluation retrains it), booleans included.
+    assert logged_recipe(run.data.params) == EncoderTraining(epochs=EPOCHS)
+    assert logged_recipe({**run.data.params, "user_vectors": "False"}).user_vectors is False
+    served = registry.load_version(uri, champion)
+    assert run.data.params["n_users"] == str(len(served.user_index)) and served.user_index
     info = mlflow.models.get_model_info(f"models:/{registry.MODEL_NAME}/{champion}")
     assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 50]
     assert info.saved_input_example_info["type"] == "ndarray"

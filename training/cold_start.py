@@ -15,8 +15,6 @@ the rate of a random ranking.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import torch
 
@@ -145,8 +143,6 @@ def evaluate_cold_start(sequences: list[list[int]], users: list[str], split: Spl
     held_out = hold_out_items(index, fraction, seed)
     fit, measure = cold_split(split, held_out)
     sequences, users = without_items(sequences, users, set(index.encode(sorted(held_out))))
-    if model_config.n_users:
-        model_config = replace(model_config, n_users=len(set(users)))
     result = train_encoder(sequences, fit, index, titles, model_config, train_config,
                            users=users)
     fill_cold_items(result.model, text, warm_rows(fit, index))

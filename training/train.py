@@ -7,7 +7,7 @@ import copy
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -36,6 +36,8 @@ class TrainConfig:
     ema_decay: float = 0.0
     # Share of each target's probability spread evenly over the catalogue.
     label_smoothing: float = 0.0
+    # Learn a vector per distinct user of the training examples (``EncoderConfig.n_users``).
+    user_vectors: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,14 +89,15 @@ def train_encoder(sequences: list[list[int]], split: Split, index: ItemIndex, ti
                   on_epoch: Callable[[int, dict[str, float]], None] | None = None,
                   users: list[str] | None = None) -> TrainResult:
     """``sequences``: training examples as item indices (history + target);
-    ``users``: each example's user id. With ``model_config.n_users`` > 0 the model
-    learns a vector for each distinct user of ``users`` (there must be that many)."""
+    ``users``: each example's user id. With ``config.user_vectors`` the model
+    learns a vector for each distinct user of ``users``: the trained model's
+    ``config.n_users`` is their number, whatever ``model_config.n_users`` says."""
     seed_everything(config.seed)
     torch.set_num_threads(config.threads)
-    user_ids = sorted(set(users or ())) if model_config.n_users else []
-    if len(user_ids) != model_config.n_users:
-        raise ValueError(f"model_config.n_users is {model_config.n_users}, "
-                         f"but the examples have {len(user_ids)} distinct users")
+    if config.user_vectors and users is None:
+        raise ValueError("user_vectors needs each training example's user (users=...)")
+    user_ids = sorted(set(users)) if config.user_vectors else []
+    model_config = replace(model_config, n_users=len(user_ids))
     model = BehaviourEncoder(model_config, index.item_ids, titles, user_ids)
     inputs, targets = next_item_pairs(sequences, model_config.max_len)
     example_users = model.user_rows(users) if user_ids else None

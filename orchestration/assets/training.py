@@ -93,21 +93,29 @@ class EncoderTraining(Config):
     user_vectors: bool = True
     user_dropout: float = 0.5
 
-    def configs(self, n_items: int, max_len: int, n_users: int = 0,
-                ) -> tuple[EncoderConfig, TrainConfig]:
-        """``n_users``: the training examples' distinct users (ignored without
-        ``user_vectors``)."""
+    def configs(self, n_items: int, max_len: int) -> tuple[EncoderConfig, TrainConfig]:
         return (EncoderConfig(n_items=n_items, max_len=max_len, hidden=self.hidden,
                               layers=self.layers, heads=self.heads, dropout=self.dropout,
-                              temperature=self.temperature,
-                              n_users=n_users if self.user_vectors else 0,
-                              user_dropout=self.user_dropout),
+                              temperature=self.temperature, user_dropout=self.user_dropout),
                 TrainConfig(epochs=self.epochs, batch_size=self.batch_size,
                             learning_rate=self.learning_rate, patience=self.patience,
                             seed=self.seed, threads=self.threads,
                             max_seconds=self.max_train_seconds,
                             sampled_negatives=self.sampled_negatives,
-                            ema_decay=self.ema_decay, label_smoothing=self.label_smoothing))
+                            ema_decay=self.ema_decay, label_smoothing=self.label_smoothing,
+                            user_vectors=self.user_vectors))
+
+
+def logged_recipe(params: dict[str, str]) -> EncoderTraining:
+    """The hyper-parameters a run logged (MLflow keeps them as strings), as the
+    ``EncoderTraining`` that trained it."""
+    def parsed(text: str, default):
+        if isinstance(default, bool):  # bool("False") is True
+            return text == "True"
+        return type(default)(text)
+    return EncoderTraining(**{name: parsed(params[name], default)
+                              for name, default in EncoderTraining().__dict__.items()
+                              if name in params})
 
 
 def item_text_table(settings, index: ItemIndex) -> np.ndarray:
@@ -136,8 +144,7 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
     split = leave_one_out(events)
     index = ItemIndex(items["item_id"].tolist())
     sequences, users = sequences_from_training_set(frame, index)
-    model_config, train_config = config.configs(len(index), settings.recent_items,
-                                                len(set(users)))
+    model_config, train_config = config.configs(len(index), settings.recent_items)
     result = train_encoder(
         sequences, split, index, items["title"].tolist(), model_config, train_config,
         on_epoch=lambda e, m: context.log.info(f"epoch {e}: {m}"), users=users)
@@ -170,7 +177,7 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
             "validated_events_sha256": tree_sha256(settings.validated_events_dir),
             "training_set_sha256": file_sha256(offline / TRAINING_SET),
             registry.TRAINED_UNTIL_TAG: events["event_timestamp"].max().isoformat()}
-    params = {**model_config.to_dict(), **train_config.to_dict(),
+    params = {**result.model.config.to_dict(), **train_config.to_dict(),
               "training_rows": len(frame), "torch": torch.__version__}
     counts = events["item_id"].value_counts()
     newest = events["event_timestamp"].max()
@@ -267,11 +274,7 @@ def cold_start_evaluation(context: AssetExecutionContext, config: ColdStartEvalu
     split = leave_one_out(events)
     sequences, users = sequences_from_training_set(
         pd.read_parquet(settings.offline_dir / TRAINING_SET), index)
-    # The challenger's hyper-parameters, as logged on its run (n_users > 0: user vectors).
-    model_config, train_config = EncoderTraining(**{
-        name: type(default)(params[name]) for name, default in EncoderTraining().__dict__.items()
-        if name in params}, user_vectors=int(params.get("n_users", 0)) > 0).configs(
-        len(index), int(params["max_len"]), len(set(users)))
+    model_config, train_config = logged_recipe(params).configs(len(index), int(params["max_len"]))
     metrics = evaluate_cold_start(sequences, users, split, index, items["title"].tolist(),
                                   item_text_table(settings, index), model_config,
                                   train_config, config.held_out_fraction, config.seed)
