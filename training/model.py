@@ -73,7 +73,7 @@ class BehaviourEncoder(nn.Module):
             resid_pdrop=config.dropout, embd_pdrop=config.dropout,
             attn_pdrop=config.dropout, use_cache=False,
             # GPT-2's tanh-approximated GELU as one fused op: the same function as
-            # transformers' default "gelu_new" (seven ops), ~18% less training time.
+            # transformers' default "gelu_new" (seven ops); an ML-100K epoch 3.3 -> 3.0 s.
             activation_function="gelu_pytorch_tanh",
         ))
 
