@@ -124,7 +124,8 @@ def model_scores(served: ServedModel, encoded: list[int], explain: bool = False,
     seq = pad_left([window], config.max_len)
     with torch.inference_mode():
         user, projections = served.encoder(seq, served.model.user_rows([user_id]))
-        scores = served.model.logits(user, served.table)[0].numpy()
+        scores = served.model.blend_transitions(served.model.logits(user, served.table),
+                                                seq)[0].numpy()
     if not np.isfinite(scores[1:]).all():
         raise FloatingPointError("the model returned non-finite scores")
     if not explain:

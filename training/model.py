@@ -44,7 +44,9 @@ class BehaviourEncoder(nn.Module):
 
     ``item_ids`` (catalogue order, index i+1 <-> item_ids[i]), ``titles`` and
     ``user_ids`` (the users with a learned vector, row i+1 <-> user_ids[i]) travel
-    with the weights, so the served model needs nothing else.
+    with the weights, so the served model needs nothing else; so does
+    ``transitions`` (``training.transitions.Transitions``, set after training),
+    blended into ``score`` by ``blend_transitions``.
     """
 
     def __init__(self, config: EncoderConfig, item_ids: list[str], titles: list[str],
@@ -58,6 +60,7 @@ class BehaviourEncoder(nn.Module):
         self.item_ids = list(item_ids)
         self.titles = list(titles)
         self.user_index = {user: row + 1 for row, user in enumerate(user_ids)}
+        self.transitions = None
         self.item_embedding = nn.Embedding(config.n_items + 1, config.hidden, padding_idx=PAD)
         nn.init.normal_(self.item_embedding.weight, std=0.02)
         self.user_embedding = None
@@ -173,10 +176,17 @@ class BehaviourEncoder(nn.Module):
                 hook.remove()
         return vectors, torch.stack(projections)
 
+    def blend_transitions(self, scores: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        """(B, N + 1) ``logits`` for the (B, T) histories ``seq`` with the item
+        transitions blended in, when the model has them (else as they are)."""
+        transitions = getattr(self, "transitions", None)  # older pickles lack it
+        return scores if transitions is None else transitions.blend(scores, seq)
+
     def score(self, seq: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) [, (B,) ``user_rows``] -> (B, N + 1) scores over the catalogue;
         padding scores -inf."""
-        scores = self.logits(self.encode(seq, users), self.item_table())
+        scores = self.blend_transitions(self.logits(self.encode(seq, users), self.item_table()),
+                                        seq)
         scores[:, PAD] = float("-inf")
         return scores
 

@@ -15,6 +15,7 @@ import torch
 from training.evaluate import Scorer, evaluate
 from training.model import BehaviourEncoder, EncoderConfig
 from training.sequences import ItemIndex, Split, next_item_pairs, pad_left
+from training.transitions import WEIGHTS, Transitions
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     # Learn a vector per distinct user of the training examples (``EncoderConfig.n_users``).
     user_vectors: bool = False
+    # > 0: item transition counts at lags 1..this over the training examples,
+    # blended into the scores with a weight chosen on validation (training.transitions).
+    transition_lags: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -145,6 +149,25 @@ def train_encoder(sequences: list[list[int]], split: Split, index: ItemIndex, ti
             break  # the next epoch would end past the budget
     model.load_state_dict(best_state)
     model.eval()
+    validation = history[best_epoch - 1]
+    if config.transition_lags:
+        validation = blend_transitions(model, Transitions.count(
+            sequences, model_config.n_items, config.transition_lags), split, index, validation)
     return TrainResult(model=model, history=history, best_epoch=best_epoch,
-                       validation=history[best_epoch - 1],
-                       train_seconds=time.perf_counter() - started)
+                       validation=validation, train_seconds=time.perf_counter() - started)
+
+
+def blend_transitions(model: BehaviourEncoder, transitions: Transitions, split: Split,
+                      index: ItemIndex, validation: dict[str, float]) -> dict[str, float]:
+    """Give the trained model ``transitions`` at the blend weight (of WEIGHTS; 0:
+    none) with the best validation NDCG@10, the smaller on a tie; returns
+    ``validation`` (the checkpoint's row) with the blended model's metrics."""
+    best_weight, best = 0.0, validation
+    for weight in WEIGHTS[1:]:
+        model.transitions = transitions.weighted(weight)
+        metrics = evaluate(model_scorer(model), split, index, "validation")
+        if metrics["ndcg_at_10"] > best["val_ndcg_at_10"]:
+            best_weight, best = weight, {**validation,
+                                         **{f"val_{k}": v for k, v in metrics.items()}}
+    model.transitions = transitions.weighted(best_weight)
+    return best

@@ -1,0 +1,94 @@
+"""Item transition counts and their blend with the encoder's scores."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_model import generated
+from training.evaluate import evaluate
+from training.model import BehaviourEncoder, EncoderConfig
+from training.sequences import pad_left
+from training.train import TrainConfig, model_scorer, train_encoder
+from training.transitions import WEIGHTS, Transitions
+
+
+def test_counts_are_log1p_of_how_often_an_item_followed_another_at_each_lag():
+    transitions = Transitions.count([[1, 2, 3], [1, 2], [2, 1]], n_items=4, lags=2)
+    # A history's score sums its newest item's lag-1 row and the one before's lag-2 row.
+    scores = transitions.scores(pad_left([[1], [3, 2], []], 5).numpy())
+    assert scores.shape == (3, 5)
+    # after item 1: item 2 twice (lag 1); nothing else
+    assert scores[0].tolist() == pytest.approx([0, 0, math.log(3), 0, 0])
+    # after 2 at lag 1: 3 once, 1 once; 3 at lag 2 is followed by nothing
+    assert scores[1].tolist() == pytest.approx([0, math.log(2), 0, math.log(2), 0])
+    assert scores[2].tolist() == [0] * 5  # no history, no transition
+    # lag 2: 1 -> 3 once
+    assert transitions.scores(pad_left([[1, 4]], 5).numpy())[0].tolist() == pytest.approx(
+        [0, 0, 0, math.log(2), 0])
+
+
+def test_the_blend_is_the_standardised_sum_and_weight_0_leaves_the_scores_alone():
+    transitions = Transitions.count([[1, 3], [1, 3], [1, 2]], n_items=3, lags=1)
+    encoder = torch.tensor([[-math.inf, 2.0, 1.0, 0.0]])
+    seq = pad_left([[1]], 4)
+    assert transitions.weighted(0.0).blend(encoder, seq) is encoder
+    blended = transitions.weighted(0.5).blend(encoder, seq)
+    follow = np.array([0.0, math.log(2), math.log(3)])  # items 1, 2, 3 after item 1
+
+    def z(x):
+        return (x - x.mean()) / x.std()
+    expected = z(np.array([2.0, 1.0, 0.0])) + 0.5 * z(follow)
+    assert blended[0, 1:].tolist() == pytest.approx(expected.tolist())
+    assert blended[0, 0] == -math.inf
+    # A history whose items were never followed by anything: the encoder's order.
+    unseen = transitions.weighted(0.5).blend(encoder, pad_left([[3]], 4))
+    assert unseen[0, 1:].argsort(descending=True).tolist() == [0, 1, 2]
+
+
+def test_the_model_scores_with_its_transitions_and_the_traced_path_agrees():
+    from training.model import traced_encoder
+
+    torch.manual_seed(0)
+    model = BehaviourEncoder(EncoderConfig(n_items=6, max_len=4, temperature=0.05),
+                             list("abcdef"), list("ABCDEF")).eval()
+    seq = pad_left([[1, 2]], 4)
+    transitions = Transitions.count([[2, 6]] * 5 + [[1, 5, 3]], n_items=6, lags=2)
+    with torch.inference_mode():
+        alone = model.score(seq)
+        model.transitions = transitions.weighted(0.0)
+        assert torch.equal(model.score(seq), alone)
+        model.transitions = transitions.weighted(10.0)
+        blended = model.score(seq)
+        # The service's path: the traced encoder, then the blend.
+        user, _ = traced_encoder(model)(seq, model.user_rows([None]))
+        served = model.blend_transitions(model.logits(user, model.item_table()), seq)
+    # Item 6 always followed item 2 (the newest), item 3 came 2 after item 1: with a
+    # large weight they lead, in that order.
+    assert blended[0].argsort(descending=True)[:2].tolist() == [6, 3]
+    assert torch.allclose(served[0, 1:], blended[0, 1:], atol=1e-4)
+
+
+def test_training_chooses_the_blend_weight_on_validation():
+    data, split, index, sequences = generated(200, 80, 8_000, 9, 11)
+    titles = data.items["title"].tolist()
+    config = EncoderConfig(n_items=len(index), max_len=10, hidden=16, temperature=0.05)
+    result = train_encoder(sequences, split, index, titles, config,
+                           TrainConfig(epochs=2, patience=2, threads=1, transition_lags=3))
+    model = result.model
+    assert model.transitions.weight in WEIGHTS
+    assert len(model.transitions.lags) == 3
+    # The reported validation metrics are the blended model's, and no weight beats it.
+    chosen = evaluate(model_scorer(model), split, index, "validation")
+    assert chosen["ndcg_at_10"] == pytest.approx(result.validation["val_ndcg_at_10"])
+    transitions = model.transitions
+    for weight in WEIGHTS:
+        model.transitions = transitions.weighted(weight)
+        other = evaluate(model_scorer(model), split, index, "validation")["ndcg_at_10"]
+        assert other <= chosen["ndcg_at_10"] + 1e-12
+    # The encoder's checkpoint row is kept (same epoch, same training loss).
+    assert result.validation["train_loss"] == result.history[result.best_epoch - 1]["train_loss"]
+    without = train_encoder(sequences, split, index, titles, config,
+                            TrainConfig(epochs=2, patience=2, threads=1))
+    assert without.model.transitions is None
