@@ -1,6 +1,7 @@
 """Cold-start items: a vector from text alone, and the held-out evaluation's parts."""
 
 import numpy as np
+import pytest
 import torch
 
 from training.cold_start import (
@@ -44,6 +45,27 @@ def test_an_item_with_text_only_gets_a_vector_near_its_text_neighbours():
     assert np.isfinite(table[5]).all()
     assert np.linalg.norm(table[5] - table[1]) < np.linalg.norm(table[5] - table[3])
     assert torch.equal(model.item_embedding.weight[6], before)  # no text: left alone
+
+
+def test_a_cold_item_borrows_its_text_neighbours_transitions():
+    """Item 1 was always followed by item 2; item 5 has no interactions and text
+    like item 2 (and a little like item 3, never a follower): after item 1 it
+    gets the similarity-weighted mix of their transition scores."""
+    from training.sequences import pad_left
+    from training.transitions import Transitions
+
+    model = BehaviourEncoder(EncoderConfig(n_items=5, hidden=4), list("abcde"), list("ABCDE"))
+    model.transitions = Transitions.count([[1, 2]] * 3 + [[4, 3]], n_items=5, lags=1)
+    a, b = np.eye(2)
+    text = np.stack([np.zeros(2), b, a, b, b, 0.8 * a + 0.6 * b]).astype(np.float32)
+    assert fill_cold_items(model, text, warm=np.array([1, 2, 3, 4])) == 1
+    after_1 = model.transitions.scores(pad_left([[1]], 3).numpy())[0]
+    # Neighbours of item 5 (text 0.8a + 0.6b): item 2 (0.8) and items 1, 3, 4 (0.6
+    # each); of those only item 2 followed item 1 (log 4).
+    shares = np.array([0.8, 0.6, 0.6, 0.6]) / 2.6
+    assert after_1[5] == pytest.approx(shares[0] * np.log(4), rel=1e-5)
+    assert after_1[2] == pytest.approx(np.log(4)) and after_1[3] == 0
+    assert model.transitions.borrowers.tolist() == [5]
 
 
 def test_held_out_items_leave_training_but_stay_in_the_catalogue():

@@ -116,6 +116,9 @@ def test_champion_registered_and_beats_popularity(pipeline):
     assert logged_recipe({**run.data.params, "user_vectors": "False"}).user_vectors is False
     served = registry.load_version(uri, champion)
     assert run.data.params["n_users"] == str(len(served.user_index)) and served.user_index
+    # The item transitions travel with the registered model, at the logged weight.
+    assert len(served.transitions.lags) == int(run.data.params["transition_lags"]) == 3
+    assert m["transition_weight"] == served.transitions.weight
     info = mlflow.models.get_model_info(f"models:/{registry.MODEL_NAME}/{champion}")
     assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 50]
     assert info.saved_input_example_info["type"] == "ndarray"

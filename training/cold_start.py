@@ -31,34 +31,45 @@ NEIGHBOURS = 20
 CHUNK = 1024  # cold items whose (CHUNK, warm items) similarities are held at once
 
 
+def text_neighbours(text: np.ndarray, warm_text: np.ndarray, neighbours: int = NEIGHBOURS,
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(n, T) unit text embeddings of cold items, (m, T) the warm items' ->
+    (n, k) rows of the k nearest warm items and (n, k) their shares (text cosine
+    similarity, negative ones 0, summing to 1; all alike when none is positive)."""
+    k = min(neighbours, len(warm_text))
+    nearest = np.empty((len(text), k), dtype=np.int64)
+    shares = np.empty((len(text), k), dtype=np.float32)
+    for start in range(0, len(text), CHUNK):
+        rows = slice(start, start + CHUNK)
+        similarity = text[rows] @ warm_text.T  # (chunk, m)
+        nearest[rows] = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        weights = np.take_along_axis(similarity, nearest[rows], axis=1).clip(min=0)
+        weights[weights.sum(axis=1) == 0] = 1.0
+        shares[rows] = weights / weights.sum(axis=1, keepdims=True)
+    return nearest, shares
+
+
 def text_neighbour_vectors(text: np.ndarray, warm_text: np.ndarray, warm_vectors: np.ndarray,
                            neighbours: int = NEIGHBOURS) -> np.ndarray:
     """(n, T) unit text embeddings of cold items; (m, T), (m, D) the warm items'
     text and vectors -> (n, D): per cold item, the mean of its nearest warm items'
-    unit vectors weighted by text cosine similarity (negative ones count 0),
+    unit vectors weighted by text cosine similarity (``text_neighbours``),
     scaled to the warm vectors' mean length."""
     lengths = np.linalg.norm(warm_vectors, axis=1, keepdims=True)
     units = warm_vectors / np.maximum(lengths, 1e-12)
-    k = min(neighbours, len(warm_text))
-    out = np.empty((len(text), warm_vectors.shape[1]), dtype=np.float32)
-    for start in range(0, len(text), CHUNK):
-        rows = slice(start, start + CHUNK)
-        similarity = text[rows] @ warm_text.T  # (chunk, m)
-        nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]  # (chunk, k)
-        weights = np.take_along_axis(similarity, nearest, axis=1).clip(min=0)
-        # No neighbour with positive similarity: all k count the same.
-        weights[weights.sum(axis=1) == 0] = 1.0
-        mixed = np.einsum("nk,nkd->nd", weights, units[nearest])
-        mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)
-        out[rows] = mixed * lengths.mean()
-    return out
+    nearest, shares = text_neighbours(text, warm_text, neighbours)
+    mixed = np.einsum("nk,nkd->nd", shares, units[nearest])
+    mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)
+    return (mixed * lengths.mean()).astype(np.float32)
 
 
 def fill_cold_items(model: BehaviourEncoder, text: np.ndarray, warm: np.ndarray) -> int:
     """Give every catalogue item outside ``warm`` (model indices with training
     interactions) a vector from its text neighbours among the warm items, in
-    place. ``text``: (N + 1, T), row i = model index i, zero rows for items
-    without text (left as they are). Returns how many items were filled."""
+    place, and, when the model has item transitions, the neighbours' transition
+    scores too (nothing followed a cold item in training). ``text``: (N + 1, T),
+    row i = model index i, zero rows for items without text (left as they are).
+    Returns how many items were filled."""
     has_text = np.linalg.norm(text, axis=1) > 0
     warm_mask = np.zeros(len(text), dtype=bool)
     warm_mask[warm] = True
@@ -73,6 +84,9 @@ def fill_cold_items(model: BehaviourEncoder, text: np.ndarray, warm: np.ndarray)
                                      table[fit_rows].detach().numpy())
     with torch.no_grad():
         table[torch.from_numpy(cold_rows)] = torch.from_numpy(vectors)
+    if getattr(model, "transitions", None) is not None:
+        nearest, shares = text_neighbours(text[cold_rows], text[fit_rows])
+        model.transitions = model.transitions.borrowing(cold_rows, fit_rows[nearest], shares)
     return len(cold_rows)
 
 

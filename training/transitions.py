@@ -39,6 +39,12 @@ class Transitions:
     n_items: int
     lags: tuple[Lag, ...]
     weight: float = 0.0
+    # Items without training interactions (C,) take their transition scores from
+    # the items in ``lenders`` (C, K) in the given ``shares`` (C, K) (their text
+    # neighbours: training.cold_start).
+    borrowers: np.ndarray | None = None
+    lenders: np.ndarray | None = None
+    shares: np.ndarray | None = None
 
     @classmethod
     def count(cls, sequences: list[list[int]], n_items: int, lags: int) -> Transitions:
@@ -60,6 +66,10 @@ class Transitions:
     def weighted(self, weight: float) -> Transitions:
         return replace(self, weight=weight)
 
+    def borrowing(self, borrowers: np.ndarray, lenders: np.ndarray, shares: np.ndarray,
+                  ) -> Transitions:
+        return replace(self, borrowers=borrowers, lenders=lenders, shares=shares)
+
     def scores(self, seq: np.ndarray) -> np.ndarray:
         """(B, T) left-padded item indices -> (B, N + 1) transition scores."""
         out = np.zeros((len(seq), self.n_items + 1), dtype=np.float32)
@@ -71,6 +81,8 @@ class Transitions:
                     continue
                 begin, end = table.indptr[item], table.indptr[item + 1]
                 out[row, table.indices[begin:end]] += table.values[begin:end]
+        if self.borrowers is not None:
+            out[:, self.borrowers] = np.einsum("bck,ck->bc", out[:, self.lenders], self.shares)
         return out
 
     def blend(self, scores: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
