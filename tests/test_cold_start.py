@@ -49,7 +49,7 @@ def test_an_item_with_text_only_gets_a_vector_near_its_text_neighbours():
 
 def test_a_cold_item_borrows_its_text_neighbours_transitions():
     """Item 1 was always followed by item 2; item 5 has no interactions and text
-    like item 2 (and a little like item 3, never a follower): after item 1 it
+    like item 2 (and less like items 1, 3 and 4, which never followed item 1): it
     gets the similarity-weighted mix of their transition scores."""
     from training.sequences import pad_left
     from training.transitions import Transitions
