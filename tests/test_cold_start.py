@@ -8,8 +8,9 @@ from training.cold_start import (
     cold_split,
     fill_cold_items,
     hold_out_items,
+    neighbour_vectors,
     random_hit_rate,
-    text_neighbour_vectors,
+    text_neighbours,
     without_items,
 )
 from training.model import BehaviourEncoder, EncoderConfig
@@ -20,7 +21,8 @@ def test_a_cold_vector_is_the_weighted_direction_of_its_text_neighbours():
     a, b = np.eye(2)
     warm_text = np.stack([a, a, b])
     warm_vectors = np.array([[2.0, 0.0], [0.0, 2.0], [0.0, 4.0]])
-    got = text_neighbour_vectors(np.stack([a, b, -b]), warm_text, warm_vectors, neighbours=2)
+    got = neighbour_vectors(*text_neighbours(np.stack([a, b, -b]), warm_text, neighbours=2),
+                            warm_vectors)
     mean_length = 8 / 3
     # text a: warm items 0 and 1, similarity 1 each: their unit vectors averaged.
     np.testing.assert_allclose(got[0], mean_length * np.array([1, 1]) / np.sqrt(2), rtol=1e-6)

@@ -49,15 +49,13 @@ def text_neighbours(text: np.ndarray, warm_text: np.ndarray, neighbours: int = N
     return nearest, shares
 
 
-def text_neighbour_vectors(text: np.ndarray, warm_text: np.ndarray, warm_vectors: np.ndarray,
-                           neighbours: int = NEIGHBOURS) -> np.ndarray:
-    """(n, T) unit text embeddings of cold items; (m, T), (m, D) the warm items'
-    text and vectors -> (n, D): per cold item, the mean of its nearest warm items'
-    unit vectors weighted by text cosine similarity (``text_neighbours``),
-    scaled to the warm vectors' mean length."""
+def neighbour_vectors(nearest: np.ndarray, shares: np.ndarray, warm_vectors: np.ndarray,
+                      ) -> np.ndarray:
+    """``text_neighbours``' (n, k) rows and shares, (m, D) the warm items' vectors
+    -> (n, D): the shares' mix of the neighbours' unit vectors, scaled to the warm
+    vectors' mean length."""
     lengths = np.linalg.norm(warm_vectors, axis=1, keepdims=True)
     units = warm_vectors / np.maximum(lengths, 1e-12)
-    nearest, shares = text_neighbours(text, warm_text, neighbours)
     mixed = np.einsum("nk,nkd->nd", shares, units[nearest])
     mixed /= np.maximum(np.linalg.norm(mixed, axis=1, keepdims=True), 1e-12)
     return (mixed * lengths.mean()).astype(np.float32)
@@ -79,13 +77,12 @@ def fill_cold_items(model: BehaviourEncoder, text: np.ndarray, warm: np.ndarray)
     cold_rows = cold_rows[cold_rows > 0]
     if len(fit_rows) == 0 or len(cold_rows) == 0:
         return 0
+    nearest, shares = text_neighbours(text[cold_rows], text[fit_rows])
     table = model.item_embedding.weight
-    vectors = text_neighbour_vectors(text[cold_rows], text[fit_rows],
-                                     table[fit_rows].detach().numpy())
+    vectors = neighbour_vectors(nearest, shares, table[fit_rows].detach().numpy())
     with torch.no_grad():
         table[torch.from_numpy(cold_rows)] = torch.from_numpy(vectors)
     if getattr(model, "transitions", None) is not None:
-        nearest, shares = text_neighbours(text[cold_rows], text[fit_rows])
         model.transitions = model.transitions.borrowing(cold_rows, fit_rows[nearest], shares)
     return len(cold_rows)
 
