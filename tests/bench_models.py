@@ -26,7 +26,7 @@ from tests.bench_serving import ML100K, prepare
 from training.cold_start import evaluate_cold_start, fill_cold_items, warm_rows
 from training.evaluate import ease_baseline, evaluate, popularity_scorer
 from training.model import quantized
-from training.sequences import ItemIndex, leave_one_out, sequences_from_training_set
+from training.sequences import ItemIndex, histories_from_training_set, leave_one_out
 from training.train import model_scorer, train_encoder
 
 SEEDS = (42, 43, 44)
@@ -46,7 +46,7 @@ def benchmark() -> dict:
     index = ItemIndex(items["item_id"].tolist())
     titles = items["title"].tolist()
     split = leave_one_out(events)
-    sequences, users = sequences_from_training_set(
+    histories, users = histories_from_training_set(
         pd.read_parquet(settings.offline_dir / TRAINING_SET), index)
     text = item_text_table(settings, index)
     rows: dict[str, dict] = {}
@@ -61,18 +61,20 @@ def benchmark() -> dict:
     for seed in seeds:
         model_config, train_config = EncoderTraining(seed=seed).configs(
             len(index), settings.recent_items)
-        result = train_encoder(sequences, split, index, titles, model_config, train_config,
+        result = train_encoder(histories, split, index, titles, model_config, train_config,
                                users=users)
         fill_cold_items(result.model, text, warm_rows(split, index))
         rows[f"encoder seed {seed}"] = {
             **evaluate(model_scorer(result.model), split, index, "test"),
-            "train_seconds": result.train_seconds, "best_epoch": result.best_epoch}
+            "train_seconds": result.train_seconds, "best_epoch": result.best_epoch,
+            "transition_weight": result.model.transitions.weight,
+            "popularity_weight": result.model.transitions.popularity_weight}
         rows[f"encoder int8 seed {seed}"] = evaluate(
             model_scorer(quantized(result.model)), split, index, "test")
         print(f"seed {seed}: {rows[f'encoder seed {seed}']}", flush=True)
         if not cold:  # the first seed's recipe, on several draws of held-out items
             for draw in COLD_START_DRAWS:
-                cold[draw] = evaluate_cold_start(sequences, users, split, index, titles, text,
+                cold[draw] = evaluate_cold_start(histories, users, split, index, titles, text,
                                                  model_config, train_config, fraction=0.1,
                                                  seed=draw)
                 print(f"cold start, draw {draw}: {cold[draw]}", flush=True)

@@ -68,6 +68,10 @@ def test_a_cold_item_borrows_its_text_neighbours_transitions():
     assert after_1[5] == pytest.approx(shares[0] * np.log(4), rel=1e-5)
     assert after_1[2] == pytest.approx(np.log(4)) and after_1[3] == 0
     assert model.transitions.borrowers.tolist() == [5]
+    # Its popularity is borrowed the same way: items 1 and 2 occur 3 times, 3 and
+    # 4 once (log 4, log 4, log 2, log 2).
+    assert model.transitions.popularity[5] == pytest.approx(
+        (shares[0] + shares[1]) * np.log(4) + (shares[2] + shares[3]) * np.log(2), rel=1e-5)
 
 
 def test_held_out_items_leave_training_but_stay_in_the_catalogue():

@@ -16,7 +16,15 @@ from training.evaluate import (
     rank_of_targets,
 )
 from training.registry import decide_promotion
-from training.sequences import ItemIndex, leave_one_out, next_item_pairs, training_targets
+from training.sequences import (
+    ItemIndex,
+    histories_from_training_set,
+    join_windows,
+    leave_one_out,
+    next_item_pairs,
+    tiles,
+    training_targets,
+)
 
 
 def test_rank_and_metrics_hand_computed():
@@ -69,6 +77,39 @@ def test_training_targets_never_include_validation_or_test_items():
         assert not held_out & set(group["target_item_id"])
     # u1 trains on a,b,c,d: windows of 2 counted back from d -> targets d and b.
     assert sorted(targets[targets.user_id == "u1"]["target_item_id"]) == ["b", "d"]
+
+
+def test_the_training_windows_join_back_into_each_users_training_history():
+    events = make_events()
+    split = leave_one_out(events)
+    index = ItemIndex(["a", "b", "c", "d", "e", "f"])
+    targets = training_targets(events, feature_times(events), max_len=2)
+    # What the point-in-time read gives: the max_len items before each target.
+    rows = []
+    for row in targets.itertuples():
+        history = split.train[row.user_id]
+        position = max(i for i, item in enumerate(history) if item == row.target_item_id)
+        rows.append((row.user_id, row.event_timestamp, history[max(0, position - 2):position],
+                     row.target_item_id))
+    frame = pd.DataFrame(rows[::-1], columns=["user_id", "event_timestamp", "recent_item_ids",
+                                              "target_item_id"])
+    histories, users = histories_from_training_set(frame, index)
+    assert dict(zip(users, histories, strict=True)) == {
+        user: index.encode(items) for user, items in split.train.items()}
+    # u1's windows, oldest first: [a, b] and [b, c, d] (b: the first's target).
+    assert join_windows([[1, 2], [2, 3, 4]]) == [1, 2, 3, 4]
+    assert join_windows([[1, 2], [5, 3, 4]]) == [1, 2, 5, 3, 4]  # not a tile: kept whole
+
+
+def test_tiles_cover_the_history_from_its_end_and_shift_with_the_offset():
+    history = [1, 2, 3, 4, 5, 6, 7]
+    # offset 0: the newest window ends at 7, the older ones every max_len back
+    assert tiles(history, 2) == [[5, 6, 7], [3, 4, 5], [1, 2, 3]]
+    # offset 1: the newest is kept, the older ones end one item further back (so
+    # 5 is no target this time, and 2 is one)
+    assert tiles(history, 2, offset=1) == [[5, 6, 7], [2, 3, 4], [1, 2]]
+    assert tiles([1, 2], 5, offset=3) == [[1, 2]]
+    assert tiles([1], 5) == []
 
 
 def test_next_item_pairs_shift_by_one():

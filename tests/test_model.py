@@ -158,7 +158,7 @@ def test_training_with_user_vectors_learns_one_per_distinct_user():
     without = train_encoder(sequences, split, index, titles, config,
                             TrainConfig(epochs=1, threads=1), users=users)
     assert without.model.config.n_users == 0 and without.model.user_embedding is None
-    with pytest.raises(ValueError, match="each training example's user"):
+    with pytest.raises(ValueError, match="each history's user"):
         train_encoder(sequences, split, index, titles, config,
                       TrainConfig(epochs=1, threads=1, user_vectors=True))
 
@@ -248,6 +248,36 @@ def test_a_time_budget_stops_before_an_epoch_that_would_overrun_it():
     free = train_encoder(sequences, split, index, data.items["title"].tolist(), config,
                          TrainConfig(epochs=4, patience=4, threads=1))
     assert len(free.history) == 4
+
+
+def test_random_tiling_shows_other_windows_of_the_same_histories_each_epoch():
+    from training.train import training_windows
+
+    history = list(range(1, 48))  # 47 items: targets 2..47
+    fixed, users = training_windows([history], [7], max_len=10)
+    assert users == [7] * len(fixed) == [7] * 5
+    assert fixed == training_windows([history], [7], max_len=10)[0]
+    rng = np.random.default_rng(0)
+    draws = [training_windows([history], [7], 10, rng)[0] for _ in range(20)]
+    assert len({tuple(map(tuple, d)) for d in draws}) > 5  # the offsets vary
+    for windows in draws:
+        assert windows[0] == history[-11:]  # the newest window never moves
+        targets = set()
+        for window in windows:
+            start = history.index(window[0])
+            assert window == history[start:start + len(window)] and len(window) <= 11
+            targets.update(window[1:])
+        # at most max_len - 1 targets skipped in an epoch (between the newest
+        # window and the shifted older ones)
+        assert len(targets) >= 46 - 9
+    # The training itself: reproducible for a seed, and not the fixed tiling.
+    data, split, index, sequences = generated(150, 60, 9_000, 4, 60)
+    config = EncoderConfig(n_items=len(index), max_len=10, hidden=16)
+    runs = [train_encoder(sequences, split, index, data.items["title"].tolist(), config,
+                          TrainConfig(epochs=2, patience=2, threads=1, random_tiling=tiling))
+            for tiling in (True, True, False)]
+    assert runs[0].history == runs[1].history
+    assert runs[0].history[0]["train_loss"] != runs[2].history[0]["train_loss"]
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.1])

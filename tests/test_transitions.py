@@ -11,7 +11,7 @@ from training.evaluate import evaluate
 from training.model import BehaviourEncoder, EncoderConfig
 from training.sequences import pad_left
 from training.train import TrainConfig, model_scorer, train_encoder
-from training.transitions import WEIGHTS, Transitions
+from training.transitions import POPULARITY_WEIGHTS, WEIGHTS, Transitions
 
 
 def test_counts_are_log1p_of_how_often_an_item_followed_another_at_each_lag():
@@ -45,6 +45,14 @@ def test_the_blend_is_the_standardised_sum_and_weight_0_leaves_the_scores_alone(
     # A history whose items were never followed by anything: the encoder's order.
     unseen = transitions.weighted(0.5).blend(encoder, pad_left([[3]], 4))
     assert unseen[0, 1:].argsort(descending=True).tolist() == [0, 1, 2]
+    # Popularity, log(1 + occurrences): item 1 three times, 3 twice, 2 once.
+    popular = np.log1p([3.0, 1.0, 2.0])
+    assert transitions.popularity.tolist() == pytest.approx([0.0, *popular])
+    both = transitions.weighted(0.5, popularity_weight=0.2).blend(encoder, seq)
+    assert both[0, 1:].tolist() == pytest.approx((expected + 0.2 * z(popular)).tolist())
+    only = transitions.weighted(0.0, popularity_weight=0.2).blend(encoder, seq)
+    assert only[0, 1:].tolist() == pytest.approx(
+        (z(np.array([2.0, 1.0, 0.0])) + 0.2 * z(popular)).tolist())
 
 
 def test_the_model_scores_with_its_transitions_and_the_traced_path_agrees():
@@ -78,15 +86,18 @@ def test_training_chooses_the_blend_weight_on_validation():
                            TrainConfig(epochs=2, patience=2, threads=1, transition_lags=3))
     model = result.model
     assert model.transitions.weight in WEIGHTS
+    assert model.transitions.popularity_weight in POPULARITY_WEIGHTS
     assert len(model.transitions.lags) == 3
-    # The reported validation metrics are the blended model's, and no weight beats it.
+    # The reported validation metrics are the blended model's, and no pair of
+    # weights beats it.
     chosen = evaluate(model_scorer(model), split, index, "validation")
     assert chosen["ndcg_at_10"] == pytest.approx(result.validation["val_ndcg_at_10"])
     transitions = model.transitions
     for weight in WEIGHTS:
-        model.transitions = transitions.weighted(weight)
-        other = evaluate(model_scorer(model), split, index, "validation")["ndcg_at_10"]
-        assert other <= chosen["ndcg_at_10"] + 1e-12
+        for popularity_weight in POPULARITY_WEIGHTS:
+            model.transitions = transitions.weighted(weight, popularity_weight)
+            other = evaluate(model_scorer(model), split, index, "validation")["ndcg_at_10"]
+            assert other <= chosen["ndcg_at_10"] + 1e-9
     # The encoder's checkpoint row is kept (same epoch, same training loss).
     assert result.validation["train_loss"] == result.history[result.best_epoch - 1]["train_loss"]
     without = train_encoder(sequences, split, index, titles, config,

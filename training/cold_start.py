@@ -93,12 +93,12 @@ def hold_out_items(index: ItemIndex, fraction: float, seed: int) -> set[str]:
     return set(rng.choice(np.asarray(index.item_ids, dtype=object), size=n, replace=False))
 
 
-def without_items(sequences: list[list[int]], users: list[str], held_out: set[int],
+def without_items(histories: list[list[int]], users: list[str], held_out: set[int],
                   ) -> tuple[list[list[int]], list[str]]:
-    """Training sequences (and their users) with the held-out items taken out
-    (inputs and targets); a sequence left shorter than 2 is dropped."""
+    """Training histories (and their users) with the held-out items taken out; a
+    history left shorter than 2 is dropped."""
     kept = [([i for i in seq if i not in held_out], user)
-            for seq, user in zip(sequences, users, strict=True)]
+            for seq, user in zip(histories, users, strict=True)]
     kept = [(seq, user) for seq, user in kept if len(seq) >= 2]
     return [seq for seq, _ in kept], [user for _, user in kept]
 
@@ -143,7 +143,7 @@ def warm_rows(split: Split, index: ItemIndex) -> np.ndarray:
     return np.unique([i for items in split.train.values() for i in index.encode(items)])
 
 
-def evaluate_cold_start(sequences: list[list[int]], users: list[str], split: Split,
+def evaluate_cold_start(histories: list[list[int]], users: list[str], split: Split,
                         index: ItemIndex, titles: list[str], text: np.ndarray,
                         model_config: EncoderConfig, train_config: TrainConfig,
                         fraction: float, seed: int) -> dict[str, float]:
@@ -153,8 +153,8 @@ def evaluate_cold_start(sequences: list[list[int]], users: list[str], split: Spl
     events of those items against a random ranking."""
     held_out = hold_out_items(index, fraction, seed)
     fit, measure = cold_split(split, held_out)
-    sequences, users = without_items(sequences, users, set(index.encode(sorted(held_out))))
-    result = train_encoder(sequences, fit, index, titles, model_config, train_config,
+    histories, users = without_items(histories, users, set(index.encode(sorted(held_out))))
+    result = train_encoder(histories, fit, index, titles, model_config, train_config,
                            users=users)
     fill_cold_items(result.model, text, warm_rows(fit, index))
     return {**cold_start_metrics(model_scorer(result.model), measure, index),

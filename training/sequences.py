@@ -92,17 +92,43 @@ def training_targets(events: pd.DataFrame, feature_time: pd.Series, max_len: int
     return frame[["user_id", "event_timestamp", "target_item_id"]]
 
 
-def sequences_from_training_set(frame: pd.DataFrame, index: ItemIndex,
+def join_windows(windows: list[list[int]]) -> list[int]:
+    """Consecutive windows of one user (each history + target, oldest window
+    first) -> the history they cover. A window that tiles on from the previous
+    one starts with that window's target (``training_targets``), which is then
+    not repeated; any other window is appended whole."""
+    history: list[int] = []
+    for window in windows:
+        overlap = 1 if history and window and window[0] == history[-1] else 0
+        history.extend(window[overlap:])
+    return history
+
+
+def tiles(history: list[int], max_len: int, offset: int = 0) -> list[list[int]]:
+    """Training windows (history + target, at most ``max_len + 1`` items) over a
+    user's whole ``history``: the newest ends at its last item; the others tile
+    the older part without overlap, ending ``offset`` (0..max_len - 1) positions
+    further back, so that a random offset each epoch shows the model other
+    contexts for the same targets. ``offset`` 0 is ``training_targets``' tiling."""
+    last = len(history) - 1
+    ends = [last, *range(last - max_len - offset, 0, -max_len)] if last > 0 else []
+    return [history[max(0, end - max_len):end + 1] for end in ends]
+
+
+def histories_from_training_set(frame: pd.DataFrame, index: ItemIndex,
                                 ) -> tuple[list[list[int]], list[str]]:
-    """Training-set rows (``user_id``, ``recent_item_ids`` as of just before the
-    target, and ``target_item_id``) -> item-index sequences (history + target) and
-    each sequence's user."""
-    sequences, users = [], []
-    for user, history, target in zip(frame["user_id"], frame["recent_item_ids"],
-                                     frame["target_item_id"], strict=True):
-        history = [] if history is None else list(history)
-        seq = index.encode(history + [target])
-        if len(seq) >= 2:
-            sequences.append(seq)
+    """Training-set rows (``user_id``, ``event_timestamp``, ``recent_item_ids`` as
+    of just before the target, and ``target_item_id``) -> each user's training
+    history as item indices (the user's windows joined, oldest first) and its
+    user; a history shorter than 2 items is left out."""
+    ordered = frame.sort_values(["user_id", "event_timestamp"], kind="stable")
+    histories, users = [], []
+    for user, group in ordered.groupby("user_id", sort=False):
+        history = join_windows([
+            index.encode(([] if recent is None else list(recent)) + [target])
+            for recent, target in zip(group["recent_item_ids"], group["target_item_id"],
+                                      strict=True)])
+        if len(history) >= 2:
+            histories.append(history)
             users.append(user)
-    return sequences, users
+    return histories, users

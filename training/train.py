@@ -4,6 +4,7 @@ validation NDCG@10 (early stopping); test is computed once by the caller."""
 from __future__ import annotations
 
 import copy
+import itertools
 import random
 import time
 from collections.abc import Callable
@@ -13,9 +14,9 @@ import numpy as np
 import torch
 
 from training.evaluate import Scorer, evaluate
-from training.model import BehaviourEncoder, EncoderConfig
-from training.sequences import ItemIndex, Split, next_item_pairs, pad_left
-from training.transitions import WEIGHTS, Transitions
+from training.model import PAD, BehaviourEncoder, EncoderConfig
+from training.sequences import ItemIndex, Split, next_item_pairs, pad_left, tiles
+from training.transitions import POPULARITY_WEIGHTS, WEIGHTS, Transitions
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class TrainConfig:
     # > 0: item transition counts at lags 1..this over the training examples,
     # blended into the scores with a weight chosen on validation (training.transitions).
     transition_lags: int = 0
+    # Each epoch, tile every history from a random offset (``sequences.tiles``)
+    # instead of the same windows every epoch.
+    random_tiling: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,23 +92,45 @@ def model_scorer(model: BehaviourEncoder) -> Scorer:
     return score
 
 
-def train_encoder(sequences: list[list[int]], split: Split, index: ItemIndex, titles: list[str],
+def training_windows(histories: list[list[int]], users: list[int], max_len: int,
+                     offsets: np.random.Generator | None = None,
+                     ) -> tuple[list[list[int]], list[int]]:
+    """Every history cut into windows (``sequences.tiles``), with each window's
+    entry of ``users``; ``offsets``: draw each history's tiling offset from it
+    (else offset 0: the same windows every time)."""
+    windows, rows = [], []
+    for history, user in zip(histories, users, strict=True):
+        offset = 0 if offsets is None else int(offsets.integers(max_len))
+        cut = tiles(history, max_len, offset)
+        windows.extend(cut)
+        rows.extend([user] * len(cut))
+    return windows, rows
+
+
+def train_encoder(histories: list[list[int]], split: Split, index: ItemIndex, titles: list[str],
                   model_config: EncoderConfig, config: TrainConfig,
                   on_epoch: Callable[[int, dict[str, float]], None] | None = None,
                   users: list[str] | None = None) -> TrainResult:
-    """``sequences``: training examples as item indices (history + target);
-    ``users``: each example's user id. With ``config.user_vectors`` the model
-    learns a vector for each distinct user of ``users``: the trained model's
-    ``config.n_users`` is their number, whatever ``model_config.n_users`` says."""
+    """``histories``: training histories as item indices, oldest first, cut into
+    windows of ``model_config.max_len`` inputs (``sequences.tiles``); ``users``:
+    each history's user id. With ``config.user_vectors`` the model learns a vector
+    for each distinct user of ``users``: the trained model's ``config.n_users`` is
+    their number, whatever ``model_config.n_users`` says."""
     seed_everything(config.seed)
     torch.set_num_threads(config.threads)
     if config.user_vectors and users is None:
-        raise ValueError("user_vectors needs each training example's user (users=...)")
+        raise ValueError("user_vectors needs each history's user (users=...)")
     user_ids = sorted(set(users)) if config.user_vectors else []
     model_config = replace(model_config, n_users=len(user_ids))
     model = BehaviourEncoder(model_config, index.item_ids, titles, user_ids)
-    inputs, targets = next_item_pairs(sequences, model_config.max_len)
-    example_users = model.user_rows(users) if user_ids else None
+    history_users = model.user_rows(users).tolist() if user_ids else [0] * len(histories)
+    offsets = np.random.default_rng(config.seed) if config.random_tiling else None
+
+    def epoch_windows() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        windows, rows = training_windows(histories, history_users, model_config.max_len,
+                                         offsets)
+        return *next_item_pairs(windows, model_config.max_len), torch.tensor(rows)
+
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     averaged = torch.optim.swa_utils.AveragedModel(
@@ -114,15 +140,18 @@ def train_encoder(sequences: list[list[int]], split: Split, index: ItemIndex, ti
     history: list[dict[str, float]] = []
     best, best_state, best_epoch, stale = -1.0, None, 0, 0
     started = time.perf_counter()
+    inputs, targets, example_users = epoch_windows()
     for epoch in range(1, config.epochs + 1):
         model.train()
+        if config.random_tiling and epoch > 1:
+            inputs, targets, example_users = epoch_windows()
         order = torch.randperm(len(inputs), generator=generator)
         total, batches = 0.0, 0
         for start in range(0, len(order), config.batch_size):
             rows = order[start:start + config.batch_size]
             loss = model(inputs[rows], targets[rows], config.sampled_negatives,
                          config.label_smoothing,
-                         None if example_users is None else example_users[rows])
+                         example_users[rows] if user_ids else None)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -152,22 +181,42 @@ def train_encoder(sequences: list[list[int]], split: Split, index: ItemIndex, ti
     validation = history[best_epoch - 1]
     if config.transition_lags:
         validation = blend_transitions(model, Transitions.count(
-            sequences, model_config.n_items, config.transition_lags), split, index, validation)
+            histories, model_config.n_items, config.transition_lags), split, index, validation)
     return TrainResult(model=model, history=history, best_epoch=best_epoch,
                        validation=validation, train_seconds=time.perf_counter() - started)
 
 
 def blend_transitions(model: BehaviourEncoder, transitions: Transitions, split: Split,
                       index: ItemIndex, validation: dict[str, float]) -> dict[str, float]:
-    """Give the trained model ``transitions`` at the blend weight (of WEIGHTS; 0:
-    none) with the best validation NDCG@10, the smaller on a tie; returns
-    ``validation`` (the checkpoint's row) with the blended model's metrics."""
-    best_weight, best = 0.0, validation
-    for weight in WEIGHTS[1:]:
-        model.transitions = transitions.weighted(weight)
-        metrics = evaluate(model_scorer(model), split, index, "validation")
+    """Give the trained model ``transitions`` at the blend weights (of WEIGHTS for
+    the transitions, POPULARITY_WEIGHTS for popularity; 0: none) with the best
+    validation NDCG@10, the earlier in that order on a tie; returns ``validation``
+    (the checkpoint's row) with the blended model's metrics. The encoder runs
+    once per validation batch; each weight pair only re-blends its scores."""
+    encoded: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def scorer(blend: Transitions) -> Scorer:
+        def score(histories: list[list[int]], users: list[str] | None = None) -> np.ndarray:
+            key = tuple(map(tuple, histories)) if users is None else tuple(users)
+            with torch.inference_mode():
+                if key not in encoded:
+                    seq = pad_left(histories, model.config.max_len)
+                    rows = None if users is None else model.user_rows(users)
+                    encoded[key] = (model.logits(model.encode(seq, rows), model.item_table()),
+                                    seq)
+                scores, seq = encoded[key]
+                scores = blend.blend(scores, seq).clone()
+                scores[:, PAD] = float("-inf")
+                return scores.numpy()
+        return score
+
+    best_weights, best = (0.0, 0.0), validation
+    for weights in itertools.product(WEIGHTS, POPULARITY_WEIGHTS):
+        if weights == (0.0, 0.0):
+            continue
+        metrics = evaluate(scorer(transitions.weighted(*weights)), split, index, "validation")
         if metrics["ndcg_at_10"] > best["val_ndcg_at_10"]:
-            best_weight, best = weight, {**validation,
-                                         **{f"val_{k}": v for k, v in metrics.items()}}
-    model.transitions = transitions.weighted(best_weight)
+            best_weights, best = weights, {**validation,
+                                           **{f"val_{k}": v for k, v in metrics.items()}}
+    model.transitions = transitions.weighted(*best_weights)
     return best

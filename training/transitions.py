@@ -1,5 +1,5 @@
 """What follows what: item-to-item transition counts of the training sequences,
-blended with the encoder's scores.
+and how often each item occurs at all, blended with the encoder's scores.
 
 For each lag 1..``lags``, how often item j came ``lag`` positions after item i
 in the training examples, as log(1 + count). A history's transition score for
@@ -9,6 +9,9 @@ says about what comes after each of its last few items (on MovieLens-100K the
 order of a history carries most of the signal: README, Models). The blend,
 both standardised per user over the catalogue, is
 ``z(encoder) + weight * z(transitions)``, with the weight chosen on validation.
+Popularity, log(1 + the item's count), can join the blend with a weight of its
+own (``z(popularity)``): the encoder scores by cosine similarity, so an item's
+vector cannot carry how popular it is.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import torch
 
 from training.model import PAD
 
-# The blend weights tried on validation (0: the encoder alone).
+# The blend weights tried on validation (0: the encoder alone), for the
+# transitions and for popularity.
 WEIGHTS = (0.0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25)
+POPULARITY_WEIGHTS = (0.0, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3)
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,9 @@ class Transitions:
     n_items: int
     lags: tuple[Lag, ...]
     weight: float = 0.0
+    # (N + 1,) log(1 + how often each item occurs in the sequences), and its weight.
+    popularity: np.ndarray | None = None
+    popularity_weight: float = 0.0
     # Items without training interactions (C,) take their transition scores from
     # the items in ``lenders`` (C, K) in the given ``shares`` (C, K) (their text
     # neighbours: training.cold_start).
@@ -50,6 +58,9 @@ class Transitions:
     def count(cls, sequences: list[list[int]], n_items: int, lags: int) -> Transitions:
         """Counts over ``sequences`` (item indices 1..n_items, oldest first)."""
         size = n_items + 1
+        occurrences = np.bincount(np.concatenate([np.asarray(seq, dtype=np.int64)
+                                                  for seq in sequences] or [np.empty(0, int)]),
+                                  minlength=size)[:size]
         tables = []
         for lag in range(1, lags + 1):
             pairs = [np.asarray(seq[:-lag], dtype=np.int64) * size + np.asarray(seq[lag:])
@@ -61,14 +72,22 @@ class Transitions:
             np.add.at(indptr, rows + 1, 1)
             tables.append(Lag(indptr=np.cumsum(indptr), indices=cols.astype(np.int32),
                               values=np.log1p(counts).astype(np.float32)))
-        return cls(n_items=n_items, lags=tuple(tables))
+        return cls(n_items=n_items, lags=tuple(tables),
+                   popularity=np.log1p(occurrences).astype(np.float32))
 
-    def weighted(self, weight: float) -> Transitions:
-        return replace(self, weight=weight)
+    def weighted(self, weight: float, popularity_weight: float = 0.0) -> Transitions:
+        return replace(self, weight=weight, popularity_weight=popularity_weight)
 
     def borrowing(self, borrowers: np.ndarray, lenders: np.ndarray, shares: np.ndarray,
                   ) -> Transitions:
-        return replace(self, borrowers=borrowers, lenders=lenders, shares=shares)
+        """Items ``borrowers`` (C,) take their transition scores and popularity
+        from ``lenders`` (C, K) in ``shares`` (C, K)."""
+        popularity = self.popularity
+        if popularity is not None:
+            popularity = popularity.copy()
+            popularity[borrowers] = (popularity[lenders] * shares).sum(axis=1)
+        return replace(self, borrowers=borrowers, lenders=lenders, shares=shares,
+                       popularity=popularity)
 
     def scores(self, seq: np.ndarray) -> np.ndarray:
         """(B, T) left-padded item indices -> (B, N + 1) transition scores."""
@@ -87,14 +106,19 @@ class Transitions:
 
     def blend(self, scores: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
         """The encoder's (B, N + 1) ``scores`` for the (B, T) histories ``seq``,
-        blended: z(scores) + weight * z(transition scores) over the catalogue
-        (column 0, padding, is kept as it was). The encoder's scores as they are
-        when the weight is 0."""
-        if self.weight == 0:
+        blended: z(scores) + weight * z(transition scores) + popularity_weight *
+        z(popularity) over the catalogue (column 0, padding, is kept as it was).
+        The encoder's scores as they are when both weights are 0."""
+        if self.weight == 0 and self.popularity_weight == 0:
             return scores
-        extra = torch.from_numpy(self.scores(seq.numpy()))
         out = scores.clone()
-        out[:, 1:] = _standardised(scores[:, 1:]) + self.weight * _standardised(extra[:, 1:])
+        out[:, 1:] = _standardised(scores[:, 1:])
+        if self.weight:
+            extra = torch.from_numpy(self.scores(seq.numpy()))
+            out[:, 1:] += self.weight * _standardised(extra[:, 1:])
+        if self.popularity_weight:
+            popular = torch.from_numpy(self.popularity[None, 1:])
+            out[:, 1:] += self.popularity_weight * _standardised(popular)
         return out
 
 
