@@ -56,8 +56,9 @@ class Because(BaseModel):
 class RecommendedItem(BaseModel):
     item_id: str = Field(description="Catalogue item id.")
     score: float = Field(description=(
-        "Model score (the encoder's, standardised and blended with item transitions when "
-        "the model has them; a popularity or content-blended score when degraded)."))
+        "Model score (the encoder's, standardised and blended with item transitions and "
+        "popularity when the model has them; a popularity or content-blended score when "
+        "degraded)."))
     title: str = Field(description="Item title from the catalogue.")
     because: list[Because] = Field(description=(
         "The recent items that contributed most to this one (the encoder's attention "

@@ -116,9 +116,12 @@ def test_champion_registered_and_beats_popularity(pipeline):
     assert logged_recipe({**run.data.params, "user_vectors": "False"}).user_vectors is False
     served = registry.load_version(uri, champion)
     assert run.data.params["n_users"] == str(len(served.user_index)) and served.user_index
-    # The item transitions travel with the registered model, at the logged weight.
+    # The item transitions and popularity travel with the registered model, at the
+    # logged weights.
     assert len(served.transitions.lags) == int(run.data.params["transition_lags"]) == 3
     assert m["transition_weight"] == served.transitions.weight
+    assert m["popularity_weight"] == served.transitions.popularity_weight
+    assert run.data.params["random_tiling"] == "True"
     info = mlflow.models.get_model_info(f"models:/{registry.MODEL_NAME}/{champion}")
     assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 50]
     assert info.saved_input_example_info["type"] == "ndarray"
