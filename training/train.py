@@ -38,9 +38,9 @@ class TrainConfig:
     ema_decay: float = 0.0
     # Share of each target's probability spread evenly over the catalogue.
     label_smoothing: float = 0.0
-    # Learn a vector per distinct user of the training examples (``EncoderConfig.n_users``).
+    # Learn a vector per distinct user of the training histories (``EncoderConfig.n_users``).
     user_vectors: bool = False
-    # > 0: item transition counts at lags 1..this over the training examples,
+    # > 0: item transition counts at lags 1..this over the training histories,
     # blended into the scores with a weight chosen on validation (training.transitions).
     transition_lags: int = 0
     # Each epoch, tile every history from a random offset (``sequences.tiles``)

@@ -2,7 +2,7 @@
 and how often each item occurs at all, blended with the encoder's scores.
 
 For each lag 1..``lags``, how often item j came ``lag`` positions after item i
-in the training examples, as log(1 + count). A history's transition score for
+in the training histories, as log(1 + count). A history's transition score for
 item j sums, over the lags, the row of its lag-th newest item. The encoder
 reads the order of one history; these counts add what the whole training data
 says about what comes after each of its last few items (on MovieLens-100K the
