@@ -17,6 +17,7 @@ vector cannot carry how popular it is.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -117,9 +118,14 @@ class Transitions:
             extra = torch.from_numpy(self.scores(seq.numpy()))
             out[:, 1:] += self.weight * _standardised(extra[:, 1:])
         if self.popularity_weight:
-            popular = torch.from_numpy(self.popularity[None, 1:])
-            out[:, 1:] += self.popularity_weight * _standardised(popular)
+            out[:, 1:] += self.popularity_weight * self.standardised_popularity
         return out
+
+    @cached_property
+    def standardised_popularity(self) -> torch.Tensor:
+        """(1, N) z(popularity) over the catalogue: the same for every history, so
+        worked out once per model, not per request."""
+        return _standardised(torch.from_numpy(self.popularity[None, 1:]))
 
 
 def _standardised(scores: torch.Tensor) -> torch.Tensor:
