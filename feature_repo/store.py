@@ -5,8 +5,6 @@ from this package."""
 from __future__ import annotations
 
 import json
-import os
-import threading
 from urllib.parse import unquote, urlparse
 
 import yaml
@@ -15,6 +13,7 @@ from feast import FeatureStore
 from feature_repo import feature_services, feature_views
 from feature_repo.data_sources import user_recent_items_push
 from feature_repo.entities import item, user
+from infra.files import atomic_write_text
 from infra.settings import Settings
 
 
@@ -56,10 +55,7 @@ def render_config(settings: Settings, redis_url: str) -> dict:
     path = settings.feast_dir / "feature_store.yaml"
     text = yaml.safe_dump(config, sort_keys=False)
     if not path.exists() or path.read_text() != text:
-        tmp = path.with_name(f".feature_store.{os.getpid()}.{threading.get_ident()}.yaml")
-        tmp.write_text(text)
-        tmp.chmod(0o600)
-        os.replace(tmp, path)
+        atomic_write_text(path, text, mode=0o600)
     return config
 
 

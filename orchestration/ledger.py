@@ -15,11 +15,11 @@ idempotent, whoever triggers it (the new-files sensor, a schedule, a person):
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from infra.files import atomic_write_text
 from infra.fingerprint import file_sha256
 
 
@@ -70,9 +70,8 @@ class Ledger:
     def save(self) -> None:
         """Atomic: a crash leaves the previous ledger, never half of one."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"batches": [asdict(b) for b in self.batches]}, indent=1))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps({"batches": [asdict(b) for b in self.batches]},
+                                                indent=1))
 
     def plan(self, path: Path, end_byte: int, appendable: bool) -> Plan:
         """What to read of ``path`` (its bytes up to ``end_byte``)."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from feature_repo.skew import SkewReport  # noqa: E402
+from infra.files import atomic_write_text  # noqa: E402
 from orchestration.drift import FeatureDrift  # noqa: E402
 
 INDEX, DRIFT, SKEW, CHAMPION = "index.html", "drift.html", "skew.html", "champion.html"
@@ -127,12 +127,7 @@ def champion_html(version: str, metrics: dict[str, float],
 
 def write(reports_dir: Path, name: str, text: str) -> Path:
     """Write one report atomically (a reader never sees half a page)."""
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    path = reports_dir / name
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(path)
-    return path
+    return atomic_write_text(reports_dir / name, text)
 
 
 def index_html(reports_dir: Path, data_docs: Path, notes: dict[str, str]) -> str:

@@ -1,8 +1,8 @@
 """Typed Dagster resources for every external system, built from one Settings."""
 
+from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from dagster import ConfigurableResource
 from feast import FeatureStore
@@ -16,12 +16,11 @@ from orchestration.sources.generator import GeneratorConfig, generate, write_can
 
 
 class RecsysState(ConfigurableResource):
-    """The state directory and the behaviour source (``None`` = built-in generator)."""
+    """The whole ``Settings`` (state directory, behaviour source, every service and
+    knob) plus the pipeline's own knobs: the built-in generator's size, chunking and
+    the retraining threshold."""
 
-    home: str
-    source: str | None = None
-    recent_items: int = 50
-    future_tolerance_s: float = 86400.0
+    settings_json: str  # Settings.to_json(): every setting reaches every asset
     generator_users: int = 2000
     generator_items: int = 1000
     generator_events: int = 100_000
@@ -29,10 +28,12 @@ class RecsysState(ConfigurableResource):
     chunk_rows: int = CHUNK_ROWS  # rows per chunk when reading and validating events
     retrain_min_new_events: int = 10_000  # validated events that start a retraining run
 
+    @classmethod
+    def of(cls, settings: Settings, **knobs) -> RecsysState:
+        return cls(settings_json=settings.to_json(), **knobs)
+
     def settings(self) -> Settings:
-        return Settings(home=Path(self.home), source=Path(self.source) if self.source else None,
-                        recent_items=self.recent_items,
-                        future_tolerance_s=self.future_tolerance_s)
+        return Settings.from_json(self.settings_json)
 
     def open_source(self) -> Source:
         settings = self.settings()
@@ -50,15 +51,13 @@ class RecsysState(ConfigurableResource):
 
 
 class FeatureStoreResource(ConfigurableResource):
-    """Feast on Redis: ``REDIS_URL`` when given, else the embedded Redis under home."""
+    """Feast on Redis (``REDIS_URL`` or the embedded Redis under home, a Redis Cluster
+    when ``RECSYS_REDIS_CLUSTER``), with the offline store the settings name."""
 
-    home: str
-    redis_url: str | None = None
-    recent_items: int = 50
+    settings_json: str  # Settings.to_json()
 
     def settings(self) -> Settings:
-        return Settings(home=Path(self.home), redis_url=self.redis_url,
-                        recent_items=self.recent_items)
+        return Settings.from_json(self.settings_json)
 
     def store(self) -> FeatureStore:
         settings = self.settings()
@@ -72,14 +71,11 @@ class MlflowResource(ConfigurableResource):
     artifact_location: str | None = None
 
 
-def resources_from_settings(settings: Settings) -> dict:
-    home = str(settings.home)
+def resources_from_settings(settings: Settings, **state_knobs) -> dict:
+    """Every resource, built from one ``Settings`` (the only place they are built)."""
     return {
-        "state": RecsysState(home=home, source=str(settings.source) if settings.source else None,
-                             recent_items=settings.recent_items,
-                             future_tolerance_s=settings.future_tolerance_s),
-        "feature_store": FeatureStoreResource(home=home, redis_url=settings.redis_url,
-                                              recent_items=settings.recent_items),
+        "state": RecsysState.of(settings, **state_knobs),
+        "feature_store": FeatureStoreResource(settings_json=settings.to_json()),
         "mlflow": MlflowResource(
             tracking_uri=settings.tracking_uri(),
             artifact_location=None if settings.mlflow_tracking_uri

@@ -19,7 +19,8 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from training import registry
-from training.model import PAD, BehaviourEncoder, attention_rollout, quantized, traced_encoder
+from training.inference import attention_rollout, quantized, traced_encoder
+from training.model import PAD, BehaviourEncoder
 from training.sequences import ItemIndex, pad_left
 
 log = logging.getLogger("recsys.serving")
@@ -68,7 +69,7 @@ def popularity_scores(index: ItemIndex, recent: dict[str, int], all_time: dict[s
 def load_served_model(tracking_uri: str, alias: str = registry.CHAMPION,
                       quantize: bool = False) -> ServedModel:
     """The version behind ``alias`` with its fallback popularity; ``quantize``: the
-    encoder's linear layers int8 (see ``training.model.quantized``)."""
+    encoder's linear layers int8 (see ``training.inference.quantized``)."""
     version = registry.alias_version(tracking_uri, alias)
     if version is None:
         raise LookupError(f"no {registry.MODEL_NAME} version has alias {alias!r}; "

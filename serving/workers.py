@@ -14,17 +14,10 @@ import os
 import time
 from pathlib import Path
 
+from infra.files import atomic_write_text
+from infra.processes import pid_alive
+
 REQUEST = "reload-request"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 class WorkerBoard:
@@ -39,9 +32,7 @@ class WorkerBoard:
 
     def report(self, version: str) -> None:
         """This worker now serves ``version``."""
-        tmp = self._mine.with_suffix(".tmp")
-        tmp.write_text(version)
-        tmp.replace(self._mine)
+        atomic_write_text(self._mine, version)
 
     def leave(self) -> None:
         self._mine.unlink(missing_ok=True)
@@ -51,7 +42,7 @@ class WorkerBoard:
         out = {}
         for path in (self.directory / "workers").glob("*.version"):
             pid = int(path.stem)
-            if not _alive(pid):
+            if not pid_alive(pid):
                 path.unlink(missing_ok=True)
                 continue
             try:

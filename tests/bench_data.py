@@ -21,6 +21,7 @@ ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-10
 def run(source: Path, home: Path) -> dict:
     from dagster import materialize
 
+    from infra.settings import Settings
     from orchestration.assets.ingest import (
         item_catalogue,
         no_rows_lost,
@@ -31,7 +32,7 @@ def run(source: Path, home: Path) -> dict:
 
     started = time.perf_counter()
     result = materialize([item_catalogue, raw_events, validate_raw_events, no_rows_lost],
-                         resources={"state": RecsysState(home=str(home), source=str(source))})
+                         resources={"state": RecsysState.of(Settings(home=home, source=source))})
     seconds = time.perf_counter() - started
     meta = {}
     for event in result.get_asset_materialization_events():

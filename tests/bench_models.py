@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 
 from infra.settings import Settings
-from orchestration.assets.ingest import ITEMS, read_validated_events
+from orchestration.assets.ingest import read_validated_events
 from orchestration.assets.training import TRAINING_SET, EncoderTraining, item_text_table
 from tests.bench_serving import ML100K, prepare
 from training.cold_start import evaluate_cold_start, fill_cold_items, warm_rows
 from training.evaluate import ease_baseline, evaluate, popularity_scorer
-from training.model import quantized
+from training.inference import quantized
 from training.sequences import ItemIndex, histories_from_training_set, leave_one_out
 from training.train import model_scorer, train_encoder
 
@@ -42,7 +42,7 @@ def benchmark() -> dict:
     print(f"state: {home}")
     prepare(settings)
     events = read_validated_events(settings)
-    items = pd.read_parquet(settings.offline_dir / ITEMS)
+    items = pd.read_parquet(settings.items_path)
     index = ItemIndex(items["item_id"].tolist())
     titles = items["title"].tolist()
     split = leave_one_out(events)

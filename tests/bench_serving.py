@@ -29,8 +29,9 @@ import numpy as np
 import uvloop
 
 from infra import redis_server
+from infra.processes import free_port
 from infra.settings import Settings
-from orchestration.cli import free_port, start_service, stop_service, wait_ready
+from orchestration.cli import start_service, stop_service, wait_ready
 from tests.bench_features import percentiles, print_latency_table, timed
 from training import registry
 

@@ -34,11 +34,10 @@ def pipeline(tmp_path_factory) -> PipelineRun:
     from dagster import materialize
 
     from orchestration.definitions import ASSETS, CHECKS
-    from orchestration.resources import RecsysState, resources_from_settings
+    from orchestration.resources import resources_from_settings
 
     settings = Settings(home=tmp_path_factory.mktemp("recsys_home"))
-    resources = resources_from_settings(settings)
-    resources["state"] = RecsysState(home=str(settings.home), **SMALL)
+    resources = resources_from_settings(settings, **SMALL)
     from orchestration.lineage import instance_for
 
     result = materialize(
@@ -58,7 +57,8 @@ AUTH = {"X-API-Key": API_KEY}
 def service(pipeline):
     """``bentoml serve`` as a real process on a free port against the pipeline's
     state, with an API key (``AUTH``) and a 1 s champion poll."""
-    from orchestration.cli import free_port, start_service, stop_service, wait_ready
+    from infra.processes import free_port
+    from orchestration.cli import start_service, stop_service, wait_ready
 
     port = free_port()
     process = start_service(pipeline.settings, port, pipeline.settings.home / "serve.log",

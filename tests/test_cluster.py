@@ -5,7 +5,6 @@ materialisation, the thin reader and the locked real-time append."""
 
 import json
 import os
-import socket
 import subprocess
 import time
 
@@ -13,15 +12,19 @@ import pandas as pd
 import pytest
 import redis
 import yaml
+from dagster import materialize
 
 from feature_repo.data_sources import USER_RECENT_ITEMS_FILE
 from feature_repo.feature_services import BEHAVIOUR_ENCODER_SERVICE
 from feature_repo.feature_views import USER_RECENT_ITEMS
 from feature_repo.materialize import materialize_view
 from feature_repo.recent_items import recent_items_table
-from feature_repo.store import apply_definitions, open_store
+from feature_repo.store import open_store
 from infra import redis_server
+from infra.processes import port_free
 from infra.settings import Settings
+from orchestration.assets.features import feast_definitions
+from orchestration.resources import resources_from_settings
 from serving.online import OnlineFeatures
 from tests.test_features import HAND
 
@@ -32,21 +35,13 @@ def free_ports(n):
     """Ports whose cluster bus port (port + 10000) is valid and free too."""
     ports = []
     for port in range(21000 + (os.getpid() % 500) * 20, 55000):
-        if all(_free(p) for p in (port, port + 10000)):
+        if all(port_free(p) for p in (port, port + 10000)):
             ports.append(port)
             if len(ports) == n:
                 return ports
     raise RuntimeError("no free ports for a loopback Redis Cluster")
 
 
-def _free(port):
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @pytest.fixture
@@ -100,7 +95,8 @@ def cluster(tmp_path):
 
 
 def test_feature_store_on_a_redis_cluster(tmp_path, cluster):
-    settings = Settings(home=tmp_path / "home", redis_url=cluster, redis_cluster=True)
+    settings = Settings(home=tmp_path / "home", redis_url=cluster, redis_cluster=True,
+                        feast_offline_store='{"type": "file"}')
     server = redis_server.ensure(settings)
     assert server.cluster and server.pid is None
     client = server.client()
@@ -109,10 +105,15 @@ def test_feature_store_on_a_redis_cluster(tmp_path, cluster):
     path = settings.offline_dir / USER_RECENT_ITEMS_FILE
     table = recent_items_table(HAND, n=50)
     table.to_parquet(path)
-    store = open_store(settings, server.url)
+    # The pipeline applies the definitions through its Dagster resources: the
+    # non-default settings must reach the Feast config it renders.
+    result = materialize([feast_definitions], resources=resources_from_settings(settings))
+    assert result.success
     rendered = yaml.safe_load((settings.feast_dir / "feature_store.yaml").read_text())
     assert rendered["online_store"]["redis_type"] == "redis_cluster"
-    apply_definitions(store, settings)
+    assert rendered["offline_store"] == {"type": "file"}
+    store = open_store(settings, server.url)
+    assert {v.name for v in store.list_feature_views()} >= {USER_RECENT_ITEMS}
     materialize_view(store, USER_RECENT_ITEMS, path, "user_id",
                      table["event_timestamp"].min().to_pydatetime(),
                      (table["event_timestamp"].max() + pd.Timedelta(seconds=1)).to_pydatetime())

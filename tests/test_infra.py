@@ -1,5 +1,8 @@
 """Settings and the embedded Redis lifecycle (a real redis-server)."""
 
+from pathlib import Path
+
+import pytest
 import redis
 
 from infra import redis_server
@@ -22,6 +25,19 @@ def test_settings_defaults(tmp_path, monkeypatch):
     assert s.home == tmp_path / ".recsys"
     assert s.source is None and s.redis_url is None
     assert s.tracking_uri() == f"sqlite:///{tmp_path / '.recsys' / 'mlflow' / 'mlflow.db'}"
+
+
+def test_settings_travel_whole_through_json(tmp_path):
+    """Dagster resources carry Settings as JSON: every field, non-default values included."""
+    s = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_SOURCE": str(tmp_path / "src"),
+                           "REDIS_URL": "redis://n1:7000", "RECSYS_REDIS_CLUSTER": "true",
+                           "RECSYS_FEAST_OFFLINE_STORE": '{"type": "file"}',
+                           "RECSYS_RECENT_ITEMS": "7", "RECSYS_QUANTIZE": "1"})
+    back = Settings.from_json(s.to_json())
+    assert back == s and back.redis_cluster and back.recent_items == 7
+    assert isinstance(back.home, Path) and back.source == tmp_path / "src"
+    with pytest.raises(ValueError, match="unknown settings"):
+        Settings.from_json('{"home": "/x", "colour": "red"}')
 
 
 def test_settings_reject_bad_numbers():

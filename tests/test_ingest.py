@@ -30,7 +30,7 @@ def ingest(home, source, **state):
     """Materialise the ingest assets and their check; returns (result, metadata by asset)."""
     result = materialize(
         [item_catalogue, raw_events, validate_raw_events, no_rows_lost, raw_events_suite],
-        resources={"state": RecsysState(home=str(home), source=str(source), **state)},
+        resources={"state": RecsysState.of(Settings(home=home, source=source), **state)},
         raise_on_error=False)
     metadata = {}
     for event in result.get_asset_materialization_events():
@@ -119,7 +119,7 @@ def test_new_files_are_ingested_once_and_redelivery_is_recognised(tmp_path, sour
 
 
 def home_settings(home):
-    return RecsysState(home=str(home)).settings()
+    return RecsysState.of(Settings(home=home)).settings()
 
 
 def test_event_log_rows_are_ingested_exactly_once(tmp_path, source):
@@ -320,7 +320,7 @@ def test_sensor_waits_for_a_source(tmp_path):
 
     from orchestration.sensors import new_event_files
 
-    state = RecsysState(home=str(tmp_path / "home"))
+    state = RecsysState.of(Settings(home=tmp_path / "home"))
     result = new_event_files(build_sensor_context(resources={"state": state}))
     assert "no source directory yet" in result.skip_message
 
@@ -332,7 +332,7 @@ def test_retrain_sensor_fires_on_new_events_and_on_drift_error(tmp_path, source)
     from orchestration.sensors import retrain_on_drift_or_new_events
 
     home = tmp_path / "home"
-    state = RecsysState(home=str(home), source=str(source), retrain_min_new_events=3)
+    state = RecsysState.of(Settings(home=home, source=source), retrain_min_new_events=3)
     (source / "events-001.csv").write_text(HEADER + "u1,a1,view,1600000000,\n")
     ingest(home, source)
     instance = DagsterInstance.ephemeral()

@@ -99,7 +99,7 @@ def test_config_travels_with_the_model():
 
 
 def test_traced_and_quantised_encoders_match_the_model():
-    from training.model import quantized, traced_encoder
+    from training.inference import quantized, traced_encoder
 
     torch.manual_seed(0)
     model = BehaviourEncoder(EncoderConfig(n_items=30, max_len=8, n_users=2),
@@ -214,7 +214,7 @@ def test_the_attention_rollout_is_that_of_the_models_own_attention_weights():
     import copy
     import math
 
-    from training.model import attention_rollout
+    from training.inference import attention_rollout
 
     torch.manual_seed(1)
     model = BehaviourEncoder(EncoderConfig(n_items=30, max_len=8, heads=2),

@@ -17,7 +17,7 @@ from orchestration import drift
 from orchestration.assets.ingest import read_validated_events
 from orchestration.definitions import ASSETS, CHECKS
 from orchestration.jobs import ingest_job, monitoring_job
-from orchestration.resources import RecsysState, resources_from_settings
+from orchestration.resources import resources_from_settings
 from orchestration.sensors import drift_after_ingest
 from orchestration.sources.generator import GeneratorConfig, generate
 from tests.conftest import SMALL
@@ -38,8 +38,7 @@ def new_window(pipeline, home, **shift) -> dict:
                              behaviour_seed=11, **shift)
     window = generate(config).events
     window.to_csv(settings.generated_source_dir / "events-window.csv", index=False)
-    resources = resources_from_settings(settings)
-    resources["state"] = RecsysState(home=str(home), **SMALL)
+    resources = resources_from_settings(settings, **SMALL)
     defs = Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[ingest_job, monitoring_job],
                        resources=resources)
     instance = DagsterInstance.ephemeral()

@@ -55,7 +55,7 @@ def test_integer_user_id_and_unknown_user_fall_back_to_popularity(service):
 
 def test_a_new_user_with_given_items_gets_content_similar_items(pipeline, service):
     """No online history: popularity blended with text similarity to the given items."""
-    items = pd.read_parquet(pipeline.settings.offline_dir / "items.parquet")
+    items = pd.read_parquet(pipeline.settings.items_path)
     genre = items["genres"].str.split("|").str[0]
     horror = items.loc[genre == "Horror", "item_id"].tolist()[:3]
     body = post(service, "/recommend", {"user_id": "brand-new", "k": 10,

@@ -56,7 +56,7 @@ def test_the_blend_is_the_standardised_sum_and_weight_0_leaves_the_scores_alone(
 
 
 def test_the_model_scores_with_its_transitions_and_the_traced_path_agrees():
-    from training.model import traced_encoder
+    from training.inference import traced_encoder
 
     torch.manual_seed(0)
     model = BehaviourEncoder(EncoderConfig(n_items=6, max_len=4, temperature=0.05),

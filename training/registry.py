@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import mlflow.data
-import mlflow.pytorch
+import mlflow.pyfunc
 import pandas as pd
-import torch
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model, infer_signature
+from mlflow.models import Model
 
 from infra.fingerprint import tree_sha256
+from training.checkpoint import ModelFormatError, load_model, save_model
 from training.model import BehaviourEncoder
-from training.sequences import pad_left
 from training.text_encoder import TextEncoderModel
 
 MODEL_NAME = "behaviour_encoder"
@@ -32,6 +32,9 @@ RECENT_POPULARITY_DOCUMENT = "item_popularity_recent.json"
 RECENT_POPULARITY_DAYS = 30
 # Run and version tag: the newest event time in the training data (the drift reference).
 TRAINED_UNTIL_TAG = "training_events_until"
+# The pyfunc's code file ("models from code": MLflow stores the file, no pickle).
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+ENCODER_ARTIFACT = "encoder"  # the pyfunc artifact holding training.checkpoint's files
 TEXT_MODEL_NAME = "item_text_encoder"  # the pretrained item text encoder
 TEXT_EXPERIMENT = "item_text_encoder"
 TEXT_MODEL_SHA_TAG = "model_dir_sha256"  # sha256 of the registered model directory
@@ -81,15 +84,15 @@ def log_and_register(tracking_uri: str, artifact_location: str | None,
         mlflow.log_dict(model.config.to_dict(), "encoder_config.json")
         for name, document in (documents or {}).items():
             mlflow.log_dict(document, name)
-        # Signature of the inference entry point: (B, max_len) item indices -> (B, D).
-        example = pad_left([[1, 2, 3]], model.config.max_len)
-        with torch.inference_mode():
-            signature = infer_signature(example.numpy(), model.encode(example).numpy())
-        info = mlflow.pytorch.log_model(
-            model, name="model", registered_model_name=MODEL_NAME, signature=signature,
-            input_example=example.numpy(), serialization_format="pickle",
-            pip_requirements=["torch==2.13.0", "transformers==5.23.0"],
-        )
+        with tempfile.TemporaryDirectory() as scratch:
+            encoder_dir = save_model(model, Path(scratch) / ENCODER_ARTIFACT)
+            example = pd.DataFrame({"item_ids": [model.item_ids[:3]]})
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(PYFUNC_CODE),
+                artifacts={ENCODER_ARTIFACT: str(encoder_dir)},
+                registered_model_name=MODEL_NAME, input_example=example,
+                pip_requirements=["torch==2.13.0", "transformers==5.23.0", "safetensors"],
+            )
     version = str(info.registered_model_version)
     c = client(tracking_uri)
     for key, value in tags.items():
@@ -164,10 +167,18 @@ def load_document(tracking_uri: str, version: str, name: str) -> dict:
 
 
 def load_version(tracking_uri: str, version: str) -> BehaviourEncoder:
-    client(tracking_uri)
-    model = mlflow.pytorch.load_model(f"models:/{MODEL_NAME}/{version}", weights_only=False)
-    model.eval()
-    return model
+    """Version ``version`` rebuilt from its plain files (``training.checkpoint``):
+    weights read as tensors only, so a tampered registry cannot run code here."""
+    root = _version_root(tracking_uri, MODEL_NAME, version)
+    artifacts = Model.load(str(root / "MLmodel")).flavors.get("python_function", {}).get(
+        "artifacts", {})
+    if ENCODER_ARTIFACT not in artifacts:
+        raise ModelFormatError(
+            f"{MODEL_NAME} version {version} has no {ENCODER_ARTIFACT!r} artifact: it was "
+            "stored as a pickle, which this release no longer loads (loading a pickle runs "
+            "code); retrain with the recsys_pipeline to register a version in the weights "
+            "format")
+    return load_model(root / artifacts[ENCODER_ARTIFACT]["path"])
 
 
 def register_text_encoder(tracking_uri: str, artifact_location: str | None, model_dir: Path,
@@ -201,12 +212,17 @@ def register_text_encoder(tracking_uri: str, artifact_location: str | None, mode
     return version, True
 
 
-def text_encoder_dir(tracking_uri: str, version: str) -> Path:
-    """The registered text model's directory: a local path (downloaded first when
+def _version_root(tracking_uri: str, name: str, version: str) -> Path:
+    """A registered version's model directory as a local path (downloaded first when
     the artifact store is remote)."""
-    source = client(tracking_uri).get_model_version_download_uri(TEXT_MODEL_NAME, version)
-    root = (Path(source.removeprefix("file://")) if source.startswith("file://")
+    source = client(tracking_uri).get_model_version_download_uri(name, version)
+    return (Path(source.removeprefix("file://")) if source.startswith("file://")
             else Path(mlflow.artifacts.download_artifacts(source)))
+
+
+def text_encoder_dir(tracking_uri: str, version: str) -> Path:
+    """The registered text model's directory, as a local path."""
+    root = _version_root(tracking_uri, TEXT_MODEL_NAME, version)
     flavor = Model.load(str(root / "MLmodel")).flavors["python_function"]
     return root / flavor["artifacts"]["model_dir"]["path"]
 

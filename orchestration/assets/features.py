@@ -3,7 +3,6 @@
 
 
 import json
-import os
 
 import pandas as pd
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
@@ -20,8 +19,9 @@ from feature_repo.profiles import item_popularity_table, user_profile_table
 from feature_repo.recent_items import recent_items_table
 from feature_repo.schema import GENRE_SEPARATOR
 from feature_repo.store import apply_definitions
+from infra.files import atomic_write_text
 from infra.settings import Settings
-from orchestration.assets.ingest import ITEMS, read_validated_events
+from orchestration.assets.ingest import read_validated_events
 from orchestration.resources import FeatureStoreResource, MlflowResource, RecsysState
 from training import registry
 from training.text_encoder import TextEncoder, item_texts
@@ -52,7 +52,7 @@ def user_recent_items_offline(state: RecsysState) -> MaterializeResult:
 def user_profile_offline(state: RecsysState) -> MaterializeResult:
     """Offline table of user_profile: one row per event (the profile after it)."""
     settings = state.settings()
-    items = pd.read_parquet(settings.offline_dir / ITEMS)
+    items = pd.read_parquet(settings.items_path)
     table = user_profile_table(read_validated_events(settings), items)
     return _write_table(settings, table, files.USER_PROFILE_FILE, "user_id")
 
@@ -83,7 +83,7 @@ def item_content_offline(state: RecsysState, mlflow: MlflowResource) -> Material
     """Offline table of item_content: every catalogue item's text embedding (the
     ``item_text_encoder`` champion over title, genres and description) and genres."""
     settings = state.settings()
-    items = pd.read_parquet(settings.offline_dir / ITEMS)
+    items = pd.read_parquet(settings.items_path)
     version = registry.alias_version(mlflow.tracking_uri, registry.CHAMPION,
                                      registry.TEXT_MODEL_NAME)
     encoder = TextEncoder(registry.text_encoder_dir(mlflow.tracking_uri, version))
@@ -121,7 +121,7 @@ def _materialize(context: AssetExecutionContext, settings: Settings,
     """Each (view, offline file, join key): the latest row per entity among rows newer
     than the end of that view's last materialisation (all rows on the first run)."""
     # One mark per view (the two online assets may run at the same time).
-    marks = settings.offline_dir / "materialized"
+    marks = settings.materialized_dir
     marks.mkdir(parents=True, exist_ok=True)
     store = feature_store.store()
     metadata: dict = {"full_refresh": full_refresh}
@@ -134,9 +134,7 @@ def _materialize(context: AssetExecutionContext, settings: Settings,
         start = times.min() if full_refresh or previous is None else pd.Timestamp(previous)
         stats = materialize_view(store, view, path, key, start.to_pydatetime(),
                                  end.to_pydatetime())
-        tmp = mark.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"end": end.isoformat()}))
-        os.replace(tmp, mark)
+        atomic_write_text(mark, json.dumps({"end": end.isoformat()}))
         context.log.info(f"{view}: {stats.entities_written} entities from "
                          f"{stats.rows_in_range} rows in [{start}, {end}) "
                          f"in {stats.seconds:.1f} s")

@@ -39,8 +39,6 @@ from orchestration.resources import RecsysState
 from orchestration.sources.base import SourceFormatError
 from orchestration.sources.event_log import event_log_source
 
-ITEMS = "items.parquet"
-
 RAW_SCHEMA = pa.schema([(c, pa.string()) for c in EVENT_COLUMNS] + [
     ("source_file", pa.string()), ("source_row", pa.int64()), ("parse_error", pa.string())])
 QUARANTINE_SCHEMA = RAW_SCHEMA.append(pa.field("reason", pa.string())).append(
@@ -111,7 +109,7 @@ def item_catalogue(state: RecsysState) -> MaterializeResult:
     items = source.items()
     if items.empty:
         raise SourceFormatError(f"{source.item_files[0]} has no items: the catalogue is empty")
-    path = state.settings().offline_dir / ITEMS
+    path = state.settings().items_path
     path.parent.mkdir(parents=True, exist_ok=True)
     items.to_parquet(path, index=False)
     return MaterializeResult(metadata={
@@ -202,9 +200,9 @@ def validate_raw_events(context: AssetExecutionContext, state: RecsysState):
     run_rows = run_validated = 0
     if pending:
         source = state.open_source()
-        catalogue = set(pd.read_parquet(settings.offline_dir / ITEMS, columns=["item_id"])
+        catalogue = set(pd.read_parquet(settings.items_path, columns=["item_id"])
                         ["item_id"])
-        validator = EventValidator(catalogue, source.rating_range, settings.home / "gx",
+        validator = EventValidator(catalogue, source.rating_range, settings.gx_dir,
                                    settings.data_docs_dir, source.id_pattern,
                                    settings.future_tolerance_s)
         seen = _earlier_keys(settings, ledger.batches)

@@ -23,7 +23,7 @@ from feature_repo.data_sources import USER_RECENT_ITEMS_FILE
 from feature_repo.feature_views import USER_PROFILE, USER_RECENT_ITEMS
 from feature_repo.skew import compare_online_offline
 from orchestration import drift, reports
-from orchestration.assets.ingest import ITEMS, read_validated_events
+from orchestration.assets.ingest import read_validated_events
 from orchestration.resources import FeatureStoreResource, MlflowResource, RecsysState
 from training import registry
 from training.model import BehaviourEncoder
@@ -123,7 +123,7 @@ def feature_drift(context: AssetExecutionContext, config: DriftConfig, state: Re
     trained_until = pd.Timestamp(until) if until else None
     events = read_validated_events(settings, columns=[
         "user_id", "item_id", "event_type", "rating", "event_timestamp"])
-    items = pd.read_parquet(settings.offline_dir / ITEMS, columns=["item_id", "genres"])
+    items = pd.read_parquet(settings.items_path, columns=["item_id", "genres"])
     win = drift.windows(events, trained_until, config.window_events)
     top = top_scorer(registry.load_version(uri, version))
     scores = tuple(drift.window_top_scores(w, top, config.scored_users)

@@ -21,7 +21,7 @@ from feature_repo.data_sources import ITEM_CONTENT_FILE
 from feature_repo.feature_services import BEHAVIOUR_ENCODER_SERVICE
 from feature_repo.recent_items import feature_times
 from infra.fingerprint import file_sha256, tree_sha256
-from orchestration.assets.ingest import ITEMS, read_validated_events
+from orchestration.assets.ingest import read_validated_events
 from orchestration.resources import FeatureStoreResource, MlflowResource, RecsysState
 from training import registry
 from training.cold_start import evaluate_cold_start, fill_cold_items, warm_rows
@@ -151,7 +151,7 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
     registered in MLflow as a new version with alias ``challenger``."""
     settings = state.settings()
     events = read_validated_events(settings)
-    items = pd.read_parquet(settings.offline_dir / ITEMS)
+    items = pd.read_parquet(settings.items_path)
     frame = pd.read_parquet(settings.offline_dir / TRAINING_SET)
     split = leave_one_out(events)
     index = ItemIndex(items["item_id"].tolist())
@@ -285,7 +285,7 @@ def cold_start_evaluation(context: AssetExecutionContext, config: ColdStartEvalu
     run = registry.version_run(uri, version)
     params = run.data.params
     events = read_validated_events(settings)
-    items = pd.read_parquet(settings.offline_dir / ITEMS)
+    items = pd.read_parquet(settings.items_path)
     index = ItemIndex(items["item_id"].tolist())
     split = leave_one_out(events)
     histories, users = histories_from_training_set(
