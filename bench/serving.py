@@ -28,11 +28,11 @@ import httpx
 import numpy as np
 import uvloop
 
+from bench.features import percentiles, print_latency_table, timed
 from infra import redis_server
 from infra.processes import free_port
 from infra.settings import Settings
 from orchestration.cli import start_service, stop_service, wait_ready
-from tests.bench_features import percentiles, print_latency_table, timed
 from training import registry
 
 ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"

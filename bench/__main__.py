@@ -8,8 +8,6 @@ import json
 import sys
 from pathlib import Path
 
-from tests import bench_data, bench_features, bench_models, bench_serving
-
 SECTIONS = {"data": bench_data.benchmark, "features": bench_features.benchmark,
             "models": bench_models.benchmark, "serving": bench_serving.benchmark}
 

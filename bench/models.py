@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.serving import ML100K, prepare
 from infra.settings import Settings
 from orchestration.assets.ingest import read_validated_events
 from orchestration.assets.training import TRAINING_SET, EncoderTraining, item_text_table
-from tests.bench_serving import ML100K, prepare
 from training.cold_start import evaluate_cold_start, fill_cold_items, warm_rows
 from training.evaluate import ease_baseline, evaluate, popularity_scorer
 from training.inference import quantized
