@@ -4,9 +4,8 @@ The result is Feast's ``materialize`` for ``[start, end)``: the latest row per
 entity of the view's offline table in that range, written through Feast's
 ``write_to_online_store`` (same Redis layout, same skip of rows not newer than
 the stored one). Feast 0.67's own path reads the file offline store through
-dask, which costs ~17 s for 10,000 users on this machine; selecting the latest
-rows with pyarrow and pandas costs a fraction of a second, so the time left is
-the Redis write itself.
+dask, which is slow (docs/experiments.md, Features); selecting the latest rows
+with pyarrow and pandas leaves the Redis write as the cost.
 """
 
 from __future__ import annotations

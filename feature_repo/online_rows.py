@@ -1,10 +1,11 @@
 """Thin access to Feast's Redis layout for ``user_recent_items`` rows: a read is
 one HMGET and two protobuf parses instead of ``get_online_features``' general
-path (~0.3 ms), a write one HSET instead of ``FeatureStore.push`` (~17 ms).
+path, a write one HSET instead of ``FeatureStore.push`` (docs/benchmarks.md,
+Features; docs/experiments.md, Features).
 
 The definitions stay in Feast; this is the hash Feast's Redis online store
 writes (key = serialised entity key + project, field = murmur3 of
-``view:feature``, plus ``_ts:view``). ``tests/test_features.py`` proves that a
+``view:feature``, plus ``_ts:view``). ``tests/integration/test_features.py`` proves that a
 read returns exactly what ``get_online_features`` returns for the
 ``behaviour_encoder_v1`` feature service, and that a write leaves exactly the
 hash ``push`` leaves, so a change of Feast's layout fails a test rather than

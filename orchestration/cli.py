@@ -149,7 +149,7 @@ def demo(settings: Settings) -> None:
 
 
 def show_recommendations(settings: Settings, port: int) -> None:
-    from orchestration.assets.ingest import read_validated_events
+    from orchestration.offline import read_validated_events
 
     events = read_validated_events(settings, columns=["user_id"])
     users = events["user_id"].value_counts().index[[0, len(events["user_id"].unique()) // 2, -1]]

@@ -4,15 +4,18 @@ from dagster import Definitions, load_assets_from_modules
 
 from infra.settings import Settings
 from orchestration.assets import features, ingest, monitoring, training
-from orchestration.assets.ingest import no_rows_lost, raw_events_suite
-from orchestration.assets.monitoring import training_serving_skew
-from orchestration.assets.training import challenger_beats_champion
+from orchestration.checks import (
+    challenger_beats_champion,
+    no_rows_lost,
+    raw_events_suite,
+    training_serving_skew,
+)
 from orchestration.jobs import ingest_job, monitoring_job, pipeline_job
 from orchestration.resources import resources_from_settings
+from orchestration.schedules import nightly_pipeline
 from orchestration.sensors import (
     drift_after_ingest,
     new_event_files,
-    nightly_pipeline,
     retrain_on_drift_or_new_events,
 )
 

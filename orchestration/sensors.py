@@ -7,7 +7,6 @@
 - ``retrain_on_drift_or_new_events``: drift at ERROR, or enough newly validated
   events, start the whole pipeline: a challenger is trained and registered, and
   the blocking check ``challenger_beats_champion`` decides whether it is promoted;
-- ``nightly_pipeline``: the whole pipeline at 03:00 (off until turned on).
 
 The cursor is the (size, mtime) of every event file last seen; a change starts
 the ``ingest`` job once. Exactly-once does not rest on the sensor: the ingest
@@ -18,11 +17,9 @@ import json
 
 from dagster import (
     AssetKey,
-    DefaultScheduleStatus,
     DefaultSensorStatus,
     EventLogEntry,
     RunRequest,
-    ScheduleDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -116,9 +113,3 @@ def retrain_on_drift_or_new_events(context: SensorEvaluationContext, state: Recs
         run_requests=[RunRequest(run_key=f"retrain-at-{total}-{drift_id}",
                                  tags={"retrain_reason": "; ".join(reasons)[:200]})],
         cursor=json.dumps({"validated": total, "drift": drift_id}))
-
-
-nightly_pipeline = ScheduleDefinition(
-    name="nightly_pipeline", job=pipeline_job, cron_schedule="0 3 * * *",
-    default_status=DefaultScheduleStatus.STOPPED,
-    description="The whole pipeline every night at 03:00 (turn on in the UI).")

@@ -23,10 +23,8 @@ from training.model import BehaviourEncoder, EncoderConfig
 from training.sequences import ItemIndex, Split
 from training.train import TrainConfig, model_scorer, train_encoder
 
-# How many text neighbours a cold item's vector is drawn from. ML-100K, 10% of
-# the items held out, three draws, HR@10 on the validation events of the
-# held-out items: 20 neighbours 0.119 (50: 0.116, 100: 0.103); the earlier ridge
-# regression text -> vector 0.062 (README, Models).
+# How many text neighbours a cold item's vector is drawn from, chosen on the
+# validation events of held-out items (docs/experiments.md, Cold-start item vectors).
 NEIGHBOURS = 20
 CHUNK = 1024  # cold items whose (CHUNK, warm items) similarities are held at once
 

@@ -6,7 +6,7 @@ in the training histories, as log(1 + count). A history's transition score for
 item j sums, over the lags, the row of its lag-th newest item. The encoder
 reads the order of one history; these counts add what the whole training data
 says about what comes after each of its last few items (on MovieLens-100K the
-order of a history carries most of the signal: README, Models). The blend,
+order of a history carries most of the signal: docs/models.md). The blend,
 both standardised per user over the catalogue, is
 ``z(encoder) + weight * z(transitions)``, with the weight chosen on validation.
 Popularity, log(1 + the item's count), can join the blend with a weight of its

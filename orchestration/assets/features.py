@@ -21,7 +21,7 @@ from feature_repo.schema import GENRE_SEPARATOR
 from feature_repo.store import apply_definitions
 from infra.files import atomic_write_text
 from infra.settings import Settings
-from orchestration.assets.ingest import read_validated_events
+from orchestration.offline import read_validated_events
 from orchestration.resources import FeatureStoreResource, MlflowResource, RecsysState
 from training import registry
 from training.text_encoder import TextEncoder, item_texts

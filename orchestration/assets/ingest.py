@@ -9,97 +9,34 @@ part in ``raw_events``, then one in ``validated_events`` and one in
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
     AssetExecutionContext,
     AssetOut,
-    Config,
     MaterializeResult,
     MetadataValue,
     Output,
     asset,
-    asset_check,
     multi_asset,
 )
 
-from feature_repo.schema import EVENT_COLUMNS
 from infra.fingerprint import file_sha256
 from infra.settings import Settings
 from orchestration.ledger import Ledger
+from orchestration.offline import (
+    QUARANTINE_SCHEMA,
+    RAW_SCHEMA,
+    VALIDATED_SCHEMA,
+    PartWriter,
+    read_part_chunks,
+    write_part,
+)
 from orchestration.quality import EventValidator, SeenKeys
 from orchestration.resources import RecsysState
 from orchestration.sources.base import SourceFormatError
 from orchestration.sources.event_log import event_log_source
-
-RAW_SCHEMA = pa.schema([(c, pa.string()) for c in EVENT_COLUMNS] + [
-    ("source_file", pa.string()), ("source_row", pa.int64()), ("parse_error", pa.string())])
-QUARANTINE_SCHEMA = RAW_SCHEMA.append(pa.field("reason", pa.string())).append(
-    pa.field("event_key", pa.uint64()))
-VALIDATED_SCHEMA = pa.schema([
-    ("user_id", pa.string()), ("item_id", pa.string()), ("event_type", pa.string()),
-    ("event_timestamp", pa.timestamp("us", tz="UTC")), ("rating", pa.float64()),
-    ("source_file", pa.string()), ("source_row", pa.int64()), ("event_key", pa.uint64()),
-])
-
-
-class PartWriter:
-    """Streams frames into one parquet part; the part always exists once closed
-    (with zero rows if none came), and is removed if writing fails."""
-
-    def __init__(self, path: Path, schema: pa.Schema):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.schema, self.rows = path, schema, 0
-        self._writer = pq.ParquetWriter(path, schema)
-
-    def write(self, frame: pd.DataFrame) -> None:
-        if len(frame):
-            self._writer.write_table(pa.Table.from_pandas(frame, schema=self.schema,
-                                                          preserve_index=False))
-            self.rows += len(frame)
-
-    def __enter__(self) -> "PartWriter":
-        return self
-
-    def __exit__(self, kind, error, trace) -> None:
-        self._writer.close()
-        if kind is not None:
-            self.path.unlink(missing_ok=True)
-
-
-def write_part(path: Path, schema: pa.Schema, frames: Iterable[pd.DataFrame]) -> int:
-    with PartWriter(path, schema) as writer:
-        for frame in frames:
-            writer.write(frame)
-    return writer.rows
-
-
-def read_part_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
-        yield batch.to_pandas()
-
-
-def part_rows(directory: Path) -> int:
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in directory.glob("*.parquet"))
-
-
-def read_validated_events(settings: Settings, columns: list[str] | None = None) -> pd.DataFrame:
-    """Every validated event, in time order (ties in the order read: batch, then row)."""
-    parts = sorted(settings.validated_events_dir.glob("*.parquet"))
-    if not parts:
-        raise FileNotFoundError(f"no validated events under {settings.validated_events_dir}: "
-                                "materialise validated_events first")
-    wanted = None if columns is None else list(dict.fromkeys(columns + ["event_timestamp"]))
-    events = pd.concat([pd.read_parquet(p, columns=wanted) for p in parts], ignore_index=True)
-    events = events.sort_values("event_timestamp", kind="stable").reset_index(drop=True)
-    return events if columns is None else events[columns]
 
 
 @asset(group_name="ingest")
@@ -180,6 +117,23 @@ def _earlier_keys(settings: Settings, batches) -> SeenKeys:
     return SeenKeys(np.concatenate(keys) if keys else None)
 
 
+def _validate_batch(settings: Settings, batch, validator: EventValidator, seen: SeenKeys,
+                    chunk_rows: int) -> Counter:
+    """One raw batch, chunk by chunk, into its validated and quarantine parts; the
+    batch's counts recorded on it. Returns the rows failing each reason."""
+    reasons: Counter = Counter()
+    with PartWriter(settings.validated_events_dir / batch.part, VALIDATED_SCHEMA) as good, \
+            PartWriter(settings.quarantine_dir / batch.part, QUARANTINE_SCHEMA) as bad:
+        for chunk in read_part_chunks(settings.raw_events_dir / batch.part, chunk_rows):
+            result = validator.validate(chunk, seen)
+            good.write(result.validated)
+            bad.write(result.quarantined)
+            reasons.update(result.reason_counts)
+    batch.validated, batch.quarantined = good.rows, bad.rows
+    batch.reasons = dict(reasons.most_common())
+    return reasons
+
+
 @multi_asset(
     outs={
         "validated_events": AssetOut(is_required=True, group_name="ingest",
@@ -207,23 +161,13 @@ def validate_raw_events(context: AssetExecutionContext, state: RecsysState):
                                    settings.future_tolerance_s)
         seen = _earlier_keys(settings, ledger.batches)
         for batch in pending:
-            batch_reasons: Counter = Counter()
-            with PartWriter(settings.validated_events_dir / batch.part, VALIDATED_SCHEMA) as good, \
-                    PartWriter(settings.quarantine_dir / batch.part, QUARANTINE_SCHEMA) as bad:
-                for chunk in read_part_chunks(settings.raw_events_dir / batch.part,
-                                              state.chunk_rows):
-                    result = validator.validate(chunk, seen)
-                    good.write(result.validated)
-                    bad.write(result.quarantined)
-                    batch_reasons.update(result.reason_counts)
-            batch.validated, batch.quarantined = good.rows, bad.rows
-            batch.reasons = dict(batch_reasons.most_common())
+            batch_reasons = _validate_batch(settings, batch, validator, seen, state.chunk_rows)
             batch.validation_run = context.run_id
             run_reasons.update(batch_reasons)
             run_rows += batch.rows
-            run_validated += good.rows
-            context.log.info(f"batch {batch.batch}: {good.rows} validated, "
-                             f"{bad.rows} quarantined")
+            run_validated += batch.validated
+            context.log.info(f"batch {batch.batch}: {batch.validated} validated, "
+                             f"{batch.quarantined} quarantined")
         validator.build_docs()
         ledger.save()
     seconds = time.perf_counter() - started
@@ -246,56 +190,3 @@ def validate_raw_events(context: AssetExecutionContext, state: RecsysState):
         "reasons": MetadataValue.json(ledger.reason_totals()),
         "run_reasons": MetadataValue.json(reasons), "data_docs": docs,
     })
-
-
-@asset_check(asset="validated_events", additional_deps=["raw_events", "quarantined_events"],
-             blocking=True)
-def no_rows_lost(state: RecsysState) -> AssetCheckResult:
-    """raw = validated + quarantined, for every batch and in total: every row read
-    ended up somewhere."""
-    settings = state.settings()
-    raw = part_rows(settings.raw_events_dir)
-    validated = part_rows(settings.validated_events_dir)
-    quarantined = part_rows(settings.quarantine_dir)
-    ledger = Ledger(settings.ingest_ledger)
-    unbalanced = [b.batch for b in ledger.batches if b.validated is None
-                  or b.rows != b.validated + b.quarantined]
-    return AssetCheckResult(
-        passed=raw == validated + quarantined and raw == ledger.total("rows") and not unbalanced,
-        severity=AssetCheckSeverity.ERROR,
-        metadata={"raw": raw, "validated": validated, "quarantined": quarantined,
-                  "ledger_rows": ledger.total("rows"), "unbalanced_batches": str(unbalanced)},
-    )
-
-
-class SuiteThresholds(Config):
-    """The share of rows a run may quarantine before the suite's check warns."""
-
-    max_quarantine_rate: float = 0.05
-
-
-@asset_check(asset="validated_events", additional_deps=["quarantined_events"])
-def raw_events_suite(config: SuiteThresholds, state: RecsysState) -> AssetCheckResult:
-    """The Great Expectations suite's outcome as a Dagster check (WARN): rows failing
-    each expectation in the batches the latest validation run read, and whether the share
-    quarantined stays under ``max_quarantine_rate``. Failing rows are quarantined
-    either way; this says when a source has started sending garbage."""
-    settings = state.settings()
-    ledger = Ledger(settings.ingest_ledger)
-    validated = [b for b in ledger.batches if b.validated is not None]
-    latest = validated[-1].validation_run if validated else None
-    batches = [b for b in validated if b.validation_run == latest]
-    rows = sum(b.rows for b in batches)
-    quarantined = sum(b.quarantined for b in batches)
-    reasons: Counter = Counter()
-    for batch in batches:
-        reasons.update(batch.reasons or {})
-    rate = quarantined / rows if rows else 0.0
-    return AssetCheckResult(
-        passed=rate <= config.max_quarantine_rate, severity=AssetCheckSeverity.WARN,
-        metadata={"rows": rows, "quarantined": quarantined, "quarantine_rate": round(rate, 6),
-                  "max_quarantine_rate": config.max_quarantine_rate,
-                  "failing_rows_per_expectation": MetadataValue.json(dict(reasons.most_common())),
-                  "data_docs": MetadataValue.url(
-                      (settings.data_docs_dir / "index.html").as_uri())},
-    )

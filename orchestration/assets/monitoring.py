@@ -16,15 +16,11 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     asset,
-    asset_check,
 )
 
-from feature_repo.data_sources import USER_RECENT_ITEMS_FILE
-from feature_repo.feature_views import USER_PROFILE, USER_RECENT_ITEMS
-from feature_repo.skew import compare_online_offline
 from orchestration import drift, reports
-from orchestration.assets.ingest import read_validated_events
-from orchestration.resources import FeatureStoreResource, MlflowResource, RecsysState
+from orchestration.offline import read_validated_events
+from orchestration.resources import MlflowResource, RecsysState
 from training import registry
 from training.model import BehaviourEncoder
 from training.sequences import ItemIndex
@@ -32,40 +28,6 @@ from training.train import model_scorer
 
 DRIFT_CHECKS = {"numeric_feature_drift": "numeric", "categorical_feature_drift": "categorical",
                 "prediction_drift": "prediction"}
-
-
-class SkewSample(Config):
-    """How many users to compare (a seeded random sample)."""
-
-    users: int = 200
-    seed: int = 0
-
-
-@asset_check(asset="online_user_features", additional_deps=["user_recent_items_offline"])
-def training_serving_skew(config: SkewSample, state: RecsysState,
-                          feature_store: FeatureStoreResource) -> AssetCheckResult:
-    """Sampled users' user_recent_items and user_profile, online vs offline at the
-    same instant: every feature must match (0 after a clean materialisation)."""
-    settings = state.settings()
-    table = pd.read_parquet(settings.offline_dir / USER_RECENT_ITEMS_FILE,
-                            columns=["user_id", "event_timestamp"])
-    latest = table.groupby("user_id")["event_timestamp"].max()
-    rng = np.random.default_rng(config.seed)
-    users = sorted(rng.choice(latest.index.to_numpy(), size=min(config.users, len(latest)),
-                              replace=False).tolist())
-    store = feature_store.store()
-    report = compare_online_offline(store, [USER_RECENT_ITEMS, USER_PROFILE], users, latest)
-    features = list(report.mismatches)
-    path = reports.write(settings.reports_dir, reports.SKEW, reports.skew_html(report, features))
-    mismatching = {f: users for f, users in report.mismatches.items() if users}
-    return AssetCheckResult(
-        passed=report.compared > 0 and not mismatching, severity=AssetCheckSeverity.ERROR,
-        metadata={"users_compared": report.compared,
-                  "fresher_online": len(report.fresher_online),
-                  "mismatch_rate": MetadataValue.json({f: report.rate(f) for f in features}),
-                  "mismatching_users": MetadataValue.json(
-                      {f: u[:20] for f, u in mismatching.items()}),
-                  "report": MetadataValue.url(path.as_uri())})
 
 
 class DriftConfig(Config):
@@ -138,6 +100,14 @@ def feature_drift(context: AssetExecutionContext, config: DriftConfig, state: Re
                "overall": overall}
     path = reports.write(settings.reports_dir, reports.DRIFT, reports.drift_html(features, summary))
     context.log.info(f"drift {overall}: " + ", ".join(f"{f.name} {f.severity}" for f in features))
+    return MaterializeResult(check_results=_drift_checks(features, path), metadata={
+        "severity": overall, "champion": version, "new_events": win.new_events,
+        "report": MetadataValue.url(path.as_uri()),
+        "features": MetadataValue.json({f.name: f.severity for f in features})})
+
+
+def _drift_checks(features: list[drift.FeatureDrift], report) -> list[AssetCheckResult]:
+    """One check per kind of feature, at the worst severity among its features."""
     checks = []
     for name, kind in DRIFT_CHECKS.items():
         mine = [f for f in features if f.kind == kind]
@@ -145,13 +115,10 @@ def feature_drift(context: AssetExecutionContext, config: DriftConfig, state: Re
         checks.append(AssetCheckResult(
             check_name=name, passed=level == drift.OK,
             severity=AssetCheckSeverity.ERROR if level == drift.ERROR else AssetCheckSeverity.WARN,
-            metadata={"severity": level, "report": MetadataValue.url(path.as_uri()),
+            metadata={"severity": level, "report": MetadataValue.url(report.as_uri()),
                       **{f.name: MetadataValue.json({"severity": f.severity, **{
                           k: round(v, 4) for k, v in f.statistics.items()}}) for f in mine}}))
-    return MaterializeResult(check_results=checks, metadata={
-        "severity": overall, "champion": version, "new_events": win.new_events,
-        "report": MetadataValue.url(path.as_uri()),
-        "features": MetadataValue.json({f.name: f.severity for f in features})})
+    return checks
 
 
 def _span(window: pd.DataFrame) -> str:

@@ -6,22 +6,18 @@ import numpy as np
 import pandas as pd
 import torch
 from dagster import (
-    AssetCheckExecutionContext,
-    AssetCheckResult,
-    AssetCheckSeverity,
     AssetExecutionContext,
     Config,
     MaterializeResult,
     MetadataValue,
     asset,
-    asset_check,
 )
 
 from feature_repo.data_sources import ITEM_CONTENT_FILE
 from feature_repo.feature_services import BEHAVIOUR_ENCODER_SERVICE
 from feature_repo.recent_items import feature_times
 from infra.fingerprint import file_sha256, tree_sha256
-from orchestration.assets.ingest import read_validated_events
+from orchestration.offline import read_validated_events
 from orchestration.resources import FeatureStoreResource, MlflowResource, RecsysState
 from training import registry
 from training.cold_start import evaluate_cold_start, fill_cold_items, warm_rows
@@ -59,11 +55,12 @@ def training_set(state: RecsysState, feature_store: FeatureStoreResource) -> Mat
 
 
 class EncoderTraining(Config):
-    """Hyper-parameters (defaults suit the built-in data and MovieLens-100K)."""
+    """Hyper-parameters (defaults suit the built-in data and MovieLens-100K; each
+    default was chosen on validation: docs/models.md, docs/experiments.md)."""
 
     epochs: int = 85
-    # Validation NDCG@10 of the weight average plateaus for 10-20 epochs before it
-    # climbs again (ML-100K, seed 43: 0.112 at epoch 12, 0.125 at 64): 10 stopped there.
+    # Validation NDCG@10 of the weight average can plateau for 10-20 epochs before
+    # it climbs again, so patience outlasts a plateau.
     patience: int = 25
     # Wall-clock training budget (0: none): no epoch starts that would end past it.
     max_train_seconds: float = 290.0
@@ -73,8 +70,7 @@ class EncoderTraining(Config):
     layers: int = 2
     heads: int = 1
     dropout: float = 0.5
-    # Cosine scores / temperature (0: dot products): on ML-100K +0.01 NDCG@10 and
-    # coverage@10 0.39 -> 0.49 against dot products (README, Models).
+    # Cosine scores / temperature (0: dot products).
     temperature: float = 0.05
     seed: int = 42
     threads: int = 2
@@ -82,25 +78,20 @@ class EncoderTraining(Config):
     # batch, for catalogues too large for a full softmax (MovieLens-size ones are not).
     sampled_negatives: int = 0
     # Validate and keep an exponential moving average of the weights (decay per
-    # batch; 0: the latest weights), and smooth the targets: together, on ML-100K
-    # validation NDCG@10 0.1272 -> 0.1328 (README, Models).
+    # batch; 0: the latest weights), and smooth the targets.
     ema_decay: float = 0.998
     label_smoothing: float = 0.2
     # A learned vector per training user, added to the encoder's input (the whole
     # history's signal beyond the last max_len items), left out of this share of
-    # the training windows so that new users are served well: on ML-100K test
-    # NDCG@10 0.1132 -> 0.1233, mean of 3 seeds (README, Models).
+    # the training windows so that new users are served well.
     user_vectors: bool = True
     user_dropout: float = 0.5
     # Item-to-item transition counts at lags 1..3 of the training histories, and
     # item popularity, blended into the scores with weights chosen on validation
-    # (0: none): on ML-100K test NDCG@10 0.1233 -> 0.1272 and HR@10 0.2322 ->
-    # 0.2361 for the transitions, mean of 3 seeds (README, Models).
+    # (0: none).
     transition_lags: int = 3
     # Each epoch the training histories are cut into windows from a random offset,
-    # not the same windows every epoch: on ML-100K validation NDCG@10 up for all
-    # three seeds; with popularity in the blend, test NDCG@10 0.1272 -> 0.1314 and
-    # HR@10 0.2361 -> 0.2400, mean of 3 seeds (README, Models).
+    # not the same windows every epoch, so a target is seen after other contexts.
     random_tiling: bool = True
 
     def configs(self, n_items: int, max_len: int) -> tuple[EncoderConfig, TrainConfig]:
@@ -163,47 +154,12 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
     # Items without training interactions get their vector from their text.
     cold_filled = fill_cold_items(result.model, item_text_table(settings, index),
                                   warm_rows(split, index))
-    # Test is computed once, after the checkpoint was chosen on validation.
-    test = evaluate(model_scorer(result.model), split, index, "test")
-    popularity = popularity_scorer(split, index)
-    pop_test = evaluate(popularity, split, index, "test")
-    pop_val = evaluate(popularity, split, index, "validation")
-    metrics = {
-        **test,
-        **ease_baseline(split, index),
-        "baseline_pop_ndcg_at_10": pop_test["ndcg_at_10"],
-        "baseline_pop_hr_at_10": pop_test["hr_at_10"],
-        "baseline_pop_mrr": pop_test["mrr"],
-        "baseline_pop_coverage_at_10": pop_test["coverage_at_10"],
-        "best_val_ndcg_at_10": result.validation["val_ndcg_at_10"],
-        "best_val_hr_at_10": result.validation["val_hr_at_10"],
-        "val_baseline_pop_ndcg_at_10": pop_val["ndcg_at_10"],
-        "best_epoch": result.best_epoch,
-        "train_seconds": result.train_seconds,
-        "evaluated_users": len(split.validation),
-        "cold_items_from_text": cold_filled,
-        # The blend weights of the item transitions and of popularity chosen on
-        # validation (0: none).
-        "transition_weight": getattr(result.model.transitions, "weight", 0.0),
-        "popularity_weight": getattr(result.model.transitions, "popularity_weight", 0.0),
-    }
-    offline = settings.offline_dir
-    tags = {"feature_service": BEHAVIOUR_ENCODER_SERVICE, "dagster_run_id": context.run_id,
-            "source": str(settings.source or "generator"),
-            "validated_events_sha256": tree_sha256(settings.validated_events_dir),
-            "training_set_sha256": file_sha256(offline / TRAINING_SET),
-            registry.TRAINED_UNTIL_TAG: events["event_timestamp"].max().isoformat()}
+    metrics = {**_test_metrics(result, split, index), "cold_items_from_text": cold_filled}
     params = {**result.model.config.to_dict(), **train_config.to_dict(),
               "training_rows": len(frame), "torch": torch.__version__}
-    counts = events["item_id"].value_counts()
-    newest = events["event_timestamp"].max()
-    recent = events.loc[events["event_timestamp"] > newest - pd.Timedelta(
-        days=registry.RECENT_POPULARITY_DAYS), "item_id"].value_counts()
     registered = registry.log_and_register(
         mlflow.tracking_uri, mlflow.artifact_location, result.model, params, result.history,
-        metrics, tags, documents={
-            registry.POPULARITY_DOCUMENT: counts.astype(int).to_dict(),
-            registry.RECENT_POPULARITY_DOCUMENT: recent.astype(int).to_dict()},
+        metrics, _lineage_tags(context, settings, events), documents=_popularity(events),
         inputs=[(events.drop(columns=["source_file", "source_row", "event_key"]),
                  "validated_events", str(settings.validated_events_dir), "training")])
     return MaterializeResult(metadata={
@@ -212,41 +168,49 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
     })
 
 
-class Promotion(Config):
-    """How much better (validation NDCG@10) a challenger must be to become champion."""
+def _test_metrics(result, split, index: ItemIndex) -> dict[str, float]:
+    """Test, computed once after the checkpoint was chosen on validation, with the
+    popularity and EASE baselines on the same split, and the validation figures."""
+    test = evaluate(model_scorer(result.model), split, index, "test")
+    popularity = popularity_scorer(split, index)
+    pop_test = evaluate(popularity, split, index, "test")
+    pop_val = evaluate(popularity, split, index, "validation")
+    return {
+        **test,
+        **ease_baseline(split, index),
+        **{f"baseline_pop_{name}": pop_test[name]
+           for name in ("ndcg_at_10", "hr_at_10", "mrr", "coverage_at_10")},
+        "best_val_ndcg_at_10": result.validation["val_ndcg_at_10"],
+        "best_val_hr_at_10": result.validation["val_hr_at_10"],
+        "val_baseline_pop_ndcg_at_10": pop_val["ndcg_at_10"],
+        "best_epoch": result.best_epoch,
+        "train_seconds": result.train_seconds,
+        "evaluated_users": len(split.validation),
+        # The blend weights of the item transitions and of popularity chosen on
+        # validation (0: none).
+        "transition_weight": getattr(result.model.transitions, "weight", 0.0),
+        "popularity_weight": getattr(result.model.transitions, "popularity_weight", 0.0),
+    }
 
-    min_margin: float = 0.0
+
+def _lineage_tags(context: AssetExecutionContext, settings, events: pd.DataFrame,
+                  ) -> dict[str, str]:
+    """What the run and the registered version were made from (``recsys lineage``)."""
+    return {"feature_service": BEHAVIOUR_ENCODER_SERVICE, "dagster_run_id": context.run_id,
+            "source": str(settings.source or "generator"),
+            "validated_events_sha256": tree_sha256(settings.validated_events_dir),
+            "training_set_sha256": file_sha256(settings.offline_dir / TRAINING_SET),
+            registry.TRAINED_UNTIL_TAG: events["event_timestamp"].max().isoformat()}
 
 
-@asset_check(asset="behaviour_encoder_version", blocking=True)
-def challenger_beats_champion(context: AssetCheckExecutionContext, config: Promotion,
-                              state: RecsysState, mlflow: MlflowResource) -> AssetCheckResult:
-    """Blocking: the challenger's validation NDCG@10 must beat the champion's, both
-    measured now on the same validation data, by more than ``min_margin``; when it
-    does not, ``champion_model`` does not run and the champion stays."""
-    settings = state.settings()
-    split = leave_one_out(read_validated_events(settings))
-    uri = mlflow.tracking_uri
-    challenger = registry.alias_version(uri, registry.CHALLENGER)
-    champion = registry.alias_version(uri, registry.CHAMPION)
-    if challenger is None:
-        return AssetCheckResult(passed=False, severity=AssetCheckSeverity.ERROR,
-                                metadata={"reason": "no challenger registered"})
-    scores = {}
-    for version in {challenger, champion} - {None}:
-        model = registry.load_version(uri, version)
-        scores[version] = evaluate(model_scorer(model), split, ItemIndex(model.item_ids),
-                                   "validation")["ndcg_at_10"]
-    decision = registry.decide_promotion(challenger, scores[challenger], champion,
-                                         scores.get(champion), config.min_margin)
-    context.log.info(f"promotion check: {decision}")
-    return AssetCheckResult(
-        # Already champion: nothing to promote, nothing to block.
-        passed=decision.promote or challenger == champion,
-        severity=AssetCheckSeverity.ERROR,
-        metadata={"challenger": challenger, "champion": str(champion),
-                  "reason": decision.reason, "min_margin": config.min_margin,
-                  "validation_ndcg_at_10": MetadataValue.json(scores)})
+def _popularity(events: pd.DataFrame) -> dict[str, dict]:
+    """Item counts, all time and over the last RECENT_POPULARITY_DAYS: the serving
+    fallback's order."""
+    newest = events["event_timestamp"].max()
+    recent = events.loc[events["event_timestamp"] > newest - pd.Timedelta(
+        days=registry.RECENT_POPULARITY_DAYS), "item_id"].value_counts()
+    return {registry.POPULARITY_DOCUMENT: events["item_id"].value_counts().astype(int).to_dict(),
+            registry.RECENT_POPULARITY_DOCUMENT: recent.astype(int).to_dict()}
 
 
 @asset(group_name="training", deps=["behaviour_encoder_version"])
