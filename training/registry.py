@@ -101,11 +101,19 @@ def log_and_register(tracking_uri: str, artifact_location: str | None,
     return Registered(version=version, run_id=run.info.run_id)
 
 
+# What the registry answers for an alias (or a model) that does not exist; any
+# other error (the registry unreachable) is raised, never read as "no version".
+NOT_FOUND = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
 def alias_version(tracking_uri: str, alias: str, name: str = MODEL_NAME) -> str | None:
+    """The version behind ``alias``; None when the model or the alias does not exist."""
     try:
         return str(client(tracking_uri).get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as error:
+        if error.error_code in NOT_FOUND:
+            return None
+        raise
 
 
 @dataclass(frozen=True)
