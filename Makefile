@@ -8,7 +8,7 @@ PORT ?= 3000
 export RECSYS_HOME ?= $(CURDIR)/.recsys
 export DAGSTER_HOME := $(RECSYS_HOME)/dagster
 
-.PHONY: demo test bench ui serve mlflow-ui stop install lint lineage
+.PHONY: demo test test-fast bench bench-docs ui serve mlflow-ui stop install lint lineage
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,11 +22,20 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/recsys demo
 
+# Every tier: unit, then integration (real Redis, MLflow store, Dagster, HTTP).
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest tests/unit tests/integration
+
+# The unit tier alone: no services, well under a minute.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -m "not slow"
 
 bench: $(STAMP)
-	$(BIN)/python -m tests.bench $(SECTIONS)
+	$(BIN)/python -m bench $(SECTIONS)
+
+# docs/benchmarks.md (and the results table of docs/models.md) from bench_results/*.json.
+bench-docs: $(STAMP)
+	$(BIN)/python -m bench --docs
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -26,7 +26,9 @@ from infra.settings import Settings
 from orchestration.assets.features import feast_definitions
 from orchestration.resources import resources_from_settings
 from serving.online import OnlineFeatures
-from tests.test_features import HAND
+from tests.unit.test_feature_tables import HAND
+
+pytestmark = pytest.mark.slow  # the whole pipeline, a real server or a cluster
 
 SLOTS = 16384
 

@@ -9,18 +9,13 @@ import pytest
 from dagster import AssetKey, materialize
 
 from infra.settings import Settings
-from orchestration.assets.ingest import (
-    item_catalogue,
-    no_rows_lost,
-    raw_events,
-    raw_events_suite,
-    read_validated_events,
-    validate_raw_events,
-)
+from orchestration.assets.ingest import item_catalogue, raw_events, validate_raw_events
+from orchestration.checks import no_rows_lost, raw_events_suite
 from orchestration.ledger import Ledger
+from orchestration.offline import read_validated_events
 from orchestration.resources import RecsysState, resources_from_settings
 from serving.online import EventLog
-from tests.test_sources import U_ITEM
+from tests.unit.test_sources import U_ITEM
 
 HEADER = "user_id,item_id,event_type,timestamp,rating\n"
 ITEMS = "item_id,title,genres,description\na1,First,Drama,Long\na2,Second,Comedy,\na3,Third,,\n"

@@ -14,13 +14,15 @@ from dagster import DagsterInstance, Definitions, build_sensor_context
 
 from infra.settings import Settings
 from orchestration import drift
-from orchestration.assets.ingest import read_validated_events
 from orchestration.definitions import ASSETS, CHECKS
 from orchestration.jobs import ingest_job, monitoring_job
+from orchestration.offline import read_validated_events
 from orchestration.resources import resources_from_settings
 from orchestration.sensors import drift_after_ingest
 from orchestration.sources.generator import GeneratorConfig, generate
 from tests.conftest import SMALL
+
+pytestmark = pytest.mark.slow  # the whole pipeline, a real server or a cluster
 
 SHIFT = {"popularity_seed": 99, "taste_genres": ("Horror", "Western", "Musical")}
 WINDOW = SMALL["generator_events"]  # a whole window of new events against the training data

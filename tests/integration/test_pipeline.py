@@ -14,15 +14,17 @@ from feature_repo.recent_items import feature_times
 from feature_repo.store import open_store
 from infra import redis_server
 from infra.fingerprint import file_sha256, tree_sha256
-from orchestration.assets.ingest import read_validated_events
 from orchestration.assets.training import EncoderTraining, logged_recipe
 from orchestration.definitions import defs
+from orchestration.offline import read_validated_events
 from orchestration.resources import resources_from_settings
 from tests.conftest import EPOCHS
-from tests.test_sources import U_ITEM
+from tests.unit.test_sources import U_ITEM
 from training import registry
 from training.model import BehaviourEncoder, EncoderConfig
 from training.text_encoder import TextEncoder
+
+pytestmark = pytest.mark.slow  # the whole pipeline, a real server or a cluster
 
 MICROSECOND = pd.Timedelta(microseconds=1)
 
@@ -222,7 +224,7 @@ def test_skew_is_zero_after_materialisation_and_catches_a_corrupted_value(pipeli
     from feast.protos.feast.types.Value_pb2 import StringList, Value
 
     from feature_repo.online_rows import RecentItemsRows
-    from orchestration.assets.monitoring import training_serving_skew
+    from orchestration.checks import training_serving_skew
     from orchestration.definitions import ASSETS, CHECKS
 
     settings = pipeline.settings

@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from orchestration.assets.ingest import read_validated_events
+from orchestration.offline import read_validated_events
 from tests.conftest import API_KEY, AUTH
 from training import registry
+
+pytestmark = pytest.mark.slow  # the whole pipeline, a real server or a cluster
 
 
 def post(url, path, body, headers=AUTH):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_model import generated
+from tests.unit.test_model import generated
 from training.evaluate import evaluate
 from training.model import BehaviourEncoder, EncoderConfig
 from training.sequences import pad_left

@@ -1,0 +1,60 @@
+"""A registered behaviour_encoder version in a real MLflow store: the platform
+loads its weights and files, and a tampered registry cannot run code here."""
+
+import pickle
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.unit.test_checkpoint import ITEMS, small_model
+from training import registry
+from training.checkpoint import WEIGHTS, ModelFormatError
+
+
+class Planted:
+    """A pickle that, if anything unpickled it, would create ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_pickle_planted_in_the_registry_is_rejected_and_never_runs(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    artifacts = (tmp_path / "artifacts").as_uri()
+    registered = registry.log_and_register(
+        uri, artifacts, small_model(), {"purpose": "test"}, [], {"ndcg_at_10": 0.5}, {})
+    served = registry.load_version(uri, registered.version)
+    assert served.item_ids == ITEMS
+    # The pyfunc wrapper for the UI and `mlflow models serve` answers its input example.
+    import mlflow.pyfunc
+
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}/{registered.version}")
+    top = pyfunc.predict(pd.DataFrame({"item_ids": [["i1", "i2"]]}))
+    assert len(top["item_ids"][0]) == 4 and not {"i1", "i2"} & set(top["item_ids"][0])
+
+    weights = next(tmp_path.joinpath("artifacts").rglob(WEIGHTS))
+    marker = tmp_path / "code-ran"
+    weights.write_bytes(pickle.dumps(Planted(marker)))
+    with pytest.raises(ModelFormatError, match="not a safetensors file"):
+        registry.load_version(uri, registered.version)
+    assert not marker.exists()
+    # A torch pickle (the old format) in its place fails the same way.
+    torch.save(small_model(), weights)
+    with pytest.raises(ModelFormatError, match="nothing in it was executed"):
+        registry.load_version(uri, registered.version)
+
+
+def test_an_unreachable_registry_is_an_error_not_a_missing_champion(tmp_path, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    from infra.processes import free_port
+
+    assert registry.alias_version(f"sqlite:///{tmp_path / 'mlflow.db'}", "champion") is None
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with pytest.raises(MlflowException, match="failed with exception"):
+        registry.alias_version(f"http://127.0.0.1:{free_port()}", "champion")

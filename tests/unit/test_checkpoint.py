@@ -1,0 +1,36 @@
+"""The behaviour encoder stored as weights and plain files: what is saved is what
+is loaded, and a tampered registry cannot run code in a process that loads it."""
+
+import numpy as np
+import torch
+
+from training.checkpoint import load_model, save_model
+from training.model import BehaviourEncoder, EncoderConfig
+from training.sequences import pad_left
+from training.transitions import Transitions
+
+ITEMS = [f"i{n}" for n in range(1, 7)]
+
+
+def small_model() -> BehaviourEncoder:
+    torch.manual_seed(3)
+    config = EncoderConfig(n_items=6, max_len=4, hidden=8, layers=1, heads=1,
+                           temperature=0.1, n_users=2)
+    model = BehaviourEncoder(config, ITEMS, [f"Title {i}" for i in ITEMS], ["u1", "u2"]).eval()
+    counts = Transitions.count([[1, 2, 3], [2, 3, 4], [1, 5]], n_items=6, lags=2)
+    model.transitions = counts.weighted(0.2, 0.1).borrowing(
+        np.array([6]), np.array([[1, 2]]), np.array([[0.5, 0.5]], dtype=np.float32))
+    return model
+
+
+def test_saved_model_scores_exactly_as_the_trained_one(tmp_path):
+    model = small_model()
+    loaded = load_model(save_model(model, tmp_path / "encoder"))
+    seq, users = pad_left([[1, 2], [3]], 4), model.user_rows(["u2", "stranger"])
+    with torch.inference_mode():
+        assert torch.equal(loaded.score(seq, users), model.score(seq, users))
+    assert loaded.config == model.config and loaded.item_ids == ITEMS
+    assert loaded.user_index == {"u1": 1, "u2": 2}
+    assert loaded.transitions.weight == 0.2 and loaded.transitions.popularity_weight == 0.1
+    assert loaded.transitions.borrowers.tolist() == [6]
+    assert not loaded.training
