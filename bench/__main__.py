@@ -1,30 +1,45 @@
 """``make bench``: figures on this machine, printed as tables and written to
-``bench_results/<section>.json``. Sections: ``data`` (tests/bench_data.py),
-``features`` (tests/bench_features.py), ``models`` (tests/bench_models.py) and
-``serving`` (tests/bench_serving.py).
+``bench_results/<section>.json``. Sections: ``data`` (bench/data.py), ``features``
+(bench/features.py), ``models`` (bench/models.py), ``serving`` (bench/serving.py),
+``faults`` (bench/faults.py).
+``python -m bench --docs`` regenerates docs/benchmarks.md from the JSON.
 """
 
 import json
+import os
 import sys
-from pathlib import Path
 
-SECTIONS = {"data": bench_data.benchmark, "features": bench_features.benchmark,
-            "models": bench_models.benchmark, "serving": bench_serving.benchmark}
+from bench import data, faults, features, models, report, serving
+
+SECTIONS = {"data": data, "features": features, "models": models, "serving": serving,
+            "faults": faults}
 
 
 def main() -> None:
-    """``python -m tests.bench [data] [serving]`` (all sections when none is named)."""
-    names = sys.argv[1:] or list(SECTIONS)
+    """``python -m bench [data] [serving] ...`` (all sections when none is named)."""
+    args = sys.argv[1:]
+    if args == ["--docs"]:
+        for path in report.write_docs():
+            print(f"written {path}")
+        return
+    names = args or list(SECTIONS)
     unknown = set(names) - set(SECTIONS)
     if unknown:
         raise SystemExit(f"unknown section(s) {sorted(unknown)}; choose from {list(SECTIONS)}")
-    out = Path("bench_results")
-    out.mkdir(exist_ok=True)
+    report.RESULTS_DIR.mkdir(exist_ok=True)
     for name in names:
         print(f"== {name} ==")
-        results = SECTIONS[name]()
-        (out / f"{name}.json").write_text(json.dumps(results, indent=2))
-        print(f"written to {out / f'{name}.json'}\n")
+        module = SECTIONS[name]
+        results = module.benchmark()
+        tables = module.tables(results)
+        print(report.markdown(tables))
+        knobs = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
+                         if k.startswith("BENCH_") and k != "BENCH_HOME")
+        command = f"{knobs} make bench SECTIONS={name}".strip()
+        document = report.record(name, command, results, tables)
+        path = report.RESULTS_DIR / f"{name}.json"
+        path.write_text(json.dumps(document, indent=2))
+        print(f"written to {path}\n")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.report import table
+
 ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 
 
@@ -22,12 +24,8 @@ def run(source: Path, home: Path) -> dict:
     from dagster import materialize
 
     from infra.settings import Settings
-    from orchestration.assets.ingest import (
-        item_catalogue,
-        no_rows_lost,
-        raw_events,
-        validate_raw_events,
-    )
+    from orchestration.assets.ingest import item_catalogue, raw_events, validate_raw_events
+    from orchestration.checks import no_rows_lost
     from orchestration.resources import RecsysState
 
     started = time.perf_counter()
@@ -89,6 +87,15 @@ def benchmark() -> dict[str, dict]:
         for reason, count in row["reasons"].items():
             print(f"{'':<16}   quarantined: {reason}: {count:,}")
     return results
+
+
+def tables(results: dict) -> list[dict]:
+    """Ingest + validate through the real Dagster assets, one process per source."""
+    return [table("Ingest and validate (Dagster assets, Great Expectations)",
+                  ["source", "rows", "validated", "quarantined", "seconds", "rows/s",
+                   "peak RSS MB"],
+                  [[name, r["rows"], r["validated"], r["quarantined"], r["seconds"],
+                    r["rows_per_s"], r["peak_rss_mb"]] for name, r in results.items()])]
 
 
 if __name__ == "__main__":

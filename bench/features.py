@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.report import table
 from feature_repo.data_sources import USER_RECENT_ITEMS_FILE
 from feature_repo.feature_services import BEHAVIOUR_ENCODER_SERVICE
 from feature_repo.feature_views import USER_RECENT_ITEMS
@@ -119,3 +120,17 @@ def benchmark() -> dict:
     ratio = results["thin_reader"]["p99_ms"] / results["raw_redis_hmget"]["p99_ms"]
     print(f"thin reader p99 / raw HMGET p99: {ratio:.2f}x")
     return results
+
+
+def tables(results: dict) -> list[dict]:
+    m = results["materialize"]
+    return [
+        table("Offline table and materialisation", ["users", "offline rows",
+              "offline table s", "materialise s", "users/s"],
+              [[m["users"], m["offline_rows"], m["offline_table_seconds"], m["seconds"],
+                m["users_per_s"]]]),
+        table("Online reads of one user's behaviour_encoder_v1 features (steady state)",
+              ["read", "n", "p50 ms", "p95 ms", "p99 ms"],
+              [[name, r["n"], r["p50_ms"], r["p95_ms"], r["p99_ms"]] for name, r in
+               results.items() if name != "materialize"]),
+    ]

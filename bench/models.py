@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.report import table
 from bench.serving import ML100K, prepare
 from infra.settings import Settings
-from orchestration.assets.ingest import read_validated_events
 from orchestration.assets.training import TRAINING_SET, EncoderTraining, item_text_table
+from orchestration.offline import read_validated_events
 from training.cold_start import evaluate_cold_start, fill_cold_items, warm_rows
 from training.evaluate import ease_baseline, evaluate, popularity_scorer
 from training.inference import quantized
@@ -101,3 +102,24 @@ def benchmark() -> dict:
                   f"test users): HR@10 {row['cold_start_hr_at_10']:.4f} vs random "
                   f"{row['cold_start_random_hr_at_10']:.4f} ({row['cold_start_lift']:.1f}x)")
     return {"rows": rows, "summary": summary, "cold_start": cold, "seeds": list(seeds)}
+
+
+def tables(results: dict) -> list[dict]:
+    rows = [[name, *(r[m] for m in METRICS), r.get("train_seconds"),
+             f"{r['transition_weight']} / {r['popularity_weight']}"
+             if "transition_weight" in r else ""]
+            for name, r in results["rows"].items()]
+    rows += [[f"{name}, mean (std)", *(f"{mean:.4f} ({std:.4f})" for mean, std in
+                                       (stats[m] for m in METRICS)),
+              stats["train_seconds"][0] if "train_seconds" in stats else None, ""]
+             for name, stats in results["summary"].items()]
+    cold = [[draw, r.get("cold_start_users"), r.get("cold_start_hr_at_10"),
+             r.get("cold_start_random_hr_at_10"), r.get("cold_start_lift")]
+            for draw, r in results["cold_start"].items()]
+    return [
+        table("MovieLens-100K, test split (seeds " + ", ".join(map(str, results["seeds"])) + ")",
+              ["model", "NDCG@10", "HR@10", "MRR", "coverage@10", "train s",
+               "weights w / p"], rows),
+        table("Cold start: 10% of the items held out of training (HR@10 on their test events)",
+              ["draw", "test users", "HR@10", "random HR@10", "lift"], cold),
+    ]

@@ -22,6 +22,7 @@ import random
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -29,6 +30,7 @@ import numpy as np
 import uvloop
 
 from bench.features import percentiles, print_latency_table, timed
+from bench.report import table
 from infra import redis_server
 from infra.processes import free_port
 from infra.settings import Settings
@@ -64,40 +66,59 @@ class Connection:
     much cheaper per request than a general client, so that on two cores it
     takes less CPU away from the server it measures."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.reader, self.writer = reader, writer
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 api_key: str = API_KEY):
+        self.reader, self.writer, self.api_key = reader, writer, api_key
 
     @classmethod
-    async def open(cls, host: str, port: int) -> "Connection":
-        return cls(*await asyncio.open_connection(host, port))
+    async def open(cls, host: str, port: int, api_key: str = API_KEY) -> "Connection":
+        return cls(*await asyncio.open_connection(host, port), api_key=api_key)
 
-    async def post(self, path: str, body: bytes) -> int:
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """(status, body) of one request on this connection."""
         self.writer.write(
             f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-            f"X-API-Key: {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            f"X-API-Key: {self.api_key}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
         length = 0
         for line in head.lower().split(b"\r\n"):
             if line.startswith(b"content-length:"):
                 length = int(line.split(b":", 1)[1])
-        await self.reader.readexactly(length)
-        return status
+        return status, await self.reader.readexactly(length)
 
     def close(self) -> None:
         self.writer.close()
 
 
-async def open_loop(port: int, users: list[str], rate: float, seconds: float) -> dict:
+@dataclass
+class Sample:
+    """One scheduled request: when it was due and sent, when (and how) it was
+    answered; ``done`` None when it got no answer (``error`` says why)."""
+
+    scheduled: float
+    sent: float | None = None
+    done: float | None = None
+    status: int | None = None
+    body: bytes = b""
+    error: str | None = None
+
+    @property
+    def latency(self) -> float | None:
+        return None if self.done is None else self.done - self.scheduled
+
+
+async def drive(port: int, users: list[str], rate: float, seconds: float,
+                timeout_s: float = 10.0, api_key: str = API_KEY) -> list[Sample]:
+    """``/recommend`` for random users on a fixed schedule (open loop), ``rate`` per
+    second for ``seconds``: every request's sample, in schedule order."""
     clock = time.perf_counter  # not loop.time(): uvloop's has millisecond resolution
-    latencies: list[float] = []
-    late: list[float] = []  # how far behind its schedule the generator sent each request
-    errors = {"status": 0, "exception": 0, "over_in_flight": 0}
+    samples: list[Sample] = []
     idle: list[Connection] = []
     opened: list[Connection] = []
     in_flight = 0
 
-    async def one(scheduled: float, user: str) -> None:
+    async def one(sample: Sample, user: str) -> None:
         nonlocal in_flight
         in_flight += 1
         connection = idle.pop() if idle else None
@@ -106,19 +127,18 @@ async def open_loop(port: int, users: list[str], rate: float, seconds: float) ->
             connection = None
         try:
             if connection is None:
-                connection = await Connection.open("127.0.0.1", port)
+                connection = await Connection.open("127.0.0.1", port, api_key)
                 opened.append(connection)
             body = f'{{"user_id": "{user}", "k": 10}}'.encode()
-            sent = clock()
-            status = await asyncio.wait_for(connection.post("/recommend", body), 10)
-            if status == 200:
-                latencies.append(clock() - scheduled)
-                late.append(sent - scheduled)
-            else:
-                errors["status"] += 1
+            sample.sent = clock()
+            sample.status, sample.body = await asyncio.wait_for(
+                connection.post("/recommend", body), timeout_s)
+            sample.done = clock()
             idle.append(connection)
-        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
-            errors["exception"] += 1
+        except TimeoutError:
+            sample.error = "timeout"
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            sample.error = "exception"
         finally:
             in_flight -= 1
 
@@ -126,11 +146,12 @@ async def open_loop(port: int, users: list[str], rate: float, seconds: float) ->
     loop = asyncio.get_running_loop()
     paced = loop.create_future()
 
-    def launch(scheduled: float) -> None:
+    def launch(sample: Sample) -> None:
+        samples.append(sample)
         if in_flight >= MAX_IN_FLIGHT:
-            errors["over_in_flight"] += 1
+            sample.error = "over_in_flight"
         else:
-            tasks.append(asyncio.create_task(one(scheduled, random.choice(users))))
+            tasks.append(asyncio.create_task(one(sample, random.choice(users))))
 
     def pace() -> None:
         # The event loop's timers have millisecond resolution (epoll's timeout, and
@@ -142,22 +163,34 @@ async def open_loop(port: int, users: list[str], rate: float, seconds: float) ->
             delay = scheduled - clock()
             if delay > 0:
                 time.sleep(delay)
-            loop.call_soon_threadsafe(launch, scheduled)
+            loop.call_soon_threadsafe(launch, Sample(scheduled=scheduled))
         loop.call_soon_threadsafe(paced.set_result, None)
 
     start = clock() + 0.05
     threading.Thread(target=pace, name="pacer", daemon=True).start()
     await paced
     await asyncio.gather(*tasks)
-    elapsed = clock() - start
     for connection in opened:
         connection.close()
-    row = {"target_rps": rate, "achieved_rps": round(len(latencies) / elapsed, 1),
-           "requests": int(rate * seconds), "errors": sum(errors.values()), **{
+    return samples
+
+
+async def open_loop(port: int, users: list[str], rate: float, seconds: float) -> dict:
+    """``drive``, summarised: achieved rate, latency percentiles of the 200s, errors."""
+    samples = await drive(port, users, rate, seconds)
+    ok = [x for x in samples if x.status == 200]
+    errors = {"status": sum(x.status not in (None, 200) for x in samples)}
+    for x in samples:
+        if x.error:
+            errors[x.error] = errors.get(x.error, 0) + 1
+    elapsed = max(x.done or x.scheduled for x in samples) - samples[0].scheduled
+    row = {"target_rps": rate, "achieved_rps": round(len(ok) / elapsed, 1),
+           "requests": len(samples), "errors": sum(errors.values()),
+           "degraded": sum(b'"degraded":true' in x.body for x in ok), **{
                f"errors_{k}": v for k, v in errors.items() if v}}
-    if latencies:
-        row.update(percentiles(latencies))
-        row["send_lateness"] = percentiles(late)
+    if ok:
+        row.update(percentiles([x.latency for x in ok]))
+        row["send_lateness"] = percentiles([x.sent - x.scheduled for x in ok])
     return row
 
 
@@ -182,7 +215,7 @@ def in_process_floor(settings: Settings, users: list[str]) -> dict:
     import torch
 
     from feature_repo.store import open_store
-    from orchestration.assets.ingest import read_validated_events
+    from orchestration.offline import read_validated_events
     from serving.online import OnlineFeatures
     from serving.scoring import load_served_model, recommend
     from training.evaluate import evaluate
@@ -248,17 +281,31 @@ def batched_scoring_cost(served, online, users: list[str], repeat: int = 300) ->
     return out
 
 
+def handler_kind() -> str:
+    """Whether the service's endpoints are ``async def`` (run on the event loop) or
+    ``def`` (run in BentoML's thread pool)."""
+    import inspect
+
+    from serving.service import Recommender
+
+    method = Recommender.inner.recommend if hasattr(Recommender, "inner") else None
+    method = method or Recommender.recommend
+    function = getattr(method, "func", method)
+    return "async" if inspect.iscoroutinefunction(function) else "sync"
+
+
 def benchmark() -> dict:
     random.seed(0)
     home = Path(os.environ.get("BENCH_HOME") or tempfile.mkdtemp(prefix="recsys_bench_"))
     settings = Settings(home=home, source=ML100K)
     print(f"state: {home}")
     prepare(settings)
-    from orchestration.assets.ingest import read_validated_events
+    from orchestration.offline import read_validated_events
 
     users = read_validated_events(settings, columns=["user_id"])["user_id"].unique().tolist()
     seconds = float(os.environ.get("BENCH_SERVING_SECONDS", "30"))
-    results: dict = {"in_process_floor": in_process_floor(settings, users)}
+    results: dict = {"in_process_floor": in_process_floor(settings, users),
+                     "handlers": handler_kind(), "seconds_per_rate": seconds}
     port = free_port()
     process = start_service(settings, port, settings.home / "bench_serve.log",
                             env={"RECSYS_API_KEY": API_KEY, "RECSYS_SOURCE": str(ML100K)})
@@ -296,3 +343,21 @@ def benchmark() -> dict:
     if not os.environ.get("BENCH_HOME"):
         redis_server.stop(settings)
     return results
+
+
+def tables(results: dict) -> list[dict]:
+    floor = results["in_process_floor"]
+    latency = [[name, r["p50_ms"], r["p99_ms"]] for name, r in (
+        ("in-process floor, float32, back to back", floor["float32"]),
+        (f"in-process floor, float32, paced {PACED_RATE}/s", floor["float32_paced"]),
+        ("in-process floor, int8, back to back", floor["int8"]),
+        ("event-to-visible (/events then /recommend)", results["event_to_visible"]))]
+    load = [[r["target_rps"], r["achieved_rps"], r.get("p50_ms"), r.get("p95_ms"),
+             r.get("p99_ms"), r["errors"], r.get("degraded")] for r in results["load"]]
+    return [
+        table("Floors and event-to-visible", ["measure", "p50 ms", "p99 ms"], latency),
+        table(f"/recommend under open-loop load ({results['handlers']} handlers, "
+              f"{results['seconds_per_rate']:g} s per rate)",
+              ["target req/s", "achieved", "p50 ms", "p95 ms", "p99 ms", "errors", "degraded"],
+              load),
+    ]

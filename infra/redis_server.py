@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from infra.processes import free_port, pid_alive, port_free
 from infra.settings import Settings
@@ -36,15 +38,20 @@ class RedisServer:
     socket: str | None = None  # the embedded server's Unix socket, when it has one
     cluster: bool = False  # url is a node of a Redis Cluster
 
-    def client(self) -> redis.Redis:
+    def client(self, timeout_s: float | None = None) -> redis.Redis:
         """A client for this process's own reads and writes: over the Unix socket
-        when the embedded server has one (about half the round trip of loopback
-        TCP here), a cluster client for a Redis Cluster, else the URL."""
+        when the embedded server has one (a shorter round trip than loopback TCP),
+        a cluster client for a Redis Cluster, else the URL. ``timeout_s``: socket
+        and connect timeout, and no retries (a call fails within about that time);
+        None: redis-py's defaults (no timeout, its retries)."""
+        bounded = {} if timeout_s is None else {
+            "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
+            "retry": Retry(NoBackoff(), 0)}
         if self.cluster:
-            return redis.RedisCluster.from_url(self.url)
+            return redis.RedisCluster.from_url(self.url, **bounded)
         if self.socket:
-            return redis.Redis(unix_socket_path=self.socket)
-        return redis.Redis.from_url(self.url)
+            return redis.Redis(unix_socket_path=self.socket, **bounded)
+        return redis.Redis.from_url(self.url, **bounded)
 
 
 def _executable() -> str:

@@ -43,8 +43,15 @@ class Settings:
     model_poll_s: int = 30  # how often the service checks the champion alias
     quantize: bool = False  # the service runs the encoder int8-quantised
     serving_workers: int = 2  # service worker processes (each loads the model)
-    access_log: bool = False  # the service logs one line per request (~0.5 ms CPU each)
+    access_log: bool = False  # the service logs one line per request (CPU on each)
     tracing: bool = False  # OpenTelemetry spans in the service (off: no SDK work per request)
+    # The service's Redis calls: socket and connect timeout, no client retries (a
+    # request's deadline leaves no room for them). Low on loopback; raise it for a
+    # remote Redis.
+    redis_timeout_ms: int = 20
+    # A request not answered by the model within this budget answers from popularity,
+    # flagged, instead of queueing behind slower ones.
+    deadline_ms: int = 50
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -60,9 +67,13 @@ class Settings:
         body = env.get("RECSYS_MAX_BODY_BYTES") or str(1 << 20)
         poll = env.get("RECSYS_MODEL_POLL_S") or "30"
         workers = env.get("RECSYS_SERVING_WORKERS") or "2"
+        redis_timeout = env.get("RECSYS_REDIS_TIMEOUT_MS") or "20"
+        deadline = env.get("RECSYS_DEADLINE_MS") or "50"
         for name, value in (("RECSYS_RECENT_ITEMS", recent), ("RECSYS_SERVING_THREADS", threads),
                             ("RECSYS_MAX_BODY_BYTES", body), ("RECSYS_MODEL_POLL_S", poll),
-                            ("RECSYS_SERVING_WORKERS", workers)):
+                            ("RECSYS_SERVING_WORKERS", workers),
+                            ("RECSYS_REDIS_TIMEOUT_MS", redis_timeout),
+                            ("RECSYS_DEADLINE_MS", deadline)):
             if not value.isdigit() or int(value) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         return cls(
@@ -82,6 +93,8 @@ class Settings:
             serving_workers=int(workers),
             access_log=_flag(env, "RECSYS_ACCESS_LOG"),
             tracing=_flag(env, "RECSYS_TRACING"),
+            redis_timeout_ms=int(redis_timeout),
+            deadline_ms=int(deadline),
         )
 
     def to_json(self) -> str:

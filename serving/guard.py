@@ -6,8 +6,18 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
 
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
+ARRIVED = "recsys_arrived"  # scope["state"] key: monotonic time the request arrived
+
+
+def arrival(ctx) -> float:
+    """When the request behind a BentoML context arrived (now, when unknown): the
+    start of its deadline, which counts the time it queued for a handler thread."""
+    request = getattr(ctx, "request", None)
+    state = getattr(request, "scope", {}).get("state") or {}
+    return state.get(ARRIVED, time.monotonic())
 
 
 async def _reply(send, status: int, message: str, headers: list | None = None) -> None:
@@ -39,6 +49,7 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        scope.setdefault("state", {})[ARRIVED] = time.monotonic()
         headers = dict(scope.get("headers") or [])
         if self.api_key and scope["path"] not in OPEN_PATHS and not self._authorised(headers):
             return await _reply(send, 401, "missing or wrong API key: send 'Authorization: "

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Annotated, Literal
@@ -16,18 +17,21 @@ import pandas as pd
 import redis
 import torch
 from pydantic import BaseModel, Field, StrictInt, StringConstraints, ValidationError
+from starlette.responses import JSONResponse
 
 from feature_repo.schema import (
     EVENT_TYPES,
     FUTURE_TOLERANCE_S,
     ID_MAX_LENGTH,
+    ID_PATTERN,
     MIN_TIMESTAMP,
     parse_timestamps,
 )
 from feature_repo.store import open_store
 from infra import redis_server
 from infra.settings import Settings
-from serving.guard import Guard
+from serving.breaker import CircuitBreaker
+from serving.guard import Guard, arrival
 from serving.online import EventLog, OnlineFeatures
 from serving.scoring import (
     ServedModel,
@@ -43,9 +47,14 @@ log = logging.getLogger("recsys.serving")
 
 WATCH_TICK_S = 0.2  # how often a worker looks for a /reload answered by another
 RELOAD_WAIT_S = 60.0  # how long /reload waits for every worker to load the new model
+SWITCH_INTERVAL_S = 0.0005  # sys.setswitchinterval for the service's workers
+BREAKER_FAILURES = 3  # consecutive Redis failures that open the breaker
+BREAKER_PROBE_S = 0.1  # how often an open breaker pings Redis
+ONLINE_DOWN = "online store unavailable: popularity"
+PAST_DEADLINE = "past the request deadline: popularity"
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_LENGTH,
-                                      pattern=r"^[A-Za-z0-9_.:\-]+$")]
+                                      pattern=ID_PATTERN)]
 IdLike = Annotated[StrictInt | Id, Field(description="A user or item id (string or integer).")]
 
 class Because(BaseModel):
@@ -77,7 +86,7 @@ class Recommendation(BaseModel):
 class Event(BaseModel):
     user_id: IdLike
     item_id: IdLike
-    event_type: Literal["view", "click", "rating", "add_to_cart", "purchase"] = Field(
+    event_type: Literal[EVENT_TYPES] = Field(
         description="One of " + ", ".join(EVENT_TYPES) + ".")
     timestamp: StrictInt | float | str | None = Field(
         default=None, description="Unix seconds or ISO-8601; default: now.")
@@ -135,6 +144,11 @@ if not _startup.tracing:
     # BentoML wraps every request in an OpenTelemetry span, exported nowhere unless
     # a tracing exporter is configured; a disabled SDK makes those spans no-ops.
     os.environ.setdefault("OTEL_SDK_DISABLED", "true")
+# An MLflow tracking server that does not answer must not hold /reload for minutes
+# (MLflow's defaults: a 120 s timeout and 7 retries with backoff); the champion
+# watch retries on its own every RECSYS_MODEL_POLL_S.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 
 
 @bentoml.service(name="recommender", traffic={"timeout": 30}, workers=_startup.serving_workers,
@@ -144,8 +158,17 @@ class Recommender:
         settings = Settings.from_env()
         self.settings = settings
         torch.set_num_threads(settings.serving_threads)
+        # Handlers run in BentoML's thread pool while the event loop thread accepts and
+        # parses requests: hand the GIL over more often than every 5 ms (the default),
+        # so neither waits a whole interval for the other.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         server = redis_server.ensure(settings)
-        self.redis = server.client()
+        # Bounded calls and a breaker: a Redis that is down or hung costs a request
+        # at most one timeout, and once the breaker is open nothing at all.
+        self.redis = server.client(timeout_s=settings.redis_timeout_ms / 1000)
+        self.breaker = CircuitBreaker(self.redis.ping, failures_to_open=BREAKER_FAILURES,
+                                      probe_interval_s=BREAKER_PROBE_S, name="redis")
+        self.deadline_s = settings.deadline_ms / 1000
         self.online = OnlineFeatures(open_store(settings, server.url), self.redis,
                                      settings.recent_items)
         self.board = WorkerBoard(settings.serving_dir)
@@ -203,26 +226,50 @@ class Recommender:
     @bentoml.on_shutdown
     def close(self) -> None:
         self._stop.set()
+        self.breaker.close()
         self.board.leave()
         self.redis.close()
 
+    def _redis_failed(self, error: redis.RedisError) -> None:
+        was_open = not self.breaker.allow()
+        self.breaker.failed()
+        if not was_open and not self.breaker.allow():
+            log.warning("online store unavailable (%s): answering degraded until it answers "
+                        "again", type(error).__name__)
+
+    def _online_up(self) -> bool:
+        """Whether the online store answers now (False at once while the breaker is open)."""
+        if not self.breaker.allow():
+            return False
+        try:
+            self.redis.ping()
+        except redis.RedisError as error:
+            self._redis_failed(error)
+            return False
+        self.breaker.succeeded()
+        return True
+
     def __is_ready__(self) -> bool:
         """/readyz: 503 while the online store (Redis) does not answer."""
-        try:
-            return bool(self.redis.ping())
-        except redis.RedisError:
-            return False
+        return self._online_up()
 
-    def _history(self, user: str) -> list[str] | None:
-        """The user's online history; None when the online store is unreachable."""
+    def _history(self, user: str, ctx: bentoml.Context) -> tuple[list[str] | None, str | None]:
+        """The user's online history, or None and why: the online store is down (or
+        its breaker open), or the request is already past its deadline."""
+        if not self.breaker.allow():
+            return None, ONLINE_DOWN
         try:
-            return self.online.recent(user)
+            history = self.online.recent(user)
         except redis.RedisError as error:
-            log.warning("online store unavailable: %s", type(error).__name__)
-            return None
+            self._redis_failed(error)
+            return None, ONLINE_DOWN
+        self.breaker.succeeded()
+        if time.monotonic() - arrival(ctx) > self.deadline_s:
+            return None, PAST_DEADLINE
+        return history, None
 
     @bentoml.api
-    async def recommend(self, user_id: IdLike,
+    def recommend(self, user_id: IdLike,
                   k: Annotated[int, Field(ge=1, le=1000, description="How many items.")] = 10,
                   exclude_seen: Annotated[bool, Field(
                       description="Leave out items in the user's recent history.")] = True,
@@ -232,14 +279,15 @@ class Recommender:
                           "to /events (e.g. an anonymous session). With an online history "
                           "the model reads them after it; without one they steer the "
                           "fallback by content similarity."))] = [],  # noqa: B006
+                  ctx: bentoml.Context = None,
                   ) -> Recommendation:
         """Top-k items for a user from the champion model over online features."""
         user = str(user_id)
         served = self.served
-        history = self._history(user)
+        history, unavailable = self._history(user, ctx)
         ranked = recommend(served, history or [], k, exclude_seen,
                            [str(i) for i in context_item_ids], user)
-        reason = "online store unavailable: popularity" if history is None else ranked.reason
+        reason = unavailable or ranked.reason
         titles, position = served.model.titles, served.index.index
         return Recommendation(
             user_id=user, model_version=served.version, degraded=reason is not None,
@@ -250,18 +298,18 @@ class Recommender:
         )
 
     @bentoml.api
-    async def score(self, user_id: IdLike,
+    def score(self, user_id: IdLike,
               item_ids: Annotated[list[IdLike], Field(
                   min_length=1, max_length=1000, description="Candidate item ids.")],
+              ctx: bentoml.Context = None,
               ) -> Scores:
         """Scores of the given candidate items for a user."""
         user = str(user_id)
         served = self.served
         ids = [str(i) for i in item_ids]
-        history = self._history(user)
+        history, unavailable = self._history(user, ctx)
         values, reason = score_items(served, history or [], ids, user)
-        if history is None:
-            reason = "online store unavailable: popularity"
+        reason = unavailable or reason
         return Scores(user_id=user, model_version=served.version,
                       scores=dict(zip(ids, values, strict=True)),
                       degraded=reason is not None, reason=reason)
@@ -272,13 +320,20 @@ class Recommender:
         checks every RECSYS_MODEL_POLL_S seconds); answers when every worker serves
         it. Needs RECSYS_API_KEY to be set."""
         if not self.settings.api_key:
-            ctx.response.status_code = 403
-            before = after = self.served.version
-            workers = self.board.versions()
-        else:
+            return JSONResponse({"error": "/reload is refused while the service runs "
+                                 "without RECSYS_API_KEY"}, status_code=403)
+        # Registry calls and the wait for the other workers run in threads of their
+        # own: a slow registry never holds the handler threads that /recommend uses.
+        try:
             before, after = await asyncio.to_thread(self._swap_if_moved)
-            self.board.request_reload()
-            workers = await asyncio.to_thread(self.board.wait_all, after, RELOAD_WAIT_S)
+        except Exception as error:  # the registry is down: keep the loaded model, say so
+            log.warning("/reload: registry unavailable (%s: %s)", type(error).__name__, error)
+            return JSONResponse({
+                "error": f"the model registry is unavailable ({type(error).__name__}); "
+                         f"still serving behaviour_encoder v{self.served.version}",
+                "model_version": self.served.version}, status_code=503)
+        self.board.request_reload()
+        workers = await asyncio.to_thread(self.board.wait_all, after, RELOAD_WAIT_S)
         return Reloaded(model_version=after, previous_version=before, changed=before != after,
                         workers=len(workers),
                         workers_on_version=sum(v == after for v in workers.values()))
@@ -289,7 +344,7 @@ class Recommender:
         """Accept behaviour events: online features updated before the reply, and
         each event appended to the offline event log. 503 (nothing written, every
         event rejected with the reason) while the online store is unavailable."""
-        if not self.__is_ready__():
+        if not self._online_up():
             ctx.response.status_code = 503
             error = "the online store (Redis) is unavailable; nothing was written, retry later"
             return EventsAccepted(accepted=0, rejected=[
@@ -335,7 +390,7 @@ class Recommender:
                 # Redis went away after the check: the events are in the offline log
                 # (they reach the features at the next batch run), not all online.
                 ctx.response.status_code = 503
-                log.warning("online store failed during /events: %s", type(error).__name__)
+                self._redis_failed(error)
                 note = ("logged to the offline event log, but the online store (Redis) "
                         "failed: the online features may miss it until the next batch run")
                 return EventsAccepted(accepted=len(accepted), rejected=rejected + [
