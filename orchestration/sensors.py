@@ -45,6 +45,18 @@ def event_file_snapshot(state: RecsysState) -> dict[str, list[int]] | None:
     return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in source.event_files}
 
 
+def ingested_snapshot(state: RecsysState, snapshot: dict[str, list[int]],
+                      ) -> dict[str, list[int]]:
+    """The first tick's cursor: the files the ingest ledger already holds whole (their
+    last batch ends at the file's size and was read after its last change), so a
+    sensor turned on after a run (the demo, then ``make ui``) starts nothing for them."""
+    last: dict[str, tuple[int, float]] = {}
+    for batch in Ledger(state.settings().ingest_ledger).batches:
+        last[batch.file] = (batch.end_byte, batch.ingested_at)
+    return {name: stat for name, stat in snapshot.items()
+            if name in last and last[name][0] == stat[0] and last[name][1] * 1e9 >= stat[1]}
+
+
 @sensor(job=ingest_job, minimum_interval_seconds=30,
         default_status=DefaultSensorStatus.RUNNING)
 def new_event_files(context: SensorEvaluationContext, state: RecsysState):
@@ -52,7 +64,8 @@ def new_event_files(context: SensorEvaluationContext, state: RecsysState):
     snapshot = event_file_snapshot(state)
     if snapshot is None:
         return SkipReason("no source directory yet: run the pipeline once")
-    previous = json.loads(context.cursor) if context.cursor else {}
+    previous = (json.loads(context.cursor) if context.cursor
+                else ingested_snapshot(state, snapshot))
     changed = sorted(name for name, stat in snapshot.items() if previous.get(name) != stat)
     cursor = json.dumps(snapshot, sort_keys=True)
     if not changed:
@@ -72,6 +85,9 @@ def drift_after_ingest(context: SensorEvaluationContext, asset_event: EventLogEn
     if run is None or run.job_name != ingest_job.name:
         return SkipReason(f"validated_events came from {run.job_name if run else 'no run'}, "
                           "which checks drift itself")
+    new_rows = asset_event.asset_materialization.metadata.get("run_rows")
+    if new_rows is not None and new_rows.value == 0:
+        return SkipReason(f"ingest run {asset_event.run_id} read no new rows: nothing to check")
     return RunRequest(run_key=f"drift-after-{asset_event.run_id}")
 
 

@@ -9,6 +9,7 @@ part in ``raw_events``, then one in ``validated_events`` and one in
 
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -35,7 +36,7 @@ from orchestration.offline import (
 )
 from orchestration.quality import EventValidator, SeenKeys
 from orchestration.resources import RecsysState
-from orchestration.sources.base import SourceFormatError
+from orchestration.sources.base import Source, SourceFormatError
 from orchestration.sources.event_log import event_log_source
 
 
@@ -84,18 +85,24 @@ def raw_events(context: AssetExecutionContext, state: RecsysState) -> Materializ
     if not ledger.batches:
         raise SourceFormatError(f"source {source.directory} has no event rows")
     ledger.save()
-    per_file = Counter()
-    for batch in ledger.batches:
-        per_file[batch.file] += batch.rows
-    files = {p.name: {"path": str(p), "sha256": hashes.get(p) or file_sha256(p),
-                      "rows": per_file[p.name]} for p in source.files}
     return MaterializeResult(metadata={
         "row_count": ledger.total("rows"), "new_rows": sum(b["rows"] for b in new),
-        "source": source.name, "files": MetadataValue.json(files),
+        "source": source.name, "files": MetadataValue.json(_file_lineage(source, ledger, hashes)),
         "new_batches": MetadataValue.json(new), "skipped_files": MetadataValue.json(skipped),
         "event_log_rows": sum(b.rows for b in ledger.batches if b.source == "event_log"),
         "path": MetadataValue.path(str(settings.raw_events_dir)),
     })
+
+
+def _file_lineage(source: Source, ledger: Ledger, hashes: dict[Path, str]) -> dict:
+    """Each source file's path, SHA-256 and rows: event rows ingested from it, or for
+    the catalogue file the items read from it (``recsys lineage`` prints these)."""
+    rows = Counter()
+    for batch in ledger.batches:
+        rows[batch.file] += batch.rows
+    rows[source.item_files[0].name] = len(source.items())
+    return {p.name: {"path": str(p), "sha256": hashes.get(p) or file_sha256(p),
+                     "rows": rows[p.name]} for p in source.files}
 
 
 def _summary(rows: int, validated: int, reasons: dict[str, int]) -> str:

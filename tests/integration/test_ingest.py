@@ -310,6 +310,31 @@ def test_sensor_starts_one_ingest_run_per_new_file(tmp_path, source):
         ("events-001.csv", 1, 1), ("events-002.csv", 1, 1)]
 
 
+def test_the_sensors_first_tick_takes_files_already_ingested_as_seen(tmp_path, source):
+    """Turned on after a run (``make ui`` after ``make demo``), the sensor starts no
+    run for the files that run ingested, and one for a file it did not."""
+    from dagster import build_sensor_context
+
+    from orchestration.sensors import new_event_files
+
+    (source / "events-001.csv").write_text(HEADER + "u1,a1,view,1600000000,\n")
+    assert ingest(tmp_path / "home", source)[0].success
+    state = RecsysState.of(Settings(home=tmp_path / "home", source=source))
+    first = new_event_files(build_sensor_context(resources={"state": state}))
+    assert not first.run_requests and "no new or changed" in first.skip_reason.skip_message
+    (source / "events-002.csv").write_text(HEADER + "u2,a2,view,1600000100,\n")
+    second = new_event_files(build_sensor_context(cursor=first.cursor,
+                                                  resources={"state": state}))
+    (request,) = second.run_requests
+    assert request.tags["changed_files"] == "events-002.csv"
+    # A file that grew after it was ingested is not seen, on a first tick too.
+    with open(source / "events-001.csv", "a") as f:
+        f.write("u3,a1,view,1600000200,\n")
+    again = new_event_files(build_sensor_context(resources={"state": state}))
+    (request,) = again.run_requests
+    assert request.tags["changed_files"] == "events-001.csv,events-002.csv"
+
+
 def test_sensor_waits_for_a_source(tmp_path):
     from dagster import build_sensor_context
 

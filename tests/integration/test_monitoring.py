@@ -50,6 +50,13 @@ def new_window(pipeline, home, **shift) -> dict:
     tick = drift_after_ingest.evaluate_tick(build_sensor_context(instance=instance))
     (request,) = tick.run_requests
     assert not quiet.run_requests and request.run_key == f"drift-after-{ingested.run_id}"
+    # An ingest run that found nothing new starts no monitoring run.
+    nothing = defs.resolve_job_def("ingest").execute_in_process(instance=instance)
+    assert nothing.success
+    after_quiet = drift_after_ingest.evaluate_tick(build_sensor_context(
+        instance=instance, cursor=tick.cursor))
+    assert not after_quiet.run_requests
+    assert f"ingest run {nothing.run_id} read no new rows" in after_quiet.skip_message
     monitored = defs.resolve_job_def("monitoring").execute_in_process(
         instance=instance, raise_on_error=False, run_config={
             "ops": {"feature_drift": {"config": {"window_events": WINDOW}}}})

@@ -281,6 +281,8 @@ def test_lineage_resolves_to_the_exact_raw_files(pipeline, monkeypatch, capsys):
     assert chain["raw_files"]["events.csv"]["rows"] == chain["raw_events"]["row_count"] > 10_000
     assert chain["raw_files"]["items.csv"]["sha256"] == file_sha256(
         settings.generated_source_dir / "items.csv")
+    # The catalogue file counts the items read from it.
+    assert chain["raw_files"]["items.csv"]["rows"] == len(pd.read_parquet(settings.items_path))
     monkeypatch.setenv("RECSYS_HOME", str(settings.home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert main(["lineage", "1"]) == 0
