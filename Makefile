@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
+	command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq npm >/dev/null)
+	$(BIN)/python -m orchestration.docs_assets
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -41,14 +43,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 ui: $(STAMP)
-	mkdir -p $(DAGSTER_HOME)
-	$(BIN)/dagster dev -m orchestration.definitions -p 3001
+	$(BIN)/recsys ui --port 3001
 
 serve: $(STAMP)
 	$(BIN)/recsys serve --port $(PORT)
 
 mlflow-ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(RECSYS_HOME)/mlflow/mlflow.db}" --port 5000
+	$(BIN)/recsys mlflow-ui --port 5000
 
 lineage: $(STAMP)
 	$(BIN)/recsys lineage $(VERSION)

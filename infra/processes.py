@@ -1,9 +1,18 @@
-"""Local processes and ports: whether a pid is alive, a free loopback port."""
+"""Local processes and ports: the processes the project starts (each in its own
+process group, its pid under ``$RECSYS_HOME/run``), whether a pid is alive, a
+free loopback port."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import subprocess
+import time
+from pathlib import Path
+
+from infra.settings import Settings
 
 
 def pid_alive(pid: int) -> bool:
@@ -38,3 +47,42 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def start_process(settings: Settings, name: str, argv: list[str], log_path: Path | None = None,
+                  env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``argv`` in a process group of its own (its children die with it), its pid
+    recorded as ``name`` so that ``stop_process`` (``recsys stop``) finds it;
+    ``env``: extra environment."""
+    pid_file = settings.pid_file(name)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log_path, "ab") if log_path else None  # noqa: SIM115 (owned by the child)
+    process = subprocess.Popen(
+        argv, env={**os.environ, "RECSYS_HOME": str(settings.home), **(env or {})},
+        stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True)
+    pid_file.write_text(str(process.pid))
+    return process
+
+
+def stop_process(settings: Settings, name: str, grace_s: float = 15.0) -> bool:
+    """SIGTERM to the process group recorded as ``name``, SIGKILL after ``grace_s``
+    (a backgrounded ``dagster dev`` ignores SIGTERM). True if it was running."""
+    pid_file = settings.pid_file(name)
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text())
+    pid_file.unlink()
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    return True

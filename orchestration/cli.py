@@ -2,14 +2,15 @@
 
 - ``recsys demo``: embedded Redis, the whole pipeline headless, the service,
   recommendations for three users, metrics; then stops what it started.
-- ``recsys serve [--port N]``: the BentoML service in the foreground.
-- ``recsys redis start|stop``, ``recsys stop``: the local services under ``$RECSYS_HOME``.
+- ``recsys serve [--port N]``, ``recsys ui``, ``recsys mlflow-ui``: the service,
+  the Dagster UI and the MLflow UI in the foreground (their pids recorded).
+- ``recsys redis start|stop``, ``recsys stop``: the local services under
+  ``$RECSYS_HOME``; ``stop`` stops everything the project started.
 """
 
 import argparse
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,27 +19,19 @@ from pathlib import Path
 import httpx
 
 from infra import redis_server
-from infra.processes import free_port
+from infra.processes import start_process, stop_process
 from infra.settings import Settings
 
 SERVICE = "serving.service:Recommender"
 
 
 def start_service(settings: Settings, port: int, log_path: Path | None = None,
-                  env: dict[str, str] | None = None) -> subprocess.Popen:
+                  env: dict[str, str] | None = None, name: str = "serve") -> subprocess.Popen:
     """``bentoml serve`` in its own process group (its workers die with it);
-    ``env``: extra environment (e.g. ``RECSYS_API_KEY``)."""
-    pid_file = settings.pid_file("serve")
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
-    out = open(log_path, "ab") if log_path else None  # noqa: SIM115 (owned by the child)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", SERVICE, "--port", str(port),
-         "--host", "127.0.0.1"],
-        env={**os.environ, "RECSYS_HOME": str(settings.home), **(env or {})},
-        stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True,
-    )
-    pid_file.write_text(str(process.pid))
-    return process
+    ``env``: extra environment (e.g. ``RECSYS_API_KEY``); ``name``: its pid file's."""
+    return start_process(settings, name, [
+        sys.executable, "-m", "bentoml", "serve", SERVICE, "--port", str(port),
+        "--host", "127.0.0.1"], log_path, env)
 
 
 def wait_ready(port: int, process: subprocess.Popen, timeout: float = 180.0) -> None:
@@ -53,144 +46,54 @@ def wait_ready(port: int, process: subprocess.Popen, timeout: float = 180.0) -> 
     raise TimeoutError(f"the service was not ready on port {port} after {timeout}s")
 
 
-def stop_service(settings: Settings) -> bool:
-    pid_file = settings.pid_file("serve")
-    if not pid_file.exists():
-        return False
-    pid = int(pid_file.read_text())
-    pid_file.unlink()
+def stop_service(settings: Settings, name: str = "serve") -> bool:
+    return stop_process(settings, name)
+
+
+# Processes ``recsys stop`` stops besides the embedded Redis, by pid-file name, with
+# how long each may take to exit after SIGTERM before it is killed.
+STOPPABLE = {"serve": 15.0, "ui": 5.0, "mlflow-ui": 5.0}
+
+
+def foreground(settings: Settings, name: str, argv: list[str]) -> int:
+    """Run ``argv`` until it exits or Ctrl-C; its pid is recorded for ``recsys stop``."""
+    process = start_process(settings, name, argv)
     try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    return True
-
-
-# The blocking promotion check's step: when only it fails, the run did its job.
-PROMOTION_STEP = "behaviour_encoder_version_challenger_beats_champion"
-
-
-def run_pipeline(settings: Settings):
-    """The whole asset graph, headless, recorded in the Dagster instance under home."""
-    os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
-    from orchestration.definitions import defs
-    from orchestration.lineage import instance_for
-
-    instance = instance_for(settings)
-    result = defs.resolve_job_def("recsys_pipeline").execute_in_process(
-        instance=instance, raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
-    steps = instance.get_run_step_stats(result.run_id)
-    return result, [(s.step_key, (s.end_time or 0) - (s.start_time or 0)) for s in steps]
-
-
-def demo(settings: Settings) -> None:
-    timings: list[tuple[str, float]] = []
-
-    @contextlib.contextmanager
-    def stage(name: str):
-        started = time.perf_counter()
-        print(f"\n== {name}", flush=True)
-        yield
-        timings.append((name, time.perf_counter() - started))
-
-    started_redis = redis_server.running(settings) is None and not settings.redis_url
-    process = None
-    try:
-        with stage("embedded Redis"):
-            server = redis_server.ensure(settings)
-            print(f"Redis at {server.url}")
-        with stage("pipeline (dagster, all assets)"):
-            result, steps = run_pipeline(settings)
-            failed = {e.step_key for e in result.get_step_failure_events()}
-            if failed - {PROMOTION_STEP}:
-                raise SystemExit(f"the pipeline failed at {sorted(failed)}; see the Dagster "
-                                 "UI (make ui)")
-            for key, seconds in steps:
-                print(f"  {key:<32} {seconds:7.1f} s")
-            if failed:  # a challenger that lost: the gate worked, the champion stays
-                print("  the new challenger did not beat the champion, which stays "
-                      "(promotion check in the Dagster UI)")
-        with stage("service (bentoml serve)"):
-            port = free_port()
-            process = start_service(settings, port, settings.log_file("serve"))
-            wait_ready(port, process)
-            print(f"serving on http://127.0.0.1:{port}")
-        with stage("recommendations"):
-            show_recommendations(settings, port)
-        show_metrics(settings)
+        return process.wait()
+    except KeyboardInterrupt:
+        stop_process(settings, name, STOPPABLE[name])
+        return 0
     finally:
-        if process is not None:
-            stop_service(settings)
-        if started_redis:
-            redis_server.stop(settings)
-    print("\n== time per stage")
-    for name, seconds in timings:
-        print(f"  {name:<34} {seconds:7.1f} s")
-    print(f"""
-== next
-  make ui          # Dagster UI (assets, checks, runs): http://127.0.0.1:3001
-  make mlflow-ui   # MLflow UI (runs, metrics, registry): http://127.0.0.1:5000
-  make serve       # the service on PORT (default 3000), then e.g.
-  curl -s -XPOST localhost:3000/recommend -H 'content-type: application/json' \\
-       -d '{{"user_id": "u00001", "k": 5}}'
-  Data Docs: {settings.data_docs_dir / 'index.html'}
-  Reports (drift, skew, champion curves, Data Docs): {settings.reports_dir / 'index.html'}
-  state: {settings.home}""")
-
-
-def show_recommendations(settings: Settings, port: int) -> None:
-    from orchestration.offline import read_validated_events
-
-    events = read_validated_events(settings, columns=["user_id"])
-    users = events["user_id"].value_counts().index[[0, len(events["user_id"].unique()) // 2, -1]]
-    for user in users:
-        answer = httpx.post(f"http://127.0.0.1:{port}/recommend",
-                            json={"user_id": user, "k": 5}, timeout=30).json()
-        print(f"user {user} (model v{answer['model_version']}, degraded={answer['degraded']}):")
-        for item in answer["items"]:
-            print(f"   {item['score']:8.3f}  {item['item_id']:<8} {item['title']}")
-
-
-def show_metrics(settings: Settings) -> None:
-    from training import registry
-
-    uri = settings.tracking_uri()
-    version = registry.alias_version(uri, registry.CHAMPION)
-    run = registry.client(uri).get_run(
-        registry.client(uri).get_model_version(registry.MODEL_NAME, version).run_id)
-    m = run.data.metrics
-    print(f"\n== champion behaviour_encoder v{version} (test split, protocol of DESIGN.md)")
-    print(f"  {'':<12} {'NDCG@10':>8} {'HR@10':>8} {'MRR':>8} {'cov@10':>8}")
-    print(f"  {'encoder':<12} {m['ndcg_at_10']:8.4f} {m['hr_at_10']:8.4f} {m['mrr']:8.4f} "
-          f"{m['coverage_at_10']:8.4f}")
-    print(f"  {'popularity':<12} {m['baseline_pop_ndcg_at_10']:8.4f} "
-          f"{m['baseline_pop_hr_at_10']:8.4f} {m['baseline_pop_mrr']:8.4f} "
-          f"{m['baseline_pop_coverage_at_10']:8.4f}")
-    if "baseline_ease_ndcg_at_10" in m:
-        print(f"  {'EASE':<12} {m['baseline_ease_ndcg_at_10']:8.4f} "
-              f"{m['baseline_ease_hr_at_10']:8.4f} {m['baseline_ease_mrr']:8.4f} "
-              f"{m['baseline_ease_coverage_at_10']:8.4f}")
-    print(f"  trained in {m['train_seconds']:.0f} s, best epoch {m['best_epoch']:.0f}")
+        settings.pid_file(name).unlink(missing_ok=True)
 
 
 def serve(settings: Settings, port: int) -> int:
     redis_server.ensure(settings)
-    process = start_service(settings, port)
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        stop_service(settings)
-        return 0
+    return foreground(settings, "serve", [
+        sys.executable, "-m", "bentoml", "serve", SERVICE, "--port", str(port),
+        "--host", "127.0.0.1"])
+
+
+def ui(settings: Settings, port: int) -> int:
+    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    return foreground(settings, "ui", [
+        sys.executable, "-m", "dagster", "dev", "-m", "orchestration.definitions",
+        "-p", str(port)])
+
+
+def mlflow_ui(settings: Settings, port: int) -> int:
+    return foreground(settings, "mlflow-ui", [
+        sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri(),
+        "--port", str(port)])
+
+
+def stop_all(settings: Settings) -> list[str]:
+    """Stop every process the project started under this home; what was stopped."""
+    stopped = [name for name, grace in STOPPABLE.items()
+               if stop_process(settings, name, grace)]
+    if redis_server.stop(settings):
+        stopped.append("redis")
+    return stopped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 3000)))
     redis_parser = sub.add_parser("redis", help="the embedded Redis")
     redis_parser.add_argument("action", choices=["start", "stop", "status"])
-    sub.add_parser("stop", help="stop the service and the embedded Redis")
+    for name, default in (("ui", 3001), ("mlflow-ui", 5000)):
+        sub.add_parser(name, help=f"the {'Dagster' if name == 'ui' else 'MLflow'} UI in the "
+                       "foreground").add_argument("--port", type=int, default=default)
+    sub.add_parser("stop", help="stop everything the project started (service, UIs, Redis)")
     promote_parser = sub.add_parser(
         "promote", help="point the champion alias at a registered behaviour_encoder version")
     promote_parser.add_argument("version")
@@ -214,9 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.command == "demo":
+        from orchestration.demo import demo
+
         demo(settings)
     elif args.command == "serve":
         return serve(settings, args.port)
+    elif args.command == "ui":
+        return ui(settings, args.port)
+    elif args.command == "mlflow-ui":
+        return mlflow_ui(settings, args.port)
     elif args.command == "redis":
         if args.action == "start":
             print(redis_server.ensure(settings).url)
@@ -226,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             server = redis_server.running(settings)
             print(server.url if server else "not running")
     elif args.command == "stop":
-        print("service:", "stopped" if stop_service(settings) else "not running")
-        print("redis:", "stopped" if redis_server.stop(settings) else "not running")
+        stopped = stop_all(settings)
+        print("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
     elif args.command == "lineage":
         return print_lineage(settings, args.version, args.json)
     elif args.command in ("promote", "rollback"):

@@ -21,16 +21,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from feature_repo.schema import (
-    EVENT_TYPES,
-    FUTURE_TOLERANCE_S,
-    ID_PATTERN,
-    MIN_TIMESTAMP,
-    parse_timestamps,
-)
+from feature_repo import event_rules as rule
+from feature_repo.event_rules import MALFORMED, EventRules
+from feature_repo.schema import EVENT_TYPES, MIN_TIMESTAMP, parse_timestamps
+from orchestration import docs_assets
 
 SUITE_NAME = "raw_events_suite"
-MALFORMED = "malformed line"
 SITE_NAME = "recsys"
 KEY_COLUMNS = ["user_id", "item_id", "event_type", "ts_seconds", "rating_value"]
 
@@ -88,36 +84,35 @@ def _prepare(raw: pd.DataFrame, catalogue_ids: set[str], seen: SeenKeys) -> pd.D
     return frame
 
 
-def _expectations(rating_range: tuple[float, float], max_ts: float,
-                  id_pattern: str) -> list[tuple[object, str]]:
-    """(GX expectation, reason given to a row that fails it)."""
+def _expectations(rules: EventRules, now: float) -> list[tuple[object, str]]:
+    """(GX expectation, reason given to a row that fails it): the rules of
+    ``feature_repo.event_rules``, in its order."""
     import great_expectations.expectations as gxe
 
-    low, high = rating_range
+    low, high = rules.rating_range
     out: list[tuple[object, str]] = [
         (gxe.ExpectColumnValuesToBeNull(column="parse_error"), MALFORMED),
     ]
     for column in ("user_id", "item_id", "event_type"):
-        out.append((gxe.ExpectColumnValuesToNotBeNull(column=column), f"{column} is missing"))
+        out.append((gxe.ExpectColumnValuesToNotBeNull(column=column), rule.missing(column)))
     for column in ("user_id", "item_id"):
-        out.append((gxe.ExpectColumnValuesToMatchRegex(column=column, regex=id_pattern),
-                    f"{column} is not a valid id"))
+        out.append((gxe.ExpectColumnValuesToMatchRegex(column=column, regex=rules.id_pattern),
+                    rule.not_an_id(column)))
     out += [
         (gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=list(EVENT_TYPES)),
-         "event_type is not one of " + "/".join(EVENT_TYPES)),
-        (gxe.ExpectColumnValuesToNotBeNull(column="ts_seconds"),
-         "timestamp is missing or unparseable"),
+         rule.EVENT_TYPE_UNKNOWN),
+        (gxe.ExpectColumnValuesToNotBeNull(column="ts_seconds"), rule.TIME_MISSING),
         (gxe.ExpectColumnValuesToBeBetween(column="ts_seconds", min_value=MIN_TIMESTAMP,
-                                           max_value=max_ts),
-         "timestamp before 1990 or in the future"),
+                                           max_value=rules.latest_timestamp(now)),
+         rule.TIME_OUT_OF_RANGE),
         (gxe.ExpectColumnValuesToBeInSet(column="rating_is_number", value_set=[True]),
-         "rating is not a number"),
+         rule.RATING_NOT_A_NUMBER),
         (gxe.ExpectColumnValuesToBeBetween(column="rating_value", min_value=low, max_value=high),
-         f"rating outside {low:g}..{high:g}"),
+         rule.rating_outside(low, high)),
         (gxe.ExpectColumnValuesToBeInSet(column="item_known", value_set=[True]),
-         "item_id not in the catalogue"),
+         rule.ITEM_UNKNOWN),
         (gxe.ExpectColumnValuesToBeInSet(column="is_duplicate", value_set=[False]),
-         "duplicate of an earlier event"),
+         rule.DUPLICATE),
     ]
     return out
 
@@ -126,9 +121,8 @@ class EventValidator:
     """The suite, its validation definition and checkpoint, set up once; ``validate``
     splits one chunk of raw rows, ``build_docs`` rebuilds the Data Docs site."""
 
-    def __init__(self, catalogue_ids: set[str], rating_range: tuple[float, float],
-                 gx_root: Path, docs_dir: Path, id_pattern: str = ID_PATTERN,
-                 future_tolerance_s: float = FUTURE_TOLERANCE_S, now: float | None = None):
+    def __init__(self, catalogue_ids: set[str], rules: EventRules, gx_root: Path,
+                 docs_dir: Path, now: float | None = None):
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -152,8 +146,7 @@ class EventValidator:
         batch = next((b for b in asset.batch_definitions if b.name == "whole"), None) \
             or asset.add_batch_definition_whole_dataframe("whole")
         expectations = []
-        for expectation, reason in _expectations(rating_range, now + future_tolerance_s,
-                                                 id_pattern):
+        for expectation, reason in _expectations(rules, now):
             expectation.meta = {"reason": reason}  # results come back in no fixed order
             expectations.append(expectation)
         self.reasons = [e.meta["reason"] for e in expectations]
@@ -167,7 +160,9 @@ class EventValidator:
         self.context = context
 
     def build_docs(self) -> Path:
+        """Rebuild the site, its pages pointed at local copies of their assets."""
         self.context.build_data_docs(site_names=[SITE_NAME])
+        docs_assets.localise(self.docs_index.parent)
         return self.docs_index
 
     def _failing_rows(self, frame: pd.DataFrame) -> tuple[dict[int, list[str]], float]:
@@ -225,13 +220,11 @@ class EventValidator:
         )
 
 
-def validate_events(raw: pd.DataFrame, catalogue_ids: set[str],
-                    rating_range: tuple[float, float], gx_root: Path, docs_dir: Path,
-                    future_tolerance_s: float = FUTURE_TOLERANCE_S, now: float | None = None,
-                    id_pattern: str = ID_PATTERN) -> ValidationResult:
+def validate_events(raw: pd.DataFrame, catalogue_ids: set[str], rules: EventRules,
+                    gx_root: Path, docs_dir: Path, now: float | None = None,
+                    ) -> ValidationResult:
     """Validate one in-memory table in one chunk and rebuild the Data Docs."""
-    validator = EventValidator(catalogue_ids, rating_range, gx_root, docs_dir, id_pattern,
-                               future_tolerance_s, now)
+    validator = EventValidator(catalogue_ids, rules, gx_root, docs_dir, now)
     result = validator.validate(raw, SeenKeys())
     validator.build_docs()
     return result

@@ -1,6 +1,7 @@
 """ASGI middleware in front of every endpoint: the optional API key and the
 request body limit. Health probes (``/healthz``, ``/livez``, ``/readyz``) stay
-open so an orchestrator can check the service without the key."""
+open so an orchestrator can check the service without the key, and so does the
+API page (``serving.api_page``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,16 @@ import hmac
 import json
 import time
 
+from serving import api_page
+
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
 ARRIVED = "recsys_arrived"  # scope["state"] key: monotonic time the request arrived
+
+
+def _open(path: str) -> bool:
+    """Health probes and the API page need no key."""
+    return (path in OPEN_PATHS or path in api_page.OPEN_PATHS
+            or path.startswith(api_page.OPEN_PREFIXES))
 
 
 def arrival(ctx) -> float:
@@ -51,7 +60,7 @@ class Guard:
             return await self.app(scope, receive, send)
         scope.setdefault("state", {})[ARRIVED] = time.monotonic()
         headers = dict(scope.get("headers") or [])
-        if self.api_key and scope["path"] not in OPEN_PATHS and not self._authorised(headers):
+        if self.api_key and not _open(scope["path"]) and not self._authorised(headers):
             return await _reply(send, 401, "missing or wrong API key: send 'Authorization: "
                                 "Bearer <key>' or 'X-API-Key: <key>'",
                                 [(b"www-authenticate", b"Bearer")])

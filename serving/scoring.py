@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from mlflow.exceptions import MlflowException
 
+from feature_repo.event_rules import EventRules
 from training import registry
 from training.inference import attention_rollout, quantized, traced_encoder
 from training.model import PAD, BehaviourEncoder
@@ -42,6 +43,7 @@ class ServedModel:
     encoder: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     table: torch.Tensor  # (N + 1, D) the item table the model scores against
     unit_table: np.ndarray  # the same, rows at unit length (for "because")
+    rules: EventRules  # what a valid event of the training data is (for /events)
     content: np.ndarray | None = None  # (N + 1, D) unit text embeddings; row 0 and unknown = 0
 
 
@@ -86,9 +88,12 @@ def load_served_model(tracking_uri: str, alias: str = registry.CHAMPION,
                                         registry.RECENT_POPULARITY_DOCUMENT)
     except (MlflowException, OSError):  # versions registered before the document existed
         recent = {}
+    rules = EventRules.from_dict(registry.load_document(tracking_uri, version,
+                                                        registry.EVENT_RULES_DOCUMENT))
     return ServedModel(version=version, model=model, index=index,
                        popularity=popularity_scores(index, recent, all_time),
-                       encoder=traced_encoder(model), table=table, unit_table=unit)
+                       encoder=traced_encoder(model), table=table, unit_table=unit,
+                       rules=rules)
 
 
 def with_content(served: ServedModel, content: dict[str, np.ndarray]) -> ServedModel:

@@ -7,31 +7,28 @@ import asyncio
 import gc
 import logging
 import os
+import re
 import sys
 import threading
 import time
-from typing import Annotated, Literal
+from dataclasses import asdict, replace
+from typing import Annotated, Any
 
 import bentoml
-import pandas as pd
 import redis
 import torch
-from pydantic import BaseModel, Field, StrictInt, StringConstraints, ValidationError
+from pydantic import BaseModel, Field, PlainValidator, StrictBool, StrictInt, WithJsonSchema
 from starlette.responses import JSONResponse
 
-from feature_repo.schema import (
-    EVENT_TYPES,
-    FUTURE_TOLERANCE_S,
-    ID_MAX_LENGTH,
-    ID_PATTERN,
-    MIN_TIMESTAMP,
-    parse_timestamps,
-)
+from feature_repo.schema import EVENT_TYPES, ID_MAX_LENGTH, ID_PATTERN
 from feature_repo.store import open_store
 from infra import redis_server
 from infra.settings import Settings
+from serving import api_page, client_errors
+from serving.api_page import ApiPage
 from serving.breaker import CircuitBreaker
 from serving.guard import Guard, arrival
+from serving.intake import check_request
 from serving.online import EventLog, OnlineFeatures
 from serving.scoring import (
     ServedModel,
@@ -53,9 +50,20 @@ BREAKER_PROBE_S = 0.1  # how often an open breaker pings Redis
 ONLINE_DOWN = "online store unavailable: popularity"
 PAST_DEADLINE = "past the request deadline: popularity"
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_LENGTH,
-                                      pattern=ID_PATTERN)]
-IdLike = Annotated[StrictInt | Id, Field(description="A user or item id (string or integer).")]
+def _as_id(value: object) -> str | int:
+    """An id as the batch validation accepts it, with one message when it is not."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError("an id must be a string or an integer")
+    if not re.fullmatch(ID_PATTERN, str(value)):
+        raise ValueError(f"an id is 1 to {ID_MAX_LENGTH} letters, digits or _.:- "
+                         f"(got {str(value)[:70]!r})")
+    return value
+
+
+IdLike = Annotated[str | int, PlainValidator(_as_id), WithJsonSchema({
+    "anyOf": [{"type": "integer"}, {"type": "string", "pattern": ID_PATTERN,
+                                    "minLength": 1, "maxLength": ID_MAX_LENGTH}],
+    "description": "A user or item id (string or integer)."})]
 
 class Because(BaseModel):
     item_id: str = Field(description="A recent item of the user's.")
@@ -81,16 +89,6 @@ class Recommendation(BaseModel):
     model_version: str = Field(description="behaviour_encoder registry version that answered.")
     degraded: bool = Field(description="True when a fallback answered instead of the model.")
     reason: str | None = Field(description="Why the answer is degraded, else null.")
-
-
-class Event(BaseModel):
-    user_id: IdLike
-    item_id: IdLike
-    event_type: Literal[EVENT_TYPES] = Field(
-        description="One of " + ", ".join(EVENT_TYPES) + ".")
-    timestamp: StrictInt | float | str | None = Field(
-        default=None, description="Unix seconds or ISO-8601; default: now.")
-    rating: float | None = Field(default=None, description="Rating, for event_type=rating.")
 
 
 class Rejected(BaseModel):
@@ -121,24 +119,6 @@ class Reloaded(BaseModel):
         "unless one did not finish loading within RELOAD_WAIT_S)."))
 
 
-def event_times_us(values: list[int | float | str | None], now: float,
-                   future_tolerance_s: float = FUTURE_TOLERANCE_S) -> list[int | None]:
-    """Unix seconds or ISO-8601 (None = now) -> unix microseconds; None where the
-    value is unparseable, before 1990 or more than the tolerance in the future."""
-    strings = [v for v in values if isinstance(v, str)]  # parsed together, as in batch
-    parsed = iter(parse_timestamps(pd.Series(strings, dtype=object)).tolist() if strings else [])
-    out = []
-    for value in values:
-        seconds = now if value is None else next(parsed) if isinstance(value, str) else float(value)
-        valid = MIN_TIMESTAMP <= seconds <= now + future_tolerance_s  # False for NaN
-        out.append(int(round(seconds * 1_000_000)) if valid else None)
-    return out
-
-
-def _error_text(error: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-
-
 _startup = Settings.from_env()
 if not _startup.tracing:
     # BentoML wraps every request in an OpenTelemetry span, exported nowhere unless
@@ -149,9 +129,11 @@ if not _startup.tracing:
 # watch retries on its own every RECSYS_MODEL_POLL_S.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+client_errors.install()
 
 
-@bentoml.service(name="recommender", traffic={"timeout": 30}, workers=_startup.serving_workers,
+@bentoml.service(name="recommender", description=api_page.DESCRIPTION,
+                 traffic={"timeout": 30}, workers=_startup.serving_workers,
                  logging={"access": {"enabled": _startup.access_log}})
 class Recommender:
     def __init__(self) -> None:
@@ -270,8 +252,9 @@ class Recommender:
 
     @bentoml.api
     def recommend(self, user_id: IdLike,
-                  k: Annotated[int, Field(ge=1, le=1000, description="How many items.")] = 10,
-                  exclude_seen: Annotated[bool, Field(
+                  k: Annotated[StrictInt, Field(ge=1, le=1000,
+                                                description="How many items.")] = 10,
+                  exclude_seen: Annotated[StrictBool, Field(
                       description="Leave out items in the user's recent history.")] = True,
                   context_item_ids: Annotated[list[IdLike], Field(
                       max_length=1000, description=(
@@ -339,7 +322,12 @@ class Recommender:
                         workers_on_version=sum(v == after for v in workers.values()))
 
     @bentoml.api
-    def events(self, events: Annotated[list[dict], Field(min_length=1, max_length=1000)],
+    def events(self, events: Annotated[list[Any], Field(
+                   min_length=1, max_length=1000, description=(
+                       "Events as objects: user_id and item_id (a string or an integer "
+                       "id), event_type (" + ", ".join(EVENT_TYPES) + "), timestamp (unix "
+                       "seconds or ISO-8601; default now), rating (a number, optional). "
+                       "Checked with the batch validation's rules and reasons."))],
                ctx: bentoml.Context) -> EventsAccepted:
         """Accept behaviour events: online features updated before the reply, and
         each event appended to the offline event log. 503 (nothing written, every
@@ -349,40 +337,17 @@ class Recommender:
             error = "the online store (Redis) is unavailable; nothing was written, retry later"
             return EventsAccepted(accepted=0, rejected=[
                 Rejected(index=i, error=error) for i in range(len(events))])
-        rejected: list[Rejected] = []
-        parsed: list[tuple[int, Event]] = []
-        for position, raw in enumerate(events):
-            try:
-                event = Event.model_validate(raw)
-            except ValidationError as error:
-                rejected.append(Rejected(index=position, error=_error_text(error)))
-                continue
-            if str(event.item_id) not in self.served.index.index:
-                rejected.append(Rejected(
-                    index=position, error=f"item_id {event.item_id!r} is not in the catalogue"))
-                continue
-            parsed.append((position, event))
-        stamps = event_times_us([e.timestamp for _, e in parsed], time.time(),
-                                self.future_tolerance_s)
-        accepted: list[tuple[Event, int]] = []
-        for (position, event), stamp in zip(parsed, stamps, strict=True):
-            if stamp is None:
-                rejected.append(Rejected(index=position, error=(
-                    "timestamp: unparseable, before 1990 or more than "
-                    f"{self.future_tolerance_s:g} s in the future")))
-            else:
-                accepted.append((event, stamp))
-        rejected.sort(key=lambda r: r.index)
+        served = self.served
+        rules = replace(served.rules, future_tolerance_s=self.future_tolerance_s)
+        accepted, refused = check_request(events, rules, served.index.index, time.time())
+        rejected = [Rejected(index=index, error=error) for index, error in refused]
         if accepted:
-            self.event_log.append([{
-                "user_id": str(e.user_id), "item_id": str(e.item_id),
-                "event_type": e.event_type, "timestamp": stamp / 1e6,
-                "rating": e.rating} for e, stamp in accepted])
+            self.event_log.append([asdict(e) for e in accepted])
             by_user: dict[str, tuple[list[str], list[int]]] = {}
-            for event, stamp in accepted:
-                items, times = by_user.setdefault(str(event.user_id), ([], []))
-                items.append(str(event.item_id))
-                times.append(stamp)
+            for event in accepted:
+                items, times = by_user.setdefault(event.user_id, ([], []))
+                items.append(event.item_id)
+                times.append(int(round(event.timestamp * 1_000_000)))
             try:
                 for user, (items, times) in by_user.items():
                     self.online.append(user, items, times)
@@ -400,3 +365,4 @@ class Recommender:
 
 Recommender.add_asgi_middleware(Guard, api_key=_startup.api_key,
                                 max_body_bytes=_startup.max_body_bytes)
+Recommender.add_asgi_middleware(ApiPage)

@@ -30,6 +30,9 @@ POPULARITY_DOCUMENT = "item_popularity.json"
 # The same over the last RECENT_POPULARITY_DAYS of the training data (the fallback's order).
 RECENT_POPULARITY_DOCUMENT = "item_popularity_recent.json"
 RECENT_POPULARITY_DAYS = 30
+# What a valid event of the training data is (feature_repo.event_rules): the
+# service checks /events against the rules of the data its champion learned from.
+EVENT_RULES_DOCUMENT = "event_rules.json"
 # Run and version tag: the newest event time in the training data (the drift reference).
 TRAINED_UNTIL_TAG = "training_events_until"
 # The pyfunc's code file ("models from code": MLflow stores the file, no pickle).
@@ -54,26 +57,54 @@ def client(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def ensure_experiment(tracking_uri: str, artifact_location: str | None) -> str:
+# MLflow 3's UI opens an experiment of this kind on its training runs (not on the
+# GenAI traces page).
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+DESCRIPTIONS = {
+    MODEL_NAME: "Behaviour-sequence encoder (GPT-2 blocks over item ids) with its item table, "
+                "transitions and user vectors; alias champion is served, challenger is the "
+                "newest candidate. Stored as safetensors weights and JSON (no pickle).",
+    TEXT_MODEL_NAME:
+        "Pretrained text encoder (all-MiniLM-L6-v2) for item content and cold starts: "
+        "mean-pooled, unit-length embeddings of title, genres and description.",
+}
+
+
+def ensure_experiment(tracking_uri: str, artifact_location: str | None,
+                      name: str = EXPERIMENT) -> str:
+    """The experiment's id (created when missing), marked as model training."""
     c = client(tracking_uri)
-    found = c.get_experiment_by_name(EXPERIMENT)
-    if found:
-        return found.experiment_id
-    return c.create_experiment(EXPERIMENT, artifact_location=artifact_location)
+    found = c.get_experiment_by_name(name)
+    if found is None:
+        return c.create_experiment(name, artifact_location=artifact_location,
+                                   tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+    if found.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_KIND:
+        c.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+    return found.experiment_id
+
+
+def _describe(c: MlflowClient, name: str) -> None:
+    if c.get_registered_model(name).description != DESCRIPTIONS[name]:
+        c.update_registered_model(name, description=DESCRIPTIONS[name])
 
 
 def log_and_register(tracking_uri: str, artifact_location: str | None,
                      model: BehaviourEncoder, params: dict, history: list[dict[str, float]],
                      metrics: dict[str, float], tags: dict[str, str],
                      documents: dict[str, dict] | None = None,
-                     inputs: list[tuple[pd.DataFrame, str, str, str]] = ()) -> Registered:
+                     inputs: list[tuple[pd.DataFrame, str, str, str]] = (),
+                     started_at: float | None = None) -> Registered:
     """One MLflow run: params, per-epoch curves, final metrics, the model (with its
     config and item table), registered as a new ``behaviour_encoder`` version
     with alias ``challenger``. ``inputs``: (frame, name, source path, context)
     logged as MLflow datasets with their digests; ``tags`` go on the run and on
-    the registered version (lineage)."""
+    the registered version (lineage). ``started_at`` (unix seconds): when training
+    began, the run's start time, so its duration is the training's."""
     experiment_id = ensure_experiment(tracking_uri, artifact_location)
-    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
+    created = client(tracking_uri).create_run(
+        experiment_id, tags=tags,
+        start_time=None if started_at is None else int(started_at * 1000))
+    with mlflow.start_run(run_id=created.info.run_id) as run:
         mlflow.log_params(params)
         for step, row in enumerate(history, start=1):
             mlflow.log_metrics(row, step=step)
@@ -95,6 +126,7 @@ def log_and_register(tracking_uri: str, artifact_location: str | None,
             )
     version = str(info.registered_model_version)
     c = client(tracking_uri)
+    _describe(c, MODEL_NAME)
     for key, value in tags.items():
         c.set_model_version_tag(MODEL_NAME, version, key, value)
     c.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
@@ -203,9 +235,7 @@ def register_text_encoder(tracking_uri: str, artifact_location: str | None, mode
         version = str(max(int(v.version) for v in found))
         c.set_registered_model_alias(TEXT_MODEL_NAME, CHAMPION, version)
         return version, False
-    experiment = c.get_experiment_by_name(TEXT_EXPERIMENT)
-    experiment_id = (experiment.experiment_id if experiment else
-                     c.create_experiment(TEXT_EXPERIMENT, artifact_location=artifact_location))
+    experiment_id = ensure_experiment(tracking_uri, artifact_location, TEXT_EXPERIMENT)
     tags = {TEXT_MODEL_SHA_TAG: digest, "model_dir": str(model_dir)}
     with mlflow.start_run(experiment_id=experiment_id, tags=tags):
         mlflow.log_params({"pooling": "mean", "normalised": True, "dim": dim})
@@ -214,6 +244,7 @@ def register_text_encoder(tracking_uri: str, artifact_location: str | None, mode
             artifacts={"model_dir": str(model_dir)}, registered_model_name=TEXT_MODEL_NAME,
             pip_requirements=["torch==2.13.0", "transformers==5.23.0"])
     version = str(info.registered_model_version)
+    _describe(c, TEXT_MODEL_NAME)
     for key, value in tags.items():
         c.set_model_version_tag(TEXT_MODEL_NAME, version, key, value)
     c.set_registered_model_alias(TEXT_MODEL_NAME, CHAMPION, version)

@@ -163,9 +163,8 @@ def validate_raw_events(context: AssetExecutionContext, state: RecsysState):
         source = state.open_source()
         catalogue = set(pd.read_parquet(settings.items_path, columns=["item_id"])
                         ["item_id"])
-        validator = EventValidator(catalogue, source.rating_range, settings.gx_dir,
-                                   settings.data_docs_dir, source.id_pattern,
-                                   settings.future_tolerance_s)
+        validator = EventValidator(catalogue, source.rules(settings.future_tolerance_s),
+                                   settings.gx_dir, settings.data_docs_dir)
         seen = _earlier_keys(settings, ledger.batches)
         for batch in pending:
             batch_reasons = _validate_batch(settings, batch, validator, seen, state.chunk_rows)

@@ -1,6 +1,7 @@
 """Training: a point-in-time training set from Feast's offline store, the
 behaviour encoder trained and registered in MLflow, and the champion alias."""
 
+import time
 
 import numpy as np
 import pandas as pd
@@ -140,6 +141,7 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
                               state: RecsysState, mlflow: MlflowResource) -> MaterializeResult:
     """The behaviour encoder trained, evaluated (protocol of DESIGN.md) and
     registered in MLflow as a new version with alias ``challenger``."""
+    started = time.time()
     settings = state.settings()
     events = read_validated_events(settings)
     items = pd.read_parquet(settings.items_path)
@@ -159,9 +161,12 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
               "training_rows": len(frame), "torch": torch.__version__}
     registered = registry.log_and_register(
         mlflow.tracking_uri, mlflow.artifact_location, result.model, params, result.history,
-        metrics, _lineage_tags(context, settings, events), documents=_popularity(events),
+        metrics, _lineage_tags(context, settings, events), documents={
+            **_popularity(events), registry.EVENT_RULES_DOCUMENT:
+            state.open_source().rules(settings.future_tolerance_s).to_dict()},
         inputs=[(events.drop(columns=["source_file", "source_row", "event_key"]),
-                 "validated_events", str(settings.validated_events_dir), "training")])
+                 "validated_events", str(settings.validated_events_dir), "training")],
+        started_at=started)
     return MaterializeResult(metadata={
         "version": registered.version, "run_id": registered.run_id,
         **{k: round(float(v), 4) for k, v in metrics.items()},
@@ -221,7 +226,8 @@ def champion_model(context: AssetExecutionContext, mlflow: MlflowResource) -> Ma
     challenger = registry.alias_version(uri, registry.CHALLENGER)
     previous = registry.alias_version(uri, registry.CHAMPION)
     registry.set_champion(uri, challenger)
-    context.log.info(f"champion: v{previous} -> v{challenger}")
+    context.log.info(f"champion: v{previous} -> v{challenger}" if previous
+                     else f"champion: v{challenger} (the first)")
     return MaterializeResult(metadata={
         "champion": challenger, "previous_champion": str(previous),
         "promoted": challenger != previous,

@@ -216,6 +216,23 @@ def test_a_corrupted_file_is_counted_row_by_row_and_summarised(tmp_path, source)
     failing = suite.metadata["failing_rows_per_expectation"].value
     assert failing["user_id is missing"] == 2 and failing["duplicate of an earlier event"] == 1
     assert (home / "data_docs" / "index.html").exists()
+    assert_renders_offline(home / "data_docs")
+
+
+def assert_renders_offline(site):
+    """Every script, stylesheet and image of every Data Docs page is a local file."""
+    import re
+
+    pages = list(site.rglob("*.html"))
+    assert len(pages) >= 2
+    for page in pages:
+        text = page.read_text()
+        assets = re.findall(r'<(?:script|img)[^>]* src="([^"]+)"', text) + re.findall(
+            r'<link[^>]* href="([^"]+)"', text)
+        assert assets, page
+        for ref in assets:
+            assert not ref.startswith(("http://", "https://", "//")), (page, ref)
+            assert ref.startswith("data:") or (page.parent / ref).resolve().is_file(), ref
 
 
 def test_movielens_ids_must_be_numeric(tmp_path):

@@ -112,6 +112,12 @@ def test_champion_registered_and_beats_popularity(pipeline):
     assert run.data.tags["dagster_run_id"] == pipeline.result.run_id
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["validated_events"]
     assert run.data.params["hidden"] == "64"
+    # The MLflow UI opens the experiment on its training runs; the run lasts as long
+    # as the training did; the registered model says what it is.
+    experiment = c.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert run.info.end_time - run.info.start_time >= 1000 * m["train_seconds"]
+    assert "no pickle" in c.get_registered_model(registry.MODEL_NAME).description
     # The recipe reads back from the run's string params as it was given (the
     # cold-start evaluation retrains it), booleans included.
     assert logged_recipe(run.data.params) == EncoderTraining(epochs=EPOCHS)

@@ -139,6 +139,11 @@ def test_bad_requests_get_4xx_with_a_message(service):
         ("/recommend", {"user_id": "u00001", "context_item_ids": ["i00001"] * 1001}),
         ("/recommend", {"user_id": ["u00001"]}),
         ("/recommend", {"user_id": "u 1"}),
+        # Strict types: a boolean is not an integer, a string is not a boolean.
+        ("/recommend", {"user_id": "u00001", "k": True}),
+        ("/recommend", {"user_id": "u00001", "exclude_seen": "yes"}),
+        ("/recommend", {"user_id": True}),
+        ("/score", {"user_id": "u00001", "item_ids": [1.5]}),
     ]
     for path, body in cases:
         if isinstance(body, bytes):
@@ -148,6 +153,57 @@ def test_bad_requests_get_4xx_with_a_message(service):
             answer = post(service, path, body)
         assert 400 <= answer.status_code < 500, (path, body, answer.status_code, answer.text)
         assert answer.json()["error"], (path, body)
+    # A bad id gets one message, not one per branch of "string or integer".
+    detail = post(service, "/recommend", {"user_id": "u 1"}).json()["detail"]
+    assert len(detail) == 1 and "letters, digits or _.:-" in detail[0]["msg"]
+
+
+def test_a_client_error_is_logged_as_one_info_line(pipeline, service):
+    import time
+
+    log = pipeline.settings.log_file("serve")
+    before = log.stat().st_size
+    assert post(service, "/recommend", {"user_id": "u00001", "k": True}).status_code == 400
+    time.sleep(0.5)
+    with open(log, "rb") as f:
+        f.seek(before)
+        text = f.read().decode()
+    assert "POST /recommend -> 400: 1 validation error" in text
+    assert "Traceback" not in text and "ERROR" not in text
+
+
+def test_events_are_rejected_for_the_reasons_batch_validation_quarantines_them(service):
+    """Every quarantine reason's example row of the batch tests, sent as JSON, is
+    rejected by /events with the reason the batch suite gives it."""
+    from tests.integration.test_ingest import BAD_ROWS, GOOD_ROW
+
+    catalogue = {"a1": "i00001", "a2": "i00002"}  # the ingest tests' items, here
+
+    def as_json(line: bytes) -> dict:
+        fields = line.decode("utf-8", errors="replace").split(",")
+        event = {k: v for k, v in zip(("user_id", "item_id", "event_type", "timestamp"),
+                                      fields, strict=False) if v != ""}
+        event["item_id"] = catalogue.get(event.get("item_id"), event.get("item_id"))
+        for name, cast in (("timestamp", int), ("rating", float)):
+            text = fields[{"timestamp": 3, "rating": 4}[name]] if len(fields) == 5 else ""
+            if text:
+                try:
+                    event[name] = cast(text)
+                except ValueError:
+                    event[name] = text  # as sent: a word where a number belongs
+        return event
+
+    checked = 0
+    for case, line, reason in BAD_ROWS:
+        if reason.startswith("line has") or len(line) > 1000:
+            continue  # no JSON form: a CSV line's field count; over the body limit
+        events = [as_json(GOOD_ROW)] * (case == "exact duplicate") + [as_json(line)]
+        answer = post(service, "/events", {"events": events}).json()
+        assert answer["rejected"] == [{"index": len(events) - 1, "error": reason}], case
+        checked += 1
+    assert checked == 11
+    assert post(service, "/events", {"events": ["not an object"]}).json()["rejected"] == [
+        {"index": 0, "error": "malformed line"}]
 
 
 def test_health_endpoints_are_open_and_everything_else_needs_the_key(service):
@@ -205,19 +261,6 @@ def test_the_reason_for_an_item_is_the_attended_history_item_most_like_it():
     assert _because(unit, [1, 3], history, np.full(4, 0.25)) == [[2, 1], [3, 4]]
 
 
-def test_event_times_are_parsed_like_the_batch_validation():
-    from serving.service import event_times_us
-
-    now = 1_700_000_000.0
-    got = event_times_us([None, 1_600_000_000, "2020-09-13T12:26:40Z", "1600000000.5",
-                          "garbage", 0, now + 10 * 86400], now)
-    assert got == [1_700_000_000_000_000, 1_600_000_000_000_000, 1_600_000_000_000_000,
-                   1_600_000_000_500_000, None, None, None]
-    # RECSYS_FUTURE_TOLERANCE_S reaches the service as it reaches batch validation.
-    assert event_times_us([now + 10 * 86400], now, future_tolerance_s=30 * 86400) == [
-        1_700_864_000_000_000]
-
-
 def register_copy(pipeline, change=None) -> str:
     """A new ``behaviour_encoder`` version with v1's weights (``change``d if given);
     ``challenger`` is left on v1 as the other tests expect."""
@@ -225,10 +268,11 @@ def register_copy(pipeline, change=None) -> str:
     model = registry.load_version(uri, "1")
     if change:
         change(model)
-    popularity = registry.load_document(uri, "1", registry.POPULARITY_DOCUMENT)
+    documents = {name: registry.load_document(uri, "1", name) for name in (
+        registry.POPULARITY_DOCUMENT, registry.EVENT_RULES_DOCUMENT)}
     registered = registry.log_and_register(
         uri, pipeline.settings.artifact_location(), model, {"copy_of": "1"}, [], {},
-        {"purpose": "test"}, documents={registry.POPULARITY_DOCUMENT: popularity})
+        {"purpose": "test"}, documents=documents)
     registry.client(uri).set_registered_model_alias(registry.MODEL_NAME, registry.CHALLENGER,
                                                     "1")
     return registered.version
@@ -337,6 +381,27 @@ def test_fuzzing_every_operation_of_the_openapi_spec_gives_no_5xx(service, mode)
     assert {"/recommend", "/score", "/events"} <= set(checked)
 
 
+def test_reload_on_a_service_without_a_key_is_refused_with_an_error_body(pipeline, service):
+    """A refusal says why and nothing about the deployment (no versions, no workers)."""
+    import os
+
+    from infra.processes import free_port
+    from orchestration.cli import start_service, stop_service, wait_ready
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RECSYS_API_KEY"}
+    process = start_service(pipeline.settings, port, pipeline.settings.log_file("keyless"),
+                            env={**env, "RECSYS_API_KEY": ""}, name="keyless")
+    try:
+        wait_ready(port, process)
+        answer = httpx.post(f"http://127.0.0.1:{port}/reload", json={}, timeout=30)
+        assert answer.status_code == 403
+        assert answer.json() == {"error": "/reload is refused while the service runs "
+                                          "without RECSYS_API_KEY"}
+    finally:
+        stop_service(pipeline.settings, name="keyless")
+
+
 def test_redis_down_degrades_then_recovers(pipeline, service):
     """Last in this file: stops the embedded Redis under the running service."""
     import time
@@ -367,3 +432,18 @@ def test_redis_down_degrades_then_recovers(pipeline, service):
         time.sleep(0.2)
     assert body["degraded"] is False
     assert httpx.get(f"{service}/readyz", timeout=10).status_code == 200
+
+
+def test_the_api_page_is_at_docs_with_the_platforms_title_and_no_outside_assets(service):
+    from serving.api_page import TITLE, platform_version
+
+    page = httpx.get(f"{service}/docs", timeout=10)  # no key: the page holds nothing private
+    assert page.status_code == 200 and f"<title>{TITLE}</title>" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # works offline
+    assert httpx.get(f"{service}/static_content/swagger-ui-bundle.js",
+                     timeout=10).status_code == 200
+    root = httpx.get(f"{service}/", timeout=10)
+    assert root.status_code == 307 and root.headers["location"] == "/docs"
+    info = httpx.get(f"{service}/docs.json", timeout=10).json()["info"]
+    assert info["title"] == TITLE and info["version"] == platform_version() == "0.1.0"
+    assert "BentoML" not in info["description"]

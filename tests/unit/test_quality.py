@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from feature_repo.event_rules import EventRules
 from feature_repo.schema import parse_timestamps
 from orchestration.quality import SeenKeys, validate_events
 
@@ -42,7 +43,7 @@ def test_good_and_bad_rows(tmp_path):
         ["u 3", "i1", "view", "soon", "x"],                # bad id, time, rating text
         ["u4", "i1", "view", str(int(NOW) + 10 * 86400), None],  # far future
     ])
-    result = validate_events(frame, {"i1", "i2"}, (1.0, 5.0), tmp_path / "gx",
+    result = validate_events(frame, {"i1", "i2"}, EventRules((1.0, 5.0)), tmp_path / "gx",
                              tmp_path / "docs", now=NOW)
     assert len(result.validated) + len(result.quarantined) == len(frame)
     assert result.validated[["user_id", "item_id"]].values.tolist() == [["u1", "i1"],
@@ -68,13 +69,14 @@ def test_good_and_bad_rows(tmp_path):
 
 def test_no_rows_is_a_clear_failure(tmp_path):
     with pytest.raises(ValueError, match="no rows"):
-        validate_events(raw([]), {"i1"}, (1.0, 5.0), tmp_path / "gx", tmp_path / "docs")
+        validate_events(raw([]), {"i1"}, EventRules((1.0, 5.0)), tmp_path / "gx", tmp_path / "docs")
 
 
 def test_malformed_lines_are_quarantined_with_how(tmp_path):
     frame = raw([["u1", "i1", "view", "1600000000", None], ["u1", "i1", "view", None, None]])
     frame.loc[1, "parse_error"] = "line has 2 fields, expected 5"
-    result = validate_events(frame, {"i1"}, (1.0, 5.0), tmp_path / "gx", tmp_path / "docs",
+    result = validate_events(frame, {"i1"}, EventRules((1.0, 5.0)), tmp_path / "gx",
+                             tmp_path / "docs",
                              now=NOW)
     assert len(result.validated) == 1
     assert result.quarantined["reason"].tolist() == [

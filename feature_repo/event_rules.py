@@ -1,0 +1,145 @@
+"""What makes an event valid, defined once: the batch suite (Great Expectations,
+``orchestration.quality``) and the service's ``/events`` apply these rules with
+these reasons, in this order, and a test sends every quarantine reason's example
+row through both.
+
+The rules depend on the source (its rating range and id pattern, from the
+adapter) and on the settings (how far in the future a timestamp may be); the
+training run logs them with the model, so the service checks events against the
+rules of the data its champion was trained on.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Container
+from dataclasses import dataclass
+
+import pandas as pd
+
+from feature_repo.schema import (
+    EVENT_TYPES,
+    FUTURE_TOLERANCE_S,
+    ID_PATTERN,
+    MIN_TIMESTAMP,
+    parse_timestamps,
+)
+
+MALFORMED = "malformed line"
+EVENT_TYPE_UNKNOWN = "event_type is not one of " + "/".join(EVENT_TYPES)
+TIME_MISSING = "timestamp is missing or unparseable"
+TIME_OUT_OF_RANGE = "timestamp before 1990 or in the future"
+RATING_NOT_A_NUMBER = "rating is not a number"
+ITEM_UNKNOWN = "item_id not in the catalogue"
+DUPLICATE = "duplicate of an earlier event"
+
+
+def missing(column: str) -> str:
+    return f"{column} is missing"
+
+
+def not_an_id(column: str) -> str:
+    return f"{column} is not a valid id"
+
+
+def rating_outside(low: float, high: float) -> str:
+    return f"rating outside {low:g}..{high:g}"
+
+
+@dataclass(frozen=True)
+class EventRules:
+    rating_range: tuple[float, float]
+    id_pattern: str = ID_PATTERN
+    future_tolerance_s: float = FUTURE_TOLERANCE_S
+
+    def to_dict(self) -> dict:
+        return {"rating_range": list(self.rating_range), "id_pattern": self.id_pattern,
+                "future_tolerance_s": self.future_tolerance_s}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> EventRules:
+        return cls(rating_range=tuple(values["rating_range"]), id_pattern=values["id_pattern"],
+                   future_tolerance_s=float(values["future_tolerance_s"]))
+
+    def latest_timestamp(self, now: float) -> float:
+        return now + self.future_tolerance_s
+
+
+@dataclass(frozen=True)
+class CheckedEvent:
+    """An event that passed: ids as strings, time in unix seconds, rating or None."""
+
+    user_id: str
+    item_id: str
+    event_type: str
+    timestamp: float
+    rating: float | None
+
+
+def _text_id(value: object) -> str | None:
+    """A JSON id as text: a string, or an integer (a boolean is neither)."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return str(value)
+
+
+def _seconds(value: object, now: float) -> float | None:
+    """Unix seconds from a JSON number or an ISO-8601 / numeric string; None = now;
+    NaN when unparseable (a boolean included)."""
+    if value is None:
+        return now
+    if isinstance(value, bool):
+        return math.nan
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        return float(parse_timestamps(pd.Series([value], dtype=object)).iloc[0])
+    return math.nan
+
+
+def check_event(event: object, rules: EventRules, catalogue: Container[str], now: float,
+                ) -> tuple[CheckedEvent | None, list[str]]:
+    """One event as a JSON client sends it (``timestamp`` absent = now) -> the event
+    and no reasons, or None and every reason that applies, in the suite's order.
+    Strict types: an id is a string or an integer, a rating a number (a boolean is
+    neither)."""
+    if not isinstance(event, dict):
+        return None, [MALFORMED]
+    reasons = []
+    ids = {c: _text_id(event.get(c)) for c in ("user_id", "item_id")}
+    event_type = event.get("event_type")
+    for column in ("user_id", "item_id"):
+        if event.get(column) is None or ids[column] == "":
+            reasons.append(missing(column))
+    if event_type is None or event_type == "":
+        reasons.append(missing("event_type"))
+    for column in ("user_id", "item_id"):
+        given = event.get(column)
+        if given not in (None, "") and (ids[column] is None
+                                       or not re.fullmatch(rules.id_pattern, ids[column])):
+            reasons.append(not_an_id(column))
+    if event_type not in (None, "") and event_type not in EVENT_TYPES:
+        reasons.append(EVENT_TYPE_UNKNOWN)
+    seconds = _seconds(event.get("timestamp"), now)
+    if math.isnan(seconds):
+        reasons.append(TIME_MISSING)
+    elif not MIN_TIMESTAMP <= seconds <= rules.latest_timestamp(now):
+        reasons.append(TIME_OUT_OF_RANGE)
+    rating = event.get("rating")
+    if rating is not None:
+        if isinstance(rating, bool) or not isinstance(rating, int | float) or math.isnan(rating):
+            reasons.append(RATING_NOT_A_NUMBER)
+        elif not rules.rating_range[0] <= rating <= rules.rating_range[1]:
+            reasons.append(rating_outside(*rules.rating_range))
+    if ids["item_id"] is None or ids["item_id"] not in catalogue:
+        reasons.append(ITEM_UNKNOWN)
+    if reasons:
+        return None, reasons
+    return CheckedEvent(ids["user_id"], ids["item_id"], event_type, seconds,
+                        None if rating is None else float(rating)), []
+
+
+def event_key(event: CheckedEvent) -> tuple:
+    """What makes two events the same event (the batch suite's duplicate key)."""
+    return event.user_id, event.item_id, event.event_type, event.timestamp, event.rating
