@@ -163,7 +163,8 @@ def move_champion(settings: Settings, action: str, version: str | None) -> int:
     except (MlflowException, ValueError) as error:
         print(f"recsys {action}: {error}", file=sys.stderr)
         return 1
-    print(f"champion: v{before} -> v{registry.alias_version(uri, registry.CHAMPION)}")
+    after = registry.alias_version(uri, registry.CHAMPION)
+    print(f"champion: v{before} -> v{after}" if before else f"champion: v{after}")
     return 0
 
 

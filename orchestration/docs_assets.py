@@ -66,6 +66,8 @@ PACKAGES: dict[str, dict[str, str]] = {
 }
 # Files a stylesheet loads relative to itself (Font Awesome's fonts).
 ALONGSIDE = {"@fortawesome/fontawesome-free@6.6.0": "webfonts"}
+# GX's own static files, linked from nested pages with too few "../" at times.
+OWN_STATIC = re.compile(r'(src|href)="(?:\./|(?:\.\./)*)static/(?!vendor/)')
 # GX's logo is fetched from S3 with the data context's id in its query string.
 LOGO = re.compile(r'src="https://great-expectations-web-assets\.[^"]*"')
 BLANK = 'src="data:image/gif;base64,R0lGODlhAQABAAAAACw="'
@@ -115,7 +117,7 @@ def localise(site: Path, assets: Path = ASSETS_DIR) -> bool:
     for page in site.rglob("*.html"):
         text = page.read_text(encoding="utf-8")
         depth = "../" * (len(page.relative_to(site).parts) - 1)
-        new = LOGO.sub(BLANK, text)
+        new = OWN_STATIC.sub(rf'\1="{depth}static/', LOGO.sub(BLANK, text))
         for url, local in urls.items():
             new = new.replace(f'"{url}"', f'"{depth}{local}"')
         if new != text:

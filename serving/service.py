@@ -302,7 +302,9 @@ class Recommender:
         """Check the champion alias now and swap to it if it moved (the service also
         checks every RECSYS_MODEL_POLL_S seconds); answers when every worker serves
         it. Needs RECSYS_API_KEY to be set."""
+        # BentoML sets a response's status from the context: set both.
         if not self.settings.api_key:
+            ctx.response.status_code = 403
             return JSONResponse({"error": "/reload is refused while the service runs "
                                  "without RECSYS_API_KEY"}, status_code=403)
         # Registry calls and the wait for the other workers run in threads of their
@@ -311,6 +313,7 @@ class Recommender:
             before, after = await asyncio.to_thread(self._swap_if_moved)
         except Exception as error:  # the registry is down: keep the loaded model, say so
             log.warning("/reload: registry unavailable (%s: %s)", type(error).__name__, error)
+            ctx.response.status_code = 503
             return JSONResponse({
                 "error": f"the model registry is unavailable ({type(error).__name__}); "
                          f"still serving behaviour_encoder v{self.served.version}",
