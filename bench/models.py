@@ -32,7 +32,7 @@ from training.train import model_scorer, train_encoder
 
 SEEDS = (42, 43, 44)
 # Draws of held-out items for the cold-start evaluation: with ~100 test users per
-# draw, one draw's lift is noisy (README, Models).
+# draw, one draw's lift is noisy (docs/experiments.md, Cold-start item vectors).
 COLD_START_DRAWS = (7, 8, 9)
 METRICS = ("ndcg_at_10", "hr_at_10", "mrr", "coverage_at_10")
 

@@ -20,7 +20,6 @@ from mlflow.models import Model
 from infra.fingerprint import tree_sha256
 from training.checkpoint import ModelFormatError, load_model, save_model
 from training.model import BehaviourEncoder
-from training.text_encoder import TextEncoderModel
 
 MODEL_NAME = "behaviour_encoder"
 EXPERIMENT = "behaviour_encoder"
@@ -37,6 +36,7 @@ EVENT_RULES_DOCUMENT = "event_rules.json"
 TRAINED_UNTIL_TAG = "training_events_until"
 # The pyfunc's code file ("models from code": MLflow stores the file, no pickle).
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+TEXT_PYFUNC_CODE = Path(__file__).with_name("pyfunc_text_model.py")
 ENCODER_ARTIFACT = "encoder"  # the pyfunc artifact holding training.checkpoint's files
 TEXT_MODEL_NAME = "item_text_encoder"  # the pretrained item text encoder
 TEXT_EXPERIMENT = "item_text_encoder"
@@ -240,7 +240,7 @@ def register_text_encoder(tracking_uri: str, artifact_location: str | None, mode
     with mlflow.start_run(experiment_id=experiment_id, tags=tags):
         mlflow.log_params({"pooling": "mean", "normalised": True, "dim": dim})
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=TextEncoderModel(),
+            name="model", python_model=str(TEXT_PYFUNC_CODE),
             artifacts={"model_dir": str(model_dir)}, registered_model_name=TEXT_MODEL_NAME,
             pip_requirements=["torch==2.13.0", "transformers==5.23.0"])
     version = str(info.registered_model_version)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
@@ -57,15 +56,3 @@ class TextEncoder:
             pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             out[at:at + batch_size] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
         return out
-
-
-class TextEncoderModel(mlflow.pyfunc.PythonModel):
-    """``item_text_encoder`` as an MLflow pyfunc: item texts in, unit embeddings out
-    (the model directory travels as the ``model_dir`` artifact)."""
-
-    def load_context(self, context) -> None:
-        self.encoder = TextEncoder(Path(context.artifacts["model_dir"]))
-
-    def predict(self, context, model_input: list[str], params=None) -> list[list[float]]:
-        """Texts (a list, or a one-column DataFrame) -> unit embeddings."""
-        return self.encoder.encode(list(model_input)).tolist()
