@@ -22,7 +22,7 @@ import pandas as pd
 from bench.report import table
 from bench.serving import ML100K, prepare
 from infra.settings import Settings
-from orchestration.assets.training import TRAINING_SET, EncoderTraining, item_text_table
+from orchestration.assets.training import EncoderTraining, item_text_table
 from orchestration.offline import read_validated_events
 from training.cold_start import evaluate_cold_start, fill_cold_items, warm_rows
 from training.evaluate import ease_baseline, evaluate, popularity_scorer
@@ -48,7 +48,7 @@ def benchmark() -> dict:
     titles = items["title"].tolist()
     split = leave_one_out(events)
     histories, users = histories_from_training_set(
-        pd.read_parquet(settings.offline_dir / TRAINING_SET), index)
+        pd.read_parquet(settings.training_set_path), index)
     text = item_text_table(settings, index)
     rows: dict[str, dict] = {}
     started = time.perf_counter()

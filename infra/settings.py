@@ -130,6 +130,11 @@ class Settings:
         return self.offline_dir / "items.parquet"
 
     @property
+    def training_set_path(self) -> Path:
+        """The point-in-time training rows (``training_set``)."""
+        return self.offline_dir / "training_set.parquet"
+
+    @property
     def materialized_dir(self) -> Path:
         """Per-view marks of what was materialised online (incremental materialisation)."""
         return self.offline_dir / "materialized"

@@ -11,8 +11,9 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import bentoml
 import redis
@@ -41,6 +42,7 @@ from serving.workers import WorkerBoard
 from training import registry
 
 log = logging.getLogger("recsys.serving")
+T = TypeVar("T")
 
 WATCH_TICK_S = 0.2  # how often a worker looks for a /reload answered by another
 RELOAD_WAIT_S = 60.0  # how long /reload waits for every worker to load the new model
@@ -219,17 +221,22 @@ class Recommender:
             log.warning("online store unavailable (%s): answering degraded until it answers "
                         "again", type(error).__name__)
 
-    def _online_up(self) -> bool:
-        """Whether the online store answers now (False at once while the breaker is open)."""
+    def _call_redis(self, call: Callable[[], T]) -> tuple[bool, T | None]:
+        """(True, ``call()``) through the breaker; (False, None) while Redis is down or
+        the breaker is open (then at once, without calling)."""
         if not self.breaker.allow():
-            return False
+            return False, None
         try:
-            self.redis.ping()
+            value = call()
         except redis.RedisError as error:
             self._redis_failed(error)
-            return False
+            return False, None
         self.breaker.succeeded()
-        return True
+        return True, value
+
+    def _online_up(self) -> bool:
+        """Whether the online store answers now."""
+        return self._call_redis(self.redis.ping)[0]
 
     def __is_ready__(self) -> bool:
         """/readyz: 503 while the online store (Redis) does not answer."""
@@ -238,14 +245,9 @@ class Recommender:
     def _history(self, user: str, ctx: bentoml.Context) -> tuple[list[str] | None, str | None]:
         """The user's online history, or None and why: the online store is down (or
         its breaker open), or the request is already past its deadline."""
-        if not self.breaker.allow():
+        up, history = self._call_redis(lambda: self.online.recent(user))
+        if not up:
             return None, ONLINE_DOWN
-        try:
-            history = self.online.recent(user)
-        except redis.RedisError as error:
-            self._redis_failed(error)
-            return None, ONLINE_DOWN
-        self.breaker.succeeded()
         if time.monotonic() - arrival(ctx) > self.deadline_s:
             return None, PAST_DEADLINE
         return history, None

@@ -32,9 +32,6 @@ from training.sequences import (
 )
 from training.train import TrainConfig, model_scorer, train_encoder
 
-TRAINING_SET = "training_set.parquet"
-
-
 
 @asset(group_name="training", deps=["online_user_features", "validated_events"])
 def training_set(state: RecsysState, feature_store: FeatureStoreResource) -> MaterializeResult:
@@ -47,7 +44,7 @@ def training_set(state: RecsysState, feature_store: FeatureStoreResource) -> Mat
         entity_df=entity, features=store.get_feature_service(BEHAVIOUR_ENCODER_SERVICE),
     ).to_df()
     frame = frame.sort_values(["user_id", "event_timestamp"]).reset_index(drop=True)
-    frame.to_parquet(settings.offline_dir / TRAINING_SET, index=False)
+    frame.to_parquet(settings.training_set_path, index=False)
     return MaterializeResult(metadata={
         "row_count": len(frame), "users": int(frame["user_id"].nunique()),
         "feature_service": BEHAVIOUR_ENCODER_SERVICE,
@@ -145,7 +142,7 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
     settings = state.settings()
     events = read_validated_events(settings)
     items = pd.read_parquet(settings.items_path)
-    frame = pd.read_parquet(settings.offline_dir / TRAINING_SET)
+    frame = pd.read_parquet(settings.training_set_path)
     split = leave_one_out(events)
     index = ItemIndex(items["item_id"].tolist())
     histories, users = histories_from_training_set(frame, index)
@@ -204,7 +201,7 @@ def _lineage_tags(context: AssetExecutionContext, settings, events: pd.DataFrame
     return {"feature_service": BEHAVIOUR_ENCODER_SERVICE, "dagster_run_id": context.run_id,
             "source": str(settings.source or "generator"),
             "validated_events_sha256": tree_sha256(settings.validated_events_dir),
-            "training_set_sha256": file_sha256(settings.offline_dir / TRAINING_SET),
+            "training_set_sha256": file_sha256(settings.training_set_path),
             registry.TRAINED_UNTIL_TAG: events["event_timestamp"].max().isoformat()}
 
 
@@ -259,7 +256,7 @@ def cold_start_evaluation(context: AssetExecutionContext, config: ColdStartEvalu
     index = ItemIndex(items["item_id"].tolist())
     split = leave_one_out(events)
     histories, users = histories_from_training_set(
-        pd.read_parquet(settings.offline_dir / TRAINING_SET), index)
+        pd.read_parquet(settings.training_set_path), index)
     model_config, train_config = logged_recipe(params).configs(len(index), int(params["max_len"]))
     metrics = evaluate_cold_start(histories, users, split, index, items["title"].tolist(),
                                   item_text_table(settings, index), model_config,
