@@ -274,12 +274,13 @@ def benchmark() -> dict:
 
 
 def tables(results: dict) -> list[dict]:
-    columns = ["fault", "req/s", "sent", "within 100 ms", "degraded", "model answers in fault",
-               "timed out", "5xx", "p99 ms", "s to first model answer", "slow after recovery"]
+    columns = ["fault", "req/s", "sent", "within 100 ms", "degraded", "sent in fault",
+               "model answers in fault", "timed out", "connection lost", "5xx", "p99 ms",
+               "s to first model answer", "slow after recovery"]
     rows = [[r["fault"], r["rate"], r["requests"], r["answered_within_100ms"], r["degraded"],
-             r["model_answers_during_fault"], r["timed_out"], r["5xx"], r["p99_ms"],
-             r["seconds_to_first_model_answer"], r["slow_after_recovery"]]
-            for r in results["rows"]]
+             r["during_fault"], r["model_answers_during_fault"], r["timed_out"],
+             r["other_errors"], r["5xx"], r["p99_ms"], r["seconds_to_first_model_answer"],
+             r["slow_after_recovery"]] for r in results["rows"]]
     notes = [[r["fault"], r["rate"], json.dumps({k: r[k] for k in (
         "killed_pid", "replacement_seconds", "reload_status", "reload_seconds", "reload_answer")
         if k in r})] for r in results["rows"] if r["fault"] in ("worker_killed",
