@@ -84,9 +84,19 @@ def _text_id(value: object) -> str | None:
     return str(value)
 
 
-def _seconds(value: object, now: float) -> float | None:
-    """Unix seconds from a JSON number or an ISO-8601 / numeric string; None = now;
-    NaN when unparseable (a boolean included)."""
+def parse_texts(values: list[str]) -> dict[str, float]:
+    """Timestamp strings -> unix seconds (NaN if unparseable), parsed together as the
+    batch parses them (one pandas pass for a whole request, not one per event)."""
+    unique = list(dict.fromkeys(values))
+    if not unique:
+        return {}
+    return dict(zip(unique, parse_timestamps(pd.Series(unique, dtype=object)).tolist(),
+                    strict=True))
+
+
+def _seconds(value: object, now: float, parsed: dict[str, float] | None) -> float:
+    """Unix seconds from a JSON number or an ISO-8601 / numeric string (looked up in
+    ``parsed`` when given); None = now; NaN when unparseable (a boolean included)."""
     if value is None:
         return now
     if isinstance(value, bool):
@@ -94,16 +104,17 @@ def _seconds(value: object, now: float) -> float | None:
     if isinstance(value, int | float):
         return float(value)
     if isinstance(value, str):
-        return float(parse_timestamps(pd.Series([value], dtype=object)).iloc[0])
+        return (parsed if parsed is not None else parse_texts([value]))[value]
     return math.nan
 
 
 def check_event(event: object, rules: EventRules, catalogue: Container[str], now: float,
+                parsed: dict[str, float] | None = None,
                 ) -> tuple[CheckedEvent | None, list[str]]:
     """One event as a JSON client sends it (``timestamp`` absent = now) -> the event
     and no reasons, or None and every reason that applies, in the suite's order.
     Strict types: an id is a string or an integer, a rating a number (a boolean is
-    neither)."""
+    neither). ``parsed``: ``parse_texts`` of the request's timestamp strings."""
     if not isinstance(event, dict):
         return None, [MALFORMED]
     reasons = []
@@ -121,7 +132,7 @@ def check_event(event: object, rules: EventRules, catalogue: Container[str], now
             reasons.append(not_an_id(column))
     if event_type not in (None, "") and event_type not in EVENT_TYPES:
         reasons.append(EVENT_TYPE_UNKNOWN)
-    seconds = _seconds(event.get("timestamp"), now)
+    seconds = _seconds(event.get("timestamp"), now, parsed)
     if math.isnan(seconds):
         reasons.append(TIME_MISSING)
     elif not MIN_TIMESTAMP <= seconds <= rules.latest_timestamp(now):

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Container
 
-from feature_repo.event_rules import DUPLICATE, CheckedEvent, EventRules, check_event, event_key
+from feature_repo.event_rules import (
+    DUPLICATE,
+    CheckedEvent,
+    EventRules,
+    check_event,
+    event_key,
+    parse_texts,
+)
 
 
 def check_request(events: list[object], rules: EventRules, catalogue: Container[str],
@@ -16,8 +23,10 @@ def check_request(events: list[object], rules: EventRules, catalogue: Container[
     accepted: list[CheckedEvent] = []
     rejected: list[tuple[int, str]] = []
     seen: set[tuple] = set()
+    parsed = parse_texts([e["timestamp"] for e in events
+                          if isinstance(e, dict) and isinstance(e.get("timestamp"), str)])
     for index, raw in enumerate(events):
-        event, reasons = check_event(raw, rules, catalogue, now)
+        event, reasons = check_event(raw, rules, catalogue, now, parsed)
         if event is not None and event_key(event) in seen:
             event, reasons = None, [DUPLICATE]
         if event is None:

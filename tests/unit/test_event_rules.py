@@ -49,6 +49,12 @@ def test_a_request_repeating_an_event_has_a_duplicate():
                                        {"i1"}, NOW)
     assert [e.rating for e in accepted] == [4.0, 3.0]
     assert rejected == [(1, rule.MALFORMED), (2, rule.DUPLICATE)]
+    # Timestamp strings are parsed together, with the same results as one by one.
+    iso = {**GOOD, "timestamp": "2020-09-13T12:26:40Z"}
+    accepted, rejected = check_request([iso, {**iso, "timestamp": "soon"}, iso], RULES,
+                                       {"i1"}, NOW)
+    assert [e.timestamp for e in accepted] == [1_600_000_000.0]
+    assert rejected == [(1, rule.TIME_MISSING), (2, rule.DUPLICATE)]
 
 
 def test_rules_travel_as_json():
