@@ -1,6 +1,6 @@
 """Monitoring: drift of the newest events against the champion's training
-reference (an asset with three checks), training/serving skew between Redis and
-the offline store (a check), and the reports index page."""
+reference (an asset with three checks) and the reports index page. The
+training/serving skew check is in ``orchestration.checks``."""
 
 
 from dataclasses import fields
