@@ -55,9 +55,10 @@ def stop_service(settings: Settings, name: str = "serve") -> bool:
 STOPPABLE = {"serve": 15.0, "ui": 5.0, "mlflow-ui": 5.0}
 
 
-def foreground(settings: Settings, name: str, argv: list[str]) -> int:
+def foreground(settings: Settings, name: str, argv: list[str],
+               env: dict[str, str] | None = None) -> int:
     """Run ``argv`` until it exits or Ctrl-C; its pid is recorded for ``recsys stop``."""
-    process = start_process(settings, name, argv)
+    process = start_process(settings, name, argv, env=env)
     try:
         return process.wait()
     except KeyboardInterrupt:
@@ -75,13 +76,16 @@ def serve(settings: Settings, port: int) -> int:
 
 
 def ui(settings: Settings, port: int) -> int:
+    # This home's Dagster instance, whatever DAGSTER_HOME the caller had.
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
     return foreground(settings, "ui", [
         sys.executable, "-m", "dagster", "dev", "-m", "orchestration.definitions",
-        "-p", str(port)])
+        "-p", str(port)], env={"DAGSTER_HOME": str(settings.dagster_home)})
 
 
 def mlflow_ui(settings: Settings, port: int) -> int:
+    if not settings.mlflow_tracking_uri:  # the local store's directory, before any run
+        settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
     return foreground(settings, "mlflow-ui", [
         sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", settings.tracking_uri(),
         "--port", str(port)])
