@@ -3,7 +3,7 @@ RECSYS_HOME, one source per process (so peak RSS is that run's alone), for
 MovieLens-100K and a generated canonical file of ``BENCH_DATA_EVENTS`` events
 (default 10 million, 0.1% deliberately broken rows).
 
-    python -m tests.bench_data SOURCE_DIR HOME_DIR   # one source, prints one JSON line
+    python -m bench.data SOURCE_DIR HOME_DIR   # one source, prints one JSON line
 """
 
 import json
@@ -52,7 +52,7 @@ def run(source: Path, home: Path) -> dict:
 
 
 def measure(source: Path, home: Path) -> dict:
-    done = subprocess.run([sys.executable, "-m", "tests.bench_data", str(source), str(home)],
+    done = subprocess.run([sys.executable, "-m", "bench.data", str(source), str(home)],
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"data benchmark on {source} failed:\n{done.stderr[-3000:]}")
