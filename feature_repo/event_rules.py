@@ -84,6 +84,12 @@ def _text_id(value: object) -> str | None:
     return str(value)
 
 
+def is_id(value: object, pattern: str = ID_PATTERN) -> bool:
+    """Whether a JSON value is a valid id: a string or an integer matching ``pattern``."""
+    text = _text_id(value)
+    return text is not None and re.fullmatch(pattern, text) is not None
+
+
 def parse_texts(values: list[str]) -> dict[str, float]:
     """Timestamp strings -> unix seconds (NaN if unparseable), parsed together as the
     batch parses them (one pandas pass for a whole request, not one per event)."""
@@ -127,8 +133,7 @@ def check_event(event: object, rules: EventRules, catalogue: Container[str], now
         reasons.append(missing("event_type"))
     for column in ("user_id", "item_id"):
         given = event.get(column)
-        if given not in (None, "") and (ids[column] is None
-                                       or not re.fullmatch(rules.id_pattern, ids[column])):
+        if given not in (None, "") and not is_id(given, rules.id_pattern):
             reasons.append(not_an_id(column))
     if event_type not in (None, "") and event_type not in EVENT_TYPES:
         reasons.append(EVENT_TYPE_UNKNOWN)

@@ -7,7 +7,6 @@ import asyncio
 import gc
 import logging
 import os
-import re
 import sys
 import threading
 import time
@@ -21,6 +20,7 @@ import torch
 from pydantic import BaseModel, Field, PlainValidator, StrictBool, StrictInt, WithJsonSchema
 from starlette.responses import JSONResponse
 
+from feature_repo.event_rules import is_id
 from feature_repo.schema import EVENT_TYPES, ID_MAX_LENGTH, ID_PATTERN
 from feature_repo.store import open_store
 from infra import redis_server
@@ -54,11 +54,9 @@ PAST_DEADLINE = "past the request deadline: popularity"
 
 def _as_id(value: object) -> str | int:
     """An id as the batch validation accepts it, with one message when it is not."""
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise ValueError("an id must be a string or an integer")
-    if not re.fullmatch(ID_PATTERN, str(value)):
-        raise ValueError(f"an id is 1 to {ID_MAX_LENGTH} letters, digits or _.:- "
-                         f"(got {str(value)[:70]!r})")
+    if not is_id(value):
+        raise ValueError(f"an id is a string or an integer of 1 to {ID_MAX_LENGTH} letters, "
+                         f"digits or _.:- (got {str(value)[:70]!r})")
     return value
 
 

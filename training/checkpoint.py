@@ -26,6 +26,9 @@ from training.model import BehaviourEncoder, EncoderConfig
 from training.transitions import Lag, Transitions
 
 FORMAT = 1
+# Why a version from before this format is refused, and what to do.
+NO_PICKLES = ("versions stored as pickles are no longer loaded, since loading a pickle runs "
+              "code; retrain with the recsys_pipeline to register one in the weights format")
 WEIGHTS, MANIFEST, TRANSITIONS = "weights.safetensors", "model.json", "transitions.npz"
 
 
@@ -80,8 +83,7 @@ def _read_manifest(directory: Path) -> dict:
     if not path.exists():
         raise ModelFormatError(
             f"{directory} has no {MANIFEST}: not a behaviour encoder in the weights format "
-            "(versions stored as pickles are no longer loaded, since loading a pickle runs "
-            "code; retrain with the recsys_pipeline to register one)")
+            f"({NO_PICKLES})")
     try:
         manifest = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 from infra.fingerprint import tree_sha256
-from training.checkpoint import ModelFormatError, load_model, save_model
+from training.checkpoint import NO_PICKLES, ModelFormatError, load_model, save_model
 from training.model import BehaviourEncoder
 
 MODEL_NAME = "behaviour_encoder"
@@ -214,10 +214,7 @@ def load_version(tracking_uri: str, version: str) -> BehaviourEncoder:
         "artifacts", {})
     if ENCODER_ARTIFACT not in artifacts:
         raise ModelFormatError(
-            f"{MODEL_NAME} version {version} has no {ENCODER_ARTIFACT!r} artifact: it was "
-            "stored as a pickle, which this release no longer loads (loading a pickle runs "
-            "code); retrain with the recsys_pipeline to register a version in the weights "
-            "format")
+            f"{MODEL_NAME} version {version} has no {ENCODER_ARTIFACT!r} artifact ({NO_PICKLES})")
     return load_model(root / artifacts[ENCODER_ARTIFACT]["path"])
 
 
