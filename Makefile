@@ -8,7 +8,7 @@ PORT ?= 3000
 export RECSYS_HOME ?= $(CURDIR)/.recsys
 export DAGSTER_HOME := $(RECSYS_HOME)/dagster
 
-.PHONY: demo test test-fast bench bench-docs ui serve mlflow-ui stop install lint lineage
+.PHONY: demo test test-fast bench bench-docs ui serve mlflow-ui mlflow-server consume stop install lint lineage bento
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,18 @@ serve: $(STAMP)
 
 mlflow-ui: $(STAMP)
 	$(BIN)/recsys mlflow-ui --port 5000
+
+# A tracking server for several hosts: then export MLFLOW_TRACKING_URI=http://127.0.0.1:5000
+mlflow-server: $(STAMP)
+	$(BIN)/recsys mlflow-server --port 5000
+
+# Drain the event stream into the offline event log until Ctrl-C.
+consume: $(STAMP)
+	$(BIN)/recsys consume
+
+# A Bento of the service (deploy with bentoml serve / bentoml containerize).
+bento: $(STAMP)
+	$(BIN)/bentoml build
 
 lineage: $(STAMP)
 	$(BIN)/recsys lineage $(VERSION)

@@ -44,7 +44,7 @@ from infra import redis_server
 from infra.processes import free_port
 from infra.settings import Settings
 from orchestration.cli import start_service, stop_service, wait_ready
-from serving.workers import WorkerBoard
+from serving.workers import Fleet
 
 RATES = (100, 200)
 BEFORE_S, FAULT_S, AFTER_S = 3.0, 6.0, 6.0
@@ -91,9 +91,9 @@ def redis_frozen(settings: Settings, port: int, seconds: float) -> FaultWindow:
 
 def worker_killed(settings: Settings, port: int, seconds: float) -> FaultWindow:
     """``seconds`` is unused: the fault lasts until the replacement worker reports."""
-    board = WorkerBoard(settings.serving_dir, pid=-1)  # -1: a reader, not a worker
+    board = Fleet(redis_server.ensure(settings).client(), name="bench-reader")
     before = board.versions()
-    victim = min(before)
+    victim = int(min(before).rsplit(":", 1)[1])  # worker names are host:pid
     window = FaultWindow(start=time.perf_counter())
     os.kill(victim, signal.SIGKILL)
     deadline = window.start + 60

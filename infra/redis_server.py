@@ -2,8 +2,10 @@
 
 Started on 127.0.0.1 on a free TCP port when no ``REDIS_URL`` is given; its
 address and pid are recorded under ``$RECSYS_HOME/redis/`` and the server is
-reused while alive. Data is persisted there (append-only file), so a restart
-keeps the online store.
+reused while alive. Data is persisted there in the append-only file with
+``appendfsync always``: Redis writes and fsyncs every write before it replies, so
+nothing it acknowledged (an accepted event on the stream above all) is lost when
+the Redis process, or the machine, dies (``docs/operations.md``).
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ def ensure(settings: Settings, timeout: float = 15.0) -> RedisServer:
         "--port", str(port),
         "--dir", str(directory),
         "--appendonly", "yes",
-        "--appendfsync", "everysec",
+        "--appendfsync", "always",
         "--save", "",
         "--daemonize", "yes",
         "--pidfile", str(pidfile),

@@ -31,6 +31,8 @@ class Settings:
     home: Path
     source: Path | None = None
     redis_url: str | None = field(default=None, repr=False)  # may hold a password
+    # The Redis holding the event stream; None: the online store's Redis.
+    events_url: str | None = field(default=None, repr=False)
     mlflow_tracking_uri: str | None = field(default=None, repr=False)
     recent_items: int = 50
     feast_project: str = "recsys"
@@ -80,6 +82,7 @@ class Settings:
             home=home,
             source=Path(source).expanduser().resolve() if source else None,
             redis_url=env.get("REDIS_URL") or None,
+            events_url=env.get("RECSYS_EVENTS_URL") or None,
             mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
             recent_items=int(recent),
             serving_threads=int(threads),
@@ -158,11 +161,6 @@ class Settings:
         return self.home / "event_log"
 
     @property
-    def serving_dir(self) -> Path:
-        """The service's workers' shared state (see serving.workers)."""
-        return self.home / "serving"
-
-    @property
     def feast_dir(self) -> Path:
         return self.home / "feast"
 
@@ -173,6 +171,11 @@ class Settings:
     @property
     def mlflow_dir(self) -> Path:
         return self.home / "mlflow"
+
+    @property
+    def mlflow_server_dir(self) -> Path:
+        """``recsys mlflow-server``'s backend store and artifacts."""
+        return self.home / "mlflow-server"
 
     @property
     def dagster_home(self) -> Path:

@@ -4,6 +4,9 @@
   recommendations for three users, metrics; then stops what it started.
 - ``recsys serve [--port N]``, ``recsys ui``, ``recsys mlflow-ui``: the service,
   the Dagster UI and the MLflow UI in the foreground (their pids recorded).
+- ``recsys mlflow-server``: an MLflow tracking server (store and artifacts under
+  ``$RECSYS_HOME/mlflow-server``) for ``MLFLOW_TRACKING_URI=http://...``.
+- ``recsys consume [--once]``: drain the event stream into the offline event log.
 - ``recsys redis start|stop``, ``recsys stop``: the local services under
   ``$RECSYS_HOME``; ``stop`` stops everything the project started.
 """
@@ -35,15 +38,7 @@ def start_service(settings: Settings, port: int, log_path: Path | None = None,
 
 
 def wait_ready(port: int, process: subprocess.Popen, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the service exited with code {process.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"the service was not ready on port {port} after {timeout}s")
+    wait_http(f"http://127.0.0.1:{port}/readyz", process, timeout)
 
 
 def stop_service(settings: Settings, name: str = "serve") -> bool:
@@ -52,7 +47,8 @@ def stop_service(settings: Settings, name: str = "serve") -> bool:
 
 # Processes ``recsys stop`` stops besides the embedded Redis, by pid-file name, with
 # how long each may take to exit after SIGTERM before it is killed.
-STOPPABLE = {"serve": 15.0, "ui": 5.0, "mlflow-ui": 5.0}
+STOPPABLE = {"serve": 15.0, "ui": 5.0, "mlflow-ui": 5.0, "mlflow-server": 10.0,
+             "consume": 10.0}
 
 
 def foreground(settings: Settings, name: str, argv: list[str],
@@ -91,6 +87,39 @@ def mlflow_ui(settings: Settings, port: int) -> int:
         "--port", str(port)])
 
 
+def mlflow_server_argv(settings: Settings, port: int, host: str = "127.0.0.1") -> list[str]:
+    """``mlflow server`` with its backend store and served artifacts under
+    ``$RECSYS_HOME/mlflow-server``: clients on any host reach both over HTTP."""
+    directory = settings.mlflow_server_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    return [sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", f"sqlite:///{directory / 'mlflow.db'}",
+            "--artifacts-destination", str(directory / "artifacts"),
+            "--host", host, "--port", str(port)]
+
+
+def wait_http(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Until ``url`` answers 200 (or ``process`` exits, or ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[:4]} exited with code {process.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def start_mlflow_server(settings: Settings, port: int) -> str:
+    """``recsys mlflow-server`` in the background; its tracking URI once it answers."""
+    process = start_process(settings, "mlflow-server", mlflow_server_argv(settings, port),
+                            settings.log_file("mlflow-server"))
+    uri = f"http://127.0.0.1:{port}"
+    wait_http(f"{uri}/health", process)
+    return uri
+
+
 def stop_all(settings: Settings) -> list[str]:
     """Stop every process the project started under this home; what was stopped."""
     stopped = [name for name, grace in STOPPABLE.items()
@@ -112,6 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, default in (("ui", 3001), ("mlflow-ui", 5000)):
         sub.add_parser(name, help=f"the {'Dagster' if name == 'ui' else 'MLflow'} UI in the "
                        "foreground").add_argument("--port", type=int, default=default)
+    server_parser = sub.add_parser(
+        "mlflow-server", help="an MLflow tracking server under $RECSYS_HOME/mlflow-server")
+    server_parser.add_argument("--port", type=int, default=5000)
+    server_parser.add_argument("--host", default="127.0.0.1",
+                               help="0.0.0.0 to take clients from other hosts")
+    consume_parser = sub.add_parser(
+        "consume", help="drain the event stream into the offline event log")
+    consume_parser.add_argument("--once", action="store_true",
+                                help="drain what is there now, then exit")
+    consume_parser.add_argument("--name", help="consumer name (default: this host's)")
     sub.add_parser("stop", help="stop everything the project started (service, UIs, Redis)")
     promote_parser = sub.add_parser(
         "promote", help="point the champion alias at a registered behaviour_encoder version")
@@ -133,6 +172,22 @@ def main(argv: list[str] | None = None) -> int:
         return ui(settings, args.port)
     elif args.command == "mlflow-ui":
         return mlflow_ui(settings, args.port)
+    elif args.command == "mlflow-server":
+        print(f"MLflow tracking server: export MLFLOW_TRACKING_URI=http://{args.host}:"
+              f"{args.port}", flush=True)
+        return foreground(settings, "mlflow-server",
+                          mlflow_server_argv(settings, args.port, args.host))
+    elif args.command == "consume":
+        from orchestration.consume import consume
+
+        if args.once:
+            return consume(settings, args.name, once=True)
+        settings.pid_file("consume").parent.mkdir(parents=True, exist_ok=True)
+        settings.pid_file("consume").write_text(str(os.getpid()))
+        try:
+            return consume(settings, args.name, once=False)
+        finally:
+            settings.pid_file("consume").unlink(missing_ok=True)
     elif args.command == "redis":
         if args.action == "start":
             print(redis_server.ensure(settings).url)

@@ -1,14 +1,9 @@
 """The online path: read user_recent_items (Feast's Redis layout, thin reader), and
-merge accepted events into it (one writer per user at a time, via a Redis lock),
-after appending them durably to the offline event log."""
+merge accepted events into it (one writer per user at a time, via a Redis lock)."""
 
 from __future__ import annotations
 
-import json
-import os
-import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import redis
@@ -21,56 +16,39 @@ from feature_repo.recent_items import merge_recent
 LOCK_PREFIX = "recsys:lock:user:"
 
 
-class EventLog:
-    """Append-only JSONL files under ``$RECSYS_HOME/event_log`` (fsynced per call);
-    the next batch run reads them into ``raw_events``."""
-
-    def __init__(self, directory: Path):
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / f"events-{os.getpid()}-{int(time.time())}.jsonl"
-        self._lock = threading.Lock()
-
-    def append(self, events: list[dict]) -> None:
-        lines = "".join(json.dumps(e, sort_keys=True) + "\n" for e in events)
-        with self._lock, open(self.path, "a", encoding="utf-8") as f:
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
-
-
 class OnlineFeatures:
     def __init__(self, store: FeatureStore, client: redis.Redis, recent_items: int,
-                 lock_wait_s: float = 10.0):
+                 lock_wait_s: float = 10.0, writer: redis.Redis | None = None):
+        """``client`` reads; ``writer`` (default: the same) takes the locks and
+        writes, which may wait for Redis's fsync."""
         self.store = store
         self.client = client
+        self.writer = writer or client
         self.recent_items = recent_items
         self.lock_wait_s = lock_wait_s  # how long a writer waits for the user's lock
         # Reads and writes go through thin access to Feast's Redis layout (proved
         # equal to get_online_features and to push in the tests).
-        self.rows = RecentItemsRows(client, store.config.project,
-                                    getattr(store.config.online_store, "key_ttl_seconds", None))
-
-    def _read(self, user_id: str) -> tuple[list[str], list[int], int]:
-        """(items, their times in us, the stored row's time in whole seconds or 0)."""
-        row = self.rows.read(user_id)
-        return row.item_ids, row.timestamps_us, row.row_seconds
+        ttl = getattr(store.config.online_store, "key_ttl_seconds", None)
+        self.rows = RecentItemsRows(client, store.config.project, ttl)
+        self.write_rows = RecentItemsRows(self.writer, store.config.project, ttl)
 
     def recent(self, user_id: str) -> list[str]:
         """The user's recent item ids, oldest first ([] for an unknown user)."""
-        return self._read(user_id)[0]
+        return self.rows.read(user_id).item_ids
 
     def append(self, user_id: str, items: list[str], timestamps_us: list[int]) -> list[str]:
         """Merge events into the user's online row; returns the new recent items."""
-        with self.client.lock(f"{LOCK_PREFIX}{user_id}", timeout=10, sleep=0.002,
+        with self.writer.lock(f"{LOCK_PREFIX}{user_id}", timeout=10, sleep=0.002,
                               blocking_timeout=self.lock_wait_s):
-            old_items, old_times, stamp_s = self._read(user_id)
+            row = self.write_rows.read(user_id)
+            old_items, old_times, stamp_s = row.item_ids, row.timestamps_us, row.row_seconds
             new_items, new_times = merge_recent(old_items, old_times, items, timestamps_us,
                                                 self.recent_items)
             # Feast's own writes (materialisation) skip a row whose time is not newer
             # than the stored one, which reads back in whole seconds here: stay
             # strictly above it, so a later batch write is ordered after this one.
             row_time = max(time.time_ns() // 1000, new_times[-1], (stamp_s + 1) * 1_000_000)
-            self.rows.write(user_id, new_items, new_times, row_time)
+            self.write_rows.write(user_id, new_items, new_times, row_time)
             return new_items
 
     def item_embeddings(self, item_ids: list[str], batch: int = 1000) -> dict[str, np.ndarray]:

@@ -23,14 +23,14 @@ from starlette.responses import JSONResponse
 from feature_repo.event_rules import is_id
 from feature_repo.schema import EVENT_TYPES, ID_MAX_LENGTH, ID_PATTERN
 from feature_repo.store import open_store
-from infra import redis_server
+from infra import event_stream, redis_server
 from infra.settings import Settings
 from serving import api_page, client_errors
 from serving.api_page import ApiPage
 from serving.breaker import CircuitBreaker
 from serving.guard import Guard, arrival
 from serving.intake import check_request
-from serving.online import EventLog, OnlineFeatures
+from serving.online import OnlineFeatures
 from serving.scoring import (
     ServedModel,
     load_served_model,
@@ -38,7 +38,7 @@ from serving.scoring import (
     score_items,
     with_content,
 )
-from serving.workers import WorkerBoard
+from serving.workers import REPORT_S, Fleet
 from training import registry
 
 log = logging.getLogger("recsys.serving")
@@ -49,6 +49,9 @@ RELOAD_WAIT_S = 60.0  # how long /reload waits for every worker to load the new 
 SWITCH_INTERVAL_S = 0.0005  # sys.setswitchinterval for the service's workers
 BREAKER_FAILURES = 3  # consecutive Redis failures that open the breaker
 BREAKER_PROBE_S = 0.1  # how often an open breaker pings Redis
+# Writes (the event stream, the online rows, the fleet) wait for Redis's fsync
+# (appendfsync always), which a busy disk can stretch past the read timeout.
+WRITE_TIMEOUT_S = 1.0
 ONLINE_DOWN = "online store unavailable: popularity"
 PAST_DEADLINE = "past the request deadline: popularity"
 
@@ -97,7 +100,9 @@ class Rejected(BaseModel):
 
 
 class EventsAccepted(BaseModel):
-    accepted: int = Field(description="Events now in the online store and the offline log.")
+    accepted: int = Field(description=(
+        "Events now in the event stream (drained into the offline log) and the online "
+        "store."))
     rejected: list[Rejected] = Field(description="Events not accepted, with the reason.")
 
 
@@ -113,10 +118,24 @@ class Reloaded(BaseModel):
     model_version: str = Field(description="The version serving now.")
     previous_version: str = Field(description="The version that served before the call.")
     changed: bool = Field(description="Whether the call swapped models.")
-    workers: int = Field(description="Service worker processes running.")
+    workers: int = Field(description="Service workers running, over every replica.")
     workers_on_version: int = Field(description=(
         "How many of them serve model_version when the call returns (all of them "
         "unless one did not finish loading within RELOAD_WAIT_S)."))
+
+
+class FleetWorker(BaseModel):
+    worker: str = Field(description="host:pid of a service worker.")
+    model_version: str = Field(description="The behaviour_encoder version it serves.")
+    reported_s_ago: float = Field(description="Seconds since it last reported.")
+
+
+class FleetStatus(BaseModel):
+    worker: str = Field(description="The worker that answered (host:pid).")
+    model_version: str = Field(description="The version it serves.")
+    workers: list[FleetWorker] = Field(description=(
+        "Every live worker of every replica sharing this Redis (empty while Redis is "
+        "unreachable)."))
 
 
 _startup = Settings.from_env()
@@ -151,13 +170,15 @@ class Recommender:
         self.breaker = CircuitBreaker(self.redis.ping, failures_to_open=BREAKER_FAILURES,
                                       probe_interval_s=BREAKER_PROBE_S, name="redis")
         self.deadline_s = settings.deadline_ms / 1000
+        self.redis_writes = server.client(timeout_s=WRITE_TIMEOUT_S)
+        self.events_redis = (event_stream.client(settings, timeout_s=WRITE_TIMEOUT_S)
+                             if settings.events_url else self.redis_writes)
         self.online = OnlineFeatures(open_store(settings, server.url), self.redis,
-                                     settings.recent_items)
-        self.board = WorkerBoard(settings.serving_dir)
-        self._reload_token = self.board.reload_token()
+                                     settings.recent_items, writer=self.redis_writes)
+        self.fleet = Fleet(self.redis_writes)
+        self._reload_token = self._fleet_token()
         self.served = self._load()
-        self.board.report(self.served.version)
-        self.event_log = EventLog(settings.event_log_dir)
+        self._report()
         self.future_tolerance_s = settings.future_tolerance_s  # as in batch validation
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
@@ -186,31 +207,67 @@ class Recommender:
             current = registry.alias_version(self.settings.tracking_uri(), registry.CHAMPION)
             if current is not None and current != before:
                 self.served = self._load()
-                self.board.report(self.served.version)
+                self._report()
                 log.info("champion moved: v%s -> v%s", before, self.served.version)
             return before, self.served.version
 
+    def _report(self) -> None:
+        """Tell the fleet which version this worker serves (skipped while Redis is down)."""
+        try:
+            self.fleet.report(self.served.version)
+        except redis.RedisError:
+            pass
+
+    def _fleet_token(self) -> int | None:
+        """The fleet's reload counter; None while Redis does not answer."""
+        try:
+            return self.fleet.reload_token()
+        except redis.RedisError:
+            return None
+
     def _watch(self) -> None:
-        """Check the alias every RECSYS_MODEL_POLL_S seconds, and at once when
-        another worker answered /reload."""
-        last_poll = time.monotonic()
+        """Report this worker's version every REPORT_S; check the alias every
+        RECSYS_MODEL_POLL_S seconds, and at once when a worker of any replica
+        answered /reload."""
+        last_poll = last_report = time.monotonic()
         while not self._stop.wait(WATCH_TICK_S):
-            token = self.board.reload_token()
-            if token == self._reload_token and (
+            if time.monotonic() - last_report >= REPORT_S:
+                self._report()
+                last_report = time.monotonic()
+            token = self._fleet_token()
+            if token in (None, self._reload_token) and (
                     time.monotonic() - last_poll < self.settings.model_poll_s):
                 continue
-            self._reload_token, last_poll = token, time.monotonic()
+            self._reload_token = token if token is not None else self._reload_token
+            last_poll = time.monotonic()
             try:
                 self._swap_if_moved()
             except Exception as error:  # keep serving the loaded model
                 log.warning("champion watch failed: %s: %s", type(error).__name__, error)
 
+    def _reload_fleet(self, version: str) -> dict[str, str]:
+        """Ask every worker of every replica to check the registry now; their
+        versions once all serve ``version`` (or after RELOAD_WAIT_S). While Redis is
+        down the others are out of reach: this worker alone (they converge through
+        their own poll)."""
+        try:
+            self.fleet.request_reload()
+            return self.fleet.wait_all(version, RELOAD_WAIT_S)
+        except redis.RedisError as error:
+            log.warning("/reload: the fleet is unreachable through Redis (%s)",
+                        type(error).__name__)
+            return {self.fleet.name: self.served.version}
+
     @bentoml.on_shutdown
     def close(self) -> None:
         self._stop.set()
         self.breaker.close()
-        self.board.leave()
+        try:
+            self.fleet.leave()
+        except redis.RedisError:
+            pass
         self.redis.close()
+        self.redis_writes.close()
 
     def _redis_failed(self, error: redis.RedisError) -> None:
         was_open = not self.breaker.allow()
@@ -318,11 +375,24 @@ class Recommender:
                 "error": f"the model registry is unavailable ({type(error).__name__}); "
                          f"still serving behaviour_encoder v{self.served.version}",
                 "model_version": self.served.version}, status_code=503)
-        self.board.request_reload()
-        workers = await asyncio.to_thread(self.board.wait_all, after, RELOAD_WAIT_S)
+        workers = await asyncio.to_thread(self._reload_fleet, after)
         return Reloaded(model_version=after, previous_version=before, changed=before != after,
                         workers=len(workers),
                         workers_on_version=sum(v == after for v in workers.values()))
+
+    @bentoml.api
+    def fleet(self) -> FleetStatus:
+        """The version this worker serves, and every live worker of every replica
+        with the version it reported (through Redis: empty while it is down)."""
+        try:
+            workers = self.fleet.workers()
+        except redis.RedisError:
+            workers = {}
+        now = time.time()
+        return FleetStatus(worker=self.fleet.name, model_version=self.served.version,
+                           workers=[FleetWorker(worker=name, model_version=entry["version"],
+                                                reported_s_ago=round(now - entry["at"], 3))
+                                    for name, entry in sorted(workers.items())])
 
     @bentoml.api
     def events(self, events: Annotated[list[Any], Field(
@@ -332,9 +402,10 @@ class Recommender:
                        "seconds or ISO-8601; default now), rating (a number, optional). "
                        "Checked with the batch validation's rules and reasons."))],
                ctx: bentoml.Context) -> EventsAccepted:
-        """Accept behaviour events: online features updated before the reply, and
-        each event appended to the offline event log. 503 (nothing written, every
-        event rejected with the reason) while the online store is unavailable."""
+        """Accept behaviour events: each on the event stream (drained into the
+        offline log for the next batch run) and merged into the online features
+        before the reply. 503 (nothing written, every event rejected with the
+        reason) while the online store or the stream is unavailable."""
         if not self._online_up():
             ctx.response.status_code = 503
             error = "the online store (Redis) is unavailable; nothing was written, retry later"
@@ -345,7 +416,16 @@ class Recommender:
         accepted, refused = check_request(events, rules, served.index.index, time.time())
         rejected = [Rejected(index=index, error=error) for index, error in refused]
         if accepted:
-            self.event_log.append([asdict(e) for e in accepted])
+            try:
+                event_stream.publish(self.events_redis, [asdict(e) for e in accepted])
+            except redis.RedisError as error:
+                if self.events_redis is self.redis_writes:
+                    self._redis_failed(error)
+                ctx.response.status_code = 503
+                error = (f"the event stream is unavailable ({type(error).__name__}); "
+                         "nothing was written, retry later")
+                return EventsAccepted(accepted=0, rejected=[
+                    Rejected(index=i, error=error) for i in range(len(events))])
             by_user: dict[str, tuple[list[str], list[int]]] = {}
             for event in accepted:
                 items, times = by_user.setdefault(event.user_id, ([], []))
@@ -355,12 +435,12 @@ class Recommender:
                 for user, (items, times) in by_user.items():
                     self.online.append(user, items, times)
             except redis.RedisError as error:
-                # Redis went away after the check: the events are in the offline log
-                # (they reach the features at the next batch run), not all online.
+                # Redis went away after the stream took the events: they reach the
+                # offline log (and the features at the next batch run), not all online.
                 ctx.response.status_code = 503
                 self._redis_failed(error)
-                note = ("logged to the offline event log, but the online store (Redis) "
-                        "failed: the online features may miss it until the next batch run")
+                note = ("on the event stream, but the online store (Redis) failed: the "
+                        "online features may miss it until the next batch run")
                 return EventsAccepted(accepted=len(accepted), rejected=rejected + [
                     Rejected(index=-1, error=note)])
         return EventsAccepted(accepted=len(accepted), rejected=rejected)

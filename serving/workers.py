@@ -1,67 +1,72 @@
-"""How the service's worker processes agree on the model after ``/reload``.
+"""How the service's workers, on one host or many, agree on the model.
 
-``bentoml serve`` runs ``RECSYS_SERVING_WORKERS`` processes, and a request reaches
-one of them. Each worker writes the version it serves to a file of its own, and
-watches a request file that ``/reload`` rewrites. The worker that gets the call
-swaps, rewrites the request file, and answers once every live worker serves the
-same version (or after a timeout). Plain files under ``$RECSYS_HOME/serving``:
-no dependency on Redis, which may be the thing that is down.
+Every worker of every replica reports the version it serves in one Redis hash
+(``FLEET``: field = worker, value = version and when it last reported; a worker
+that stops reporting for ``STALE_S`` is dropped from it). ``/reload`` bumps a
+counter (``RELOAD``) that every worker watches, so all of them check the
+registry at once instead of at their next poll, and answers when every live
+worker reports the new version. Only Redis and the registry are shared: nothing
+is written to a host's disk. While Redis is down the workers still converge,
+each through its own registry poll.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import time
-from pathlib import Path
 
-from infra.files import atomic_write_text
-from infra.processes import pid_alive
+import redis
 
-REQUEST = "reload-request"
+FLEET = "{recsys:serving}:fleet"
+RELOAD = "{recsys:serving}:reload"
+STALE_S = 5.0  # a worker silent this long is gone (workers report every REPORT_S)
+REPORT_S = 1.0
 
 
-class WorkerBoard:
-    def __init__(self, directory: Path, pid: int | None = None):
-        self.directory = directory
-        self.pid = os.getpid() if pid is None else pid
-        (directory / "workers").mkdir(parents=True, exist_ok=True)
+def worker_name(pid: int | None = None) -> str:
+    """``host:pid``, unique across the replicas of a fleet."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
-    @property
-    def _mine(self) -> Path:
-        return self.directory / "workers" / f"{self.pid}.version"
+
+class Fleet:
+    def __init__(self, client: redis.Redis, name: str | None = None):
+        self.client = client
+        self.name = name or worker_name()
 
     def report(self, version: str) -> None:
-        """This worker now serves ``version``."""
-        atomic_write_text(self._mine, version)
+        """This worker serves ``version`` (call at least every ``REPORT_S``)."""
+        self.client.hset(FLEET, self.name, json.dumps({"version": version, "at": time.time()}))
 
     def leave(self) -> None:
-        self._mine.unlink(missing_ok=True)
+        self.client.hdel(FLEET, self.name)
 
-    def versions(self) -> dict[int, str]:
-        """pid -> version of every live worker (files of dead ones are removed)."""
-        out = {}
-        for path in (self.directory / "workers").glob("*.version"):
-            pid = int(path.stem)
-            if not pid_alive(pid):
-                path.unlink(missing_ok=True)
-                continue
-            try:
-                out[pid] = path.read_text()
-            except FileNotFoundError:  # the worker left meanwhile
-                continue
-        return out
+    def workers(self) -> dict[str, dict]:
+        """name -> {"version", "at"} of every live worker (stale ones removed)."""
+        now, live, stale = time.time(), {}, []
+        for name, value in self.client.hgetall(FLEET).items():
+            name = name.decode() if isinstance(name, bytes) else name
+            entry = json.loads(value)
+            if now - entry["at"] > STALE_S:
+                stale.append(name)
+            else:
+                live[name] = entry
+        if stale:
+            self.client.hdel(FLEET, *stale)
+        return live
+
+    def versions(self) -> dict[str, str]:
+        return {name: entry["version"] for name, entry in self.workers().items()}
 
     def request_reload(self) -> None:
-        (self.directory / REQUEST).write_text(f"{self.pid} {time.time_ns()}")
+        self.client.incr(RELOAD)
 
-    def reload_token(self) -> str | None:
-        """Changes whenever a reload is requested; None before the first."""
-        try:
-            return (self.directory / REQUEST).read_text()
-        except FileNotFoundError:
-            return None
+    def reload_token(self) -> int:
+        """Changes whenever a reload is requested (0 before the first)."""
+        return int(self.client.get(RELOAD) or 0)
 
-    def wait_all(self, version: str, timeout_s: float) -> dict[int, str]:
+    def wait_all(self, version: str, timeout_s: float) -> dict[str, str]:
         """Wait until every live worker reports ``version``; the versions last seen."""
         deadline = time.monotonic() + timeout_s
         while True:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import redis
 from dagster import (
     AssetExecutionContext,
     AssetOut,
@@ -25,6 +26,7 @@ from dagster import (
 
 from infra.fingerprint import file_sha256
 from infra.settings import Settings
+from orchestration.consume import Drained, OfflineLogConsumer, default_name
 from orchestration.ledger import Ledger
 from orchestration.offline import (
     QUARANTINE_SCHEMA,
@@ -57,10 +59,19 @@ def item_catalogue(state: RecsysState) -> MaterializeResult:
 
 @asset(group_name="ingest")
 def raw_events(context: AssetExecutionContext, state: RecsysState) -> MaterializeResult:
-    """Every behaviour event as read, from the source and the service's event log:
-    only bytes the ingest ledger has not seen are read (a re-run adds nothing)."""
+    """Every behaviour event as read, from the source and the offline event log
+    (first drained from the event stream the service writes to): only bytes the
+    ingest ledger has not seen are read (a re-run adds nothing)."""
     settings = state.settings()
     source = state.open_source()
+    try:
+        drained = OfflineLogConsumer(settings, f"{default_name()}-ingest").drain()
+        context.log.info(f"event stream: {drained.read} events, {drained.written} written "
+                         f"to the offline log, {drained.already_logged} already there")
+    except redis.RedisError as error:  # they stay on the stream for the next run
+        drained = Drained()
+        context.log.warning(f"event stream unavailable ({type(error).__name__}): ingesting "
+                            "the offline log as it is")
     ledger = Ledger(settings.ingest_ledger)
     new, skipped, hashes = [], {}, {}
     for src in (source, event_log_source(settings.event_log_dir, source)):
@@ -90,6 +101,7 @@ def raw_events(context: AssetExecutionContext, state: RecsysState) -> Materializ
         "source": source.name, "files": MetadataValue.json(_file_lineage(source, ledger, hashes)),
         "new_batches": MetadataValue.json(new), "skipped_files": MetadataValue.json(skipped),
         "event_log_rows": sum(b.rows for b in ledger.batches if b.source == "event_log"),
+        "stream_events_drained": drained.written,
         "path": MetadataValue.path(str(settings.raw_events_dir)),
     })
 

@@ -8,25 +8,31 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, materialize
 
+from infra import event_stream, redis_server
 from infra.settings import Settings
 from orchestration.assets.ingest import item_catalogue, raw_events, validate_raw_events
 from orchestration.checks import no_rows_lost, raw_events_suite
 from orchestration.ledger import Ledger
 from orchestration.offline import read_validated_events
 from orchestration.resources import RecsysState, resources_from_settings
-from serving.online import EventLog
 from tests.unit.test_sources import U_ITEM
 
 HEADER = "user_id,item_id,event_type,timestamp,rating\n"
 ITEMS = "item_id,title,genres,description\na1,First,Drama,Long\na2,Second,Comedy,\na3,Third,,\n"
 
 
-def ingest(home, source, **state):
-    """Materialise the ingest assets and their check; returns (result, metadata by asset)."""
-    result = materialize(
-        [item_catalogue, raw_events, validate_raw_events, no_rows_lost, raw_events_suite],
-        resources={"state": RecsysState.of(Settings(home=home, source=source), **state)},
-        raise_on_error=False)
+def ingest(home, source, keep_redis=False, **state):
+    """Materialise the ingest assets and their check; returns (result, metadata by
+    asset). raw_events drains the event stream, so it starts the home's embedded
+    Redis: stopped afterwards unless ``keep_redis``."""
+    settings = Settings(home=home, source=source)
+    try:
+        result = materialize(
+            [item_catalogue, raw_events, validate_raw_events, no_rows_lost, raw_events_suite],
+            resources={"state": RecsysState.of(settings, **state)}, raise_on_error=False)
+    finally:
+        if not keep_redis:
+            redis_server.stop(settings)
     metadata = {}
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization
@@ -117,21 +123,31 @@ def home_settings(home):
     return RecsysState.of(Settings(home=home)).settings()
 
 
-def test_event_log_rows_are_ingested_exactly_once(tmp_path, source):
+def test_streamed_events_are_ingested_exactly_once(tmp_path, source):
+    """The service's events (on the stream) reach the next batch run: raw_events
+    drains the stream into the offline log first, then reads what is new."""
     home = tmp_path / "home"
+    settings = home_settings(home)
     (source / "events.csv").write_text(HEADER + "u1,a1,view,1600000000,\n")
-    log = EventLog(home / "event_log")
-    log.append([{"user_id": "u9", "item_id": "a2", "event_type": "click",
-                 "timestamp": 1600000500.0, "rating": None}])
-    _, meta = ingest(home, source)
-    assert meta["raw_events"]["event_log_rows"] == 1
-    log.append([{"user_id": "u9", "item_id": "a3", "event_type": "click",
-                 "timestamp": 1600000600.0, "rating": None}])
-    _, meta = ingest(home, source)
-    assert meta["raw_events"]["new_rows"] == 1 and meta["raw_events"]["event_log_rows"] == 2
-    events = read_validated_events(home_settings(home))
-    assert events.loc[events["user_id"] == "u9", "item_id"].tolist() == ["a2", "a3"]
-    assert meta["quarantined_events"]["row_count"] == 0
+    client = event_stream.client(settings)
+    try:
+        event_stream.publish(client, [{"user_id": "u9", "item_id": "a2", "event_type": "click",
+                                       "timestamp": 1600000500.0, "rating": None}])
+        _, meta = ingest(home, source, keep_redis=True)
+        assert meta["raw_events"]["event_log_rows"] == 1
+        assert meta["raw_events"]["stream_events_drained"] == 1
+        event_stream.publish(client, [{"user_id": "u9", "item_id": "a3", "event_type": "click",
+                                       "timestamp": 1600000600.0, "rating": None}])
+        _, meta = ingest(home, source, keep_redis=True)
+        assert meta["raw_events"]["new_rows"] == 1 and meta["raw_events"]["event_log_rows"] == 2
+        _, meta = ingest(home, source, keep_redis=True)  # nothing new on the stream or in the log
+        assert meta["raw_events"]["new_rows"] == 0 and meta["raw_events"]["event_log_rows"] == 2
+        events = read_validated_events(settings)
+        assert events.loc[events["user_id"] == "u9", "item_id"].tolist() == ["a2", "a3"]
+        assert meta["quarantined_events"]["row_count"] == 0
+        assert event_stream.length(client) == 0  # acknowledged by the only group: trimmed
+    finally:
+        redis_server.stop(settings)
 
 
 def test_duplicates_are_found_across_chunks(tmp_path, source):

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from orchestration.consume import OfflineLogConsumer
 from orchestration.offline import read_validated_events
 from tests.conftest import API_KEY, AUTH
 from training import registry
@@ -93,7 +94,9 @@ def test_event_then_recommend_excludes_the_new_item(pipeline, service):
     assert "timestamp" in body["rejected"][2]["error"]
     after = post(service, "/recommend", {"user_id": user, "k": 5}).json()
     assert new_item not in [i["item_id"] for i in after["items"]]
-    # ... and the event is in the offline log, for the next batch run.
+    # ... and the event is on the stream, which drains into the offline log for the
+    # next batch run.
+    OfflineLogConsumer(pipeline.settings, "test-consumer").drain()
     logged = pd.concat(pd.read_json(p, lines=True, dtype=False)
                        for p in pipeline.settings.event_log_dir.glob("*.jsonl"))
     assert ((logged["user_id"] == user) & (logged["item_id"] == new_item)).sum() == 1
