@@ -214,7 +214,6 @@ def in_process_floor(settings: Settings, users: list[str]) -> dict:
     """Float and int8 encoders: the floor (read + encode + top-10) and test NDCG@10."""
     import torch
 
-    from feature_repo.store import open_store
     from orchestration.offline import read_validated_events
     from serving.online import OnlineFeatures
     from serving.scoring import load_served_model, recommend
@@ -224,8 +223,7 @@ def in_process_floor(settings: Settings, users: list[str]) -> dict:
 
     torch.set_num_threads(1)
     server = redis_server.ensure(settings)
-    online = OnlineFeatures(open_store(settings, server.url), server.client(),
-                            settings.recent_items)
+    online = OnlineFeatures(server.client(), settings.feast_project, settings.recent_items)
     split = leave_one_out(read_validated_events(settings))
     out = {}
     for name, quantize in (("float32", False), ("int8", True)):

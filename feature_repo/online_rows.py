@@ -1,15 +1,17 @@
-"""Thin access to Feast's Redis layout for ``user_recent_items`` rows: a read is
+"""Thin access to Feast's Redis layout for ``user_recent_items`` rows (a read is
 one HMGET and two protobuf parses instead of ``get_online_features``' general
-path, a write one HSET instead of ``FeatureStore.push`` (docs/benchmarks.md,
-Features; docs/experiments.md, Features).
+path, a write one HSET instead of ``FeatureStore.push``: docs/benchmarks.md,
+Features; docs/experiments.md, Features), and reads of ``item_content``'s text
+embeddings. With them the service needs Redis only, not Feast's registry file:
+a replica on another host has nothing of the batch host's disk.
 
 The definitions stay in Feast; this is the hash Feast's Redis online store
 writes (key = serialised entity key + project, field = murmur3 of
 ``view:feature``, plus ``_ts:view``). ``tests/integration/test_features.py`` proves that a
 read returns exactly what ``get_online_features`` returns for the
-``behaviour_encoder_v1`` feature service, and that a write leaves exactly the
-hash ``push`` leaves, so a change of Feast's layout fails a test rather than
-serving wrong features.
+``behaviour_encoder_v1`` feature service (and the item reader what it returns for
+``item_content``), and that a write leaves exactly the hash ``push`` leaves, so a
+change of Feast's layout fails a test rather than serving wrong features.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from feature_repo.feature_views import USER_RECENT_ITEMS
+from feature_repo.feature_views import ITEM_CONTENT, USER_RECENT_ITEMS
 
 ENTITY_KEY_SERIALIZATION_VERSION = 3  # as rendered in feature_store.yaml
 
@@ -32,6 +34,37 @@ class RecentItems:
     item_ids: list[str]  # oldest first
     timestamps_us: list[int]
     row_seconds: int  # the stored row's time, whole seconds (0 when there is no row)
+
+
+def entity_key(join_key: str, value: str, project: str) -> bytes:
+    entity = EntityKey(join_keys=[join_key], entity_values=[Value(string_val=value)])
+    return _redis_key(project, entity, ENTITY_KEY_SERIALIZATION_VERSION)
+
+
+class ItemEmbeddingRows:
+    """item_content's view has no TTL (``ITEM_CONTENT_TTL`` is 0): a stored row is
+    always current, so no row time is read."""
+
+    def __init__(self, client: redis.Redis, project: str):
+        self.client = client
+        self.project = project
+        self.field = _mmh3(f"{ITEM_CONTENT}:text_embedding")
+
+    def read(self, item_ids: list[str]) -> list[list[float] | None]:
+        """Each item's text embedding (None for an item without a row), one
+        pipelined round trip."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for item_id in item_ids:
+                pipe.hget(entity_key("item_id", item_id, self.project), self.field)
+            raw = pipe.execute()
+        out = []
+        for value_bin in raw:
+            value = Value()
+            if value_bin:
+                value.ParseFromString(value_bin)
+            out.append(list(value.float_list_val.val) if value.HasField("float_list_val")
+                       else None)
+        return out
 
 
 class RecentItemsRows:
@@ -44,8 +77,7 @@ class RecentItemsRows:
                        f"_ts:{USER_RECENT_ITEMS}".encode()]
 
     def key(self, user_id: str) -> bytes:
-        entity = EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user_id)])
-        return _redis_key(self.project, entity, ENTITY_KEY_SERIALIZATION_VERSION)
+        return entity_key("user_id", user_id, self.project)
 
     def read(self, user_id: str) -> RecentItems:
         items_bin, times_bin, ts_bin = self.client.hmget(self.key(user_id), self.fields)

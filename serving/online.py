@@ -1,5 +1,6 @@
-"""The online path: read user_recent_items (Feast's Redis layout, thin reader), and
-merge accepted events into it (one writer per user at a time, via a Redis lock)."""
+"""The online path: read user_recent_items and item_content (Feast's Redis layout,
+thin readers: no Feast registry needed), and merge accepted events into
+user_recent_items (one writer per user at a time, via a Redis lock)."""
 
 from __future__ import annotations
 
@@ -7,30 +8,28 @@ import time
 
 import numpy as np
 import redis
-from feast import FeatureStore
 
-from feature_repo.feature_views import ITEM_CONTENT
-from feature_repo.online_rows import RecentItemsRows
+from feature_repo.online_rows import ItemEmbeddingRows, RecentItemsRows
 from feature_repo.recent_items import merge_recent
 
 LOCK_PREFIX = "recsys:lock:user:"
 
 
 class OnlineFeatures:
-    def __init__(self, store: FeatureStore, client: redis.Redis, recent_items: int,
+    def __init__(self, client: redis.Redis, project: str, recent_items: int,
                  lock_wait_s: float = 10.0, writer: redis.Redis | None = None):
         """``client`` reads; ``writer`` (default: the same) takes the locks and
-        writes, which may wait for Redis's fsync."""
-        self.store = store
+        writes, which may wait for Redis's fsync. ``project``: the Feast project."""
         self.client = client
         self.writer = writer or client
         self.recent_items = recent_items
         self.lock_wait_s = lock_wait_s  # how long a writer waits for the user's lock
         # Reads and writes go through thin access to Feast's Redis layout (proved
-        # equal to get_online_features and to push in the tests).
-        ttl = getattr(store.config.online_store, "key_ttl_seconds", None)
-        self.rows = RecentItemsRows(client, store.config.project, ttl)
-        self.write_rows = RecentItemsRows(self.writer, store.config.project, ttl)
+        # equal to get_online_features and to push in the tests). The store is
+        # rendered without key_ttl_seconds: rows do not expire in Redis.
+        self.rows = RecentItemsRows(client, project)
+        self.write_rows = RecentItemsRows(self.writer, project)
+        self.embeddings = ItemEmbeddingRows(client, project)
 
     def recent(self, user_id: str) -> list[str]:
         """The user's recent item ids, oldest first ([] for an unknown user)."""
@@ -56,10 +55,7 @@ class OnlineFeatures:
         out = {}
         for start in range(0, len(item_ids), batch):
             chunk = item_ids[start:start + batch]
-            rows = self.store.get_online_features(
-                features=[f"{ITEM_CONTENT}:text_embedding"],
-                entity_rows=[{"item_id": i} for i in chunk]).to_dict()
-            for item, vector in zip(chunk, rows["text_embedding"], strict=True):
+            for item, vector in zip(chunk, self.embeddings.read(chunk), strict=True):
                 if vector is not None:
                     out[item] = np.asarray(vector, dtype=np.float32)
         return out

@@ -22,7 +22,6 @@ from starlette.responses import JSONResponse
 
 from feature_repo.event_rules import is_id
 from feature_repo.schema import EVENT_TYPES, ID_MAX_LENGTH, ID_PATTERN
-from feature_repo.store import open_store
 from infra import event_stream, redis_server
 from infra.settings import Settings
 from serving import api_page, client_errors
@@ -52,6 +51,7 @@ BREAKER_PROBE_S = 0.1  # how often an open breaker pings Redis
 # Writes (the event stream, the online rows, the fleet) wait for Redis's fsync
 # (appendfsync always), which a busy disk can stretch past the read timeout.
 WRITE_TIMEOUT_S = 1.0
+WARM_UP_CALLS = 3  # model calls made when a version is loaded, before it serves
 ONLINE_DOWN = "online store unavailable: popularity"
 PAST_DEADLINE = "past the request deadline: popularity"
 
@@ -173,9 +173,9 @@ class Recommender:
         self.redis_writes = server.client(timeout_s=WRITE_TIMEOUT_S)
         self.events_redis = (event_stream.client(settings, timeout_s=WRITE_TIMEOUT_S)
                              if settings.events_url else self.redis_writes)
-        self.online = OnlineFeatures(open_store(settings, server.url), self.redis,
-                                     settings.recent_items, writer=self.redis_writes)
-        self.fleet = Fleet(self.redis_writes)
+        self.online = OnlineFeatures(self.redis, settings.feast_project, settings.recent_items,
+                                     writer=self.redis_writes)
+        self.board = Fleet(self.redis_writes)
         self._reload_token = self._fleet_token()
         self.served = self._load()
         self._report()
@@ -194,10 +194,16 @@ class Recommender:
         cold starts; left out, with a warning, while Redis is unreachable)."""
         served = load_served_model(self.settings.tracking_uri(), quantize=self.settings.quantize)
         try:
-            return with_content(served, self.online.item_embeddings(served.index.item_ids))
+            served = with_content(served, self.online.item_embeddings(served.index.item_ids))
         except redis.RedisError as error:
             log.warning("item embeddings unavailable (%s): no content blend", type(error).__name__)
-            return served
+        # TorchScript's profiling executor specialises the traced encoder on its
+        # first calls, each several times slower than a warm one: make them here,
+        # before the version takes requests, not on the first users' requests.
+        history = served.index.item_ids[:3]
+        for _ in range(WARM_UP_CALLS):
+            recommend(served, history, 10, True, user_id=None)
+        return served
 
     def _swap_if_moved(self) -> tuple[str, str]:
         """Load the champion when the alias moved; one swap at a time. A request
@@ -214,14 +220,14 @@ class Recommender:
     def _report(self) -> None:
         """Tell the fleet which version this worker serves (skipped while Redis is down)."""
         try:
-            self.fleet.report(self.served.version)
+            self.board.report(self.served.version)
         except redis.RedisError:
             pass
 
     def _fleet_token(self) -> int | None:
         """The fleet's reload counter; None while Redis does not answer."""
         try:
-            return self.fleet.reload_token()
+            return self.board.reload_token()
         except redis.RedisError:
             return None
 
@@ -251,19 +257,19 @@ class Recommender:
         down the others are out of reach: this worker alone (they converge through
         their own poll)."""
         try:
-            self.fleet.request_reload()
-            return self.fleet.wait_all(version, RELOAD_WAIT_S)
+            self.board.request_reload()
+            return self.board.wait_all(version, RELOAD_WAIT_S)
         except redis.RedisError as error:
             log.warning("/reload: the fleet is unreachable through Redis (%s)",
                         type(error).__name__)
-            return {self.fleet.name: self.served.version}
+            return {self.board.name: self.served.version}
 
     @bentoml.on_shutdown
     def close(self) -> None:
         self._stop.set()
         self.breaker.close()
         try:
-            self.fleet.leave()
+            self.board.leave()
         except redis.RedisError:
             pass
         self.redis.close()
@@ -385,11 +391,11 @@ class Recommender:
         """The version this worker serves, and every live worker of every replica
         with the version it reported (through Redis: empty while it is down)."""
         try:
-            workers = self.fleet.workers()
+            workers = self.board.workers()
         except redis.RedisError:
             workers = {}
         now = time.time()
-        return FleetStatus(worker=self.fleet.name, model_version=self.served.version,
+        return FleetStatus(worker=self.board.name, model_version=self.served.version,
                            workers=[FleetWorker(worker=name, model_version=entry["version"],
                                                 reported_s_ago=round(now - entry["at"], 3))
                                     for name, entry in sorted(workers.items())])

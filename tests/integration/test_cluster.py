@@ -119,7 +119,7 @@ def test_feature_store_on_a_redis_cluster(tmp_path, cluster):
     materialize_view(store, USER_RECENT_ITEMS, path, "user_id",
                      table["event_timestamp"].min().to_pydatetime(),
                      (table["event_timestamp"].max() + pd.Timedelta(seconds=1)).to_pydatetime())
-    online = OnlineFeatures(store, client, recent_items=50)
+    online = OnlineFeatures(client, settings.feast_project, recent_items=50)
     assert online.append("bob", ["y"], [1_700_000_000_000_000]) == ["x", "y"]
     read = store.get_online_features(features=store.get_feature_service(BEHAVIOUR_ENCODER_SERVICE),
                                      entity_rows=[{"user_id": "alice"}, {"user_id": "bob"}]

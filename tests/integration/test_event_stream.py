@@ -112,3 +112,17 @@ def test_the_consumer_killed_mid_batch_loses_and_doubles_nothing(home, stream):
     counts = logged(home)
     assert len(counts) == total and set(counts.values()) == {1}
     assert event_stream.length(stream) == 0
+
+
+def test_acknowledged_events_survive_the_embedded_redis_being_killed(home, stream):
+    """appendfsync always: what XADD acknowledged is on disk before the reply."""
+    ids = []
+    for start in range(0, 2000, 10):  # 200 acknowledged calls, as /events makes them
+        ids += event_stream.publish(stream, events(10, start=start))
+    os.kill(redis_server.running(home).pid, signal.SIGKILL)
+    restarted = redis_server.ensure(home).client()
+    try:
+        kept = [e.id for e in StreamConsumer(restarted, "after").read(5000)]
+    finally:
+        restarted.close()
+    assert kept == ids

@@ -60,7 +60,7 @@ def test_concurrent_writers_to_one_user_lose_nothing(home: Settings):
     writers, per_writer = 32, 20
 
     def writer(w: int) -> float:
-        online = OnlineFeatures(open_store(home, server.url), server.client(), recent_items=1000,
+        online = OnlineFeatures(server.client(), home.feast_project, recent_items=1000,
                                 lock_wait_s=120)
         started = time.perf_counter()
         for k in range(per_writer):
@@ -71,7 +71,7 @@ def test_concurrent_writers_to_one_user_lose_nothing(home: Settings):
     with ThreadPoolExecutor(max_workers=writers) as pool:
         seconds = list(pool.map(writer, range(writers)))
     print(f"32 x 20 concurrent appends: slowest writer {max(seconds):.1f} s")
-    online = OnlineFeatures(open_store(home, server.url), server.client(), recent_items=1000)
+    online = OnlineFeatures(server.client(), home.feast_project, recent_items=1000)
     items = online.recent("carol")
     assert len(items) == writers * per_writer == 640
     assert items == [f"w{i % writers}-e{i // writers}" for i in range(640)]
@@ -146,7 +146,7 @@ def test_materialisation_is_incremental_and_idempotent(home: Settings):
     second = run()
     assert [(m["rows_in_range"], m["entities_written"]) for m in second.values()] == [(1, 1)] * 2
     assert second[USER_PROFILE]["start"] == first[USER_PROFILE]["end"]
-    online = OnlineFeatures(store, server.client(), recent_items=50)
+    online = OnlineFeatures(server.client(), home.feast_project, recent_items=50)
     assert online.recent("alice") == ["a", "b", "c", "d"] and online.recent("bob") == ["x"]
     profile = store.get_online_features(
         features=["user_profile:event_count", "user_profile:top_genres"],
@@ -203,7 +203,8 @@ def test_thin_reader_returns_exactly_what_get_online_features_returns(home: Sett
     times = pd.read_parquet(path)["event_timestamp"]
     materialize_view(store, USER_RECENT_ITEMS, path, "user_id", times.min().to_pydatetime(),
                      (times.max() + pd.Timedelta(seconds=1)).to_pydatetime())
-    OnlineFeatures(store, server.client(), 50).append("bob", ["y"], [1_700_000_000_000_000])
+    OnlineFeatures(server.client(), home.feast_project, 50).append(
+        "bob", ["y"], [1_700_000_000_000_000])
     reader = RecentItemsRows(server.client(), home.feast_project)
     users = ["alice", "bob", "nobody"]
     expected = store.get_online_features(
@@ -215,6 +216,31 @@ def test_thin_reader_returns_exactly_what_get_online_features_returns(home: Sett
         assert row.timestamps_us == list(expected["recent_timestamps"][k] or [])
         assert row.row_seconds == (expected["recent_item_ids__ts"][k] or 0)
     assert reader.read("bob").item_ids == ["x", "y"] and reader.read("nobody").item_ids == []
+
+
+def test_item_embedding_reader_returns_what_get_online_features_returns(home: Settings):
+    from feature_repo.data_sources import ITEM_CONTENT_FILE
+    from feature_repo.feature_views import ITEM_CONTENT
+
+    home.offline_dir.mkdir(parents=True)
+    path = home.offline_dir / ITEM_CONTENT_FILE
+    stamp = pd.Timestamp("2020-01-01", tz="UTC")
+    pd.DataFrame({"item_id": ["a", "b"], "event_timestamp": [stamp, stamp],
+                  "text_embedding": [[0.25, -1.5, 3.0], [1e-3, 0.0, 2.0]],
+                  "genres": [["Drama"], []]}).to_parquet(path)
+    server = redis_server.ensure(home)
+    store = open_store(home, server.url)
+    apply_definitions(store, home)
+    materialize_view(store, ITEM_CONTENT, path, "item_id", stamp.to_pydatetime(),
+                     (stamp + pd.Timedelta(seconds=1)).to_pydatetime())
+    items = ["a", "b", "missing"]
+    expected = store.get_online_features(
+        features=[f"{ITEM_CONTENT}:text_embedding"],
+        entity_rows=[{"item_id": i} for i in items]).to_dict()["text_embedding"]
+    online = OnlineFeatures(server.client(), home.feast_project, 50)
+    assert online.embeddings.read(items) == expected
+    assert expected[2] is None and expected[0] == pytest.approx([0.25, -1.5, 3.0])
+    assert set(online.item_embeddings(items)) == {"a", "b"}
 
 
 def test_thin_write_leaves_exactly_the_hash_push_leaves(home: Settings):
