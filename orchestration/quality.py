@@ -204,7 +204,10 @@ class EventValidator:
             "user_id": good["user_id"],
             "item_id": good["item_id"],
             "event_type": good["event_type"],
-            "event_timestamp": pd.to_datetime(good["ts_seconds"] * 1e6, unit="us", utc=True),
+            # Whole microseconds, the offline schema's unit (a float "now" from the
+            # service carries sub-microsecond digits).
+            "event_timestamp": pd.to_datetime((good["ts_seconds"] * 1e6).round(), unit="us",
+                                              utc=True),
             "rating": good["rating_value"].astype(float),
             "source_file": raw.loc[~bad, "source_file"],
             "source_row": raw.loc[~bad, "source_row"].astype("int64"),

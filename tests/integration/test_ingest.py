@@ -131,8 +131,9 @@ def test_streamed_events_are_ingested_exactly_once(tmp_path, source):
     (source / "events.csv").write_text(HEADER + "u1,a1,view,1600000000,\n")
     client = event_stream.client(settings)
     try:
+        # A "now" the service stamped: a float with digits below the microsecond.
         event_stream.publish(client, [{"user_id": "u9", "item_id": "a2", "event_type": "click",
-                                       "timestamp": 1600000500.0, "rating": None}])
+                                       "timestamp": 1600000500.5723798, "rating": None}])
         _, meta = ingest(home, source, keep_redis=True)
         assert meta["raw_events"]["event_log_rows"] == 1
         assert meta["raw_events"]["stream_events_drained"] == 1
@@ -143,7 +144,10 @@ def test_streamed_events_are_ingested_exactly_once(tmp_path, source):
         _, meta = ingest(home, source, keep_redis=True)  # nothing new on the stream or in the log
         assert meta["raw_events"]["new_rows"] == 0 and meta["raw_events"]["event_log_rows"] == 2
         events = read_validated_events(settings)
-        assert events.loc[events["user_id"] == "u9", "item_id"].tolist() == ["a2", "a3"]
+        mine = events[events["user_id"] == "u9"]
+        assert mine["item_id"].tolist() == ["a2", "a3"]
+        assert mine["event_timestamp"].iloc[0] == pd.Timestamp(1600000500572380, unit="us",
+                                                               tz="UTC")
         assert meta["quarantined_events"]["row_count"] == 0
         assert event_stream.length(client) == 0  # acknowledged by the only group: trimmed
     finally:

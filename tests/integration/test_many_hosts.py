@@ -109,9 +109,12 @@ def test_an_event_sent_to_one_replica_shows_in_the_next_answer_of_the_other(host
 def test_a_promotion_and_one_reload_reach_both_replicas_with_no_failed_request(hosts):
     a, b = hosts.replicas["a"], hosts.replicas["b"]
     uri = hosts.tracking_uri
-    client = registry.client(uri)
-    v1 = client.get_model_version(registry.MODEL_NAME, "1")
-    v2 = client.create_model_version(registry.MODEL_NAME, source=v1.source, run_id=v1.run_id)
+    # Version 2: v1's weights logged again through the server (artifacts over HTTP).
+    documents = {name: registry.load_document(uri, "1", name) for name in (
+        registry.POPULARITY_DOCUMENT, registry.EVENT_RULES_DOCUMENT)}
+    v2 = registry.log_and_register(uri, None, registry.load_version(uri, "1"),
+                                   {"copy_of": "1"}, [], {}, {"purpose": "test"},
+                                   documents=documents)
     failures, answered = [], {a: [], b: []}
     stop = threading.Event()
 
@@ -156,6 +159,33 @@ def test_a_promotion_and_one_reload_reach_both_replicas_with_no_failed_request(h
           f"v{v2.version} {first_v2_on_b - started:.2f}s after the call")
     registry.set_champion(uri, "1")
     assert post(a, "/reload", {}, timeout=90).json()["workers_on_version"] == 2
+
+
+def test_a_separate_events_redis_takes_the_stream_and_while_it_is_down_nothing_is_written(
+        hosts, tmp_path):
+    events_host = Settings(home=tmp_path / "events-host")
+    events_url = redis_server.ensure(events_host).url
+    replica = replace(hosts.batch, home=tmp_path / "c")
+    url = start_replica(replica, {**hosts.env(), "RECSYS_EVENTS_URL": events_url})
+    shared = redis_server.RedisServer(url=hosts.redis_url, pid=None).client()
+    separate = redis_server.RedisServer(url=events_url, pid=None).client()
+    try:
+        before = event_stream.length(shared)
+        body = {"events": [{"user_id": "on-c", "item_id": "i00005", "event_type": "click"}]}
+        assert post(url, "/events", body).json()["accepted"] == 1
+        assert event_stream.length(separate) == 1 and event_stream.length(shared) == before
+        redis_server.stop(events_host)
+        down = post(url, "/events", {"events": [
+            {"user_id": "while-down", "item_id": "i00005", "event_type": "click"}]})
+        assert down.status_code == 503 and down.json()["accepted"] == 0
+        assert "event stream" in down.json()["rejected"][0]["error"]
+        cold = post(url, "/recommend", {"user_id": "while-down"}).json()
+        assert cold["reason"].startswith("no history")  # nothing reached the online store
+    finally:
+        stop_process(replica, "serve")
+        redis_server.stop(events_host)
+        shared.close()
+        separate.close()
 
 
 def consume_once(hosts: Hosts) -> str:
