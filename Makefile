@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
 	command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq npm >/dev/null)
+	# The web page's browser test: Debian's Chromium and its driver (skipped, saying
+	# why, where apt-get cannot install them).
+	command -v chromedriver >/dev/null || (apt-get update -qq && apt-get install -y -qq \
+		chromium chromium-driver >/dev/null) || echo "no chromium: the browser test will skip"
 	$(BIN)/python -m orchestration.docs_assets
 	touch $(STAMP)
 

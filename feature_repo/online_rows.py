@@ -92,6 +92,20 @@ class RecentItemsRows:
                            timestamps_us=list(times.int64_list_val.val),
                            row_seconds=int(stamp.seconds))
 
+    def lengths(self, user_ids: list[str]) -> list[int]:
+        """The number of recent items of each user's row (0 without one)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for user_id in user_ids:
+                pipe.hget(self.key(user_id), self.fields[0])
+            raw = pipe.execute()
+        out = []
+        for items_bin in raw:
+            items = Value()
+            if items_bin:
+                items.ParseFromString(items_bin)
+            out.append(len(items.string_list_val.val))
+        return out
+
     def write(self, user_id: str, item_ids: list[str], timestamps_us: list[int],
               row_time_us: int) -> None:
         """Replace the user's row (no staleness check: the caller holds the user's

@@ -117,7 +117,7 @@ def demo(settings: Settings) -> None:
                 port = free_port()
                 process = start_service(settings, port, settings.log_file("serve"))
                 wait_ready(port, process)
-                say(f"  serving on http://127.0.0.1:{port} (API page: /docs)")
+                say(f"  serving on http://127.0.0.1:{port} (web page: /, API page: /docs)")
             with stage("recommendations"):
                 say(recommendations(settings, port))
             say(metrics(settings))
@@ -132,7 +132,9 @@ def demo(settings: Settings) -> None:
 == next
   make ui          # Dagster UI (assets, checks, runs): http://127.0.0.1:3001
   make mlflow-ui   # MLflow UI (runs, metrics, registry): http://127.0.0.1:5000
-  make serve       # the service on PORT (default 3000); its API page at /docs
+  make serve       # the service on PORT (default 3000), then open its web page:
+                   #   http://127.0.0.1:3000/  (pick a user, click, watch the list change)
+                   #   its API page: http://127.0.0.1:3000/docs
   make stop        # stops whatever the project started
   Data Docs: {settings.data_docs_dir / 'index.html'}
   Reports (drift, skew, champion curves, Data Docs): {settings.reports_dir / 'index.html'}""")

@@ -1,7 +1,6 @@
 """The service's API page: ``/docs`` (as FastAPI users expect) serves Swagger UI
-from the assets BentoML ships (no CDN, no tracker), ``/`` redirects to it, and
-``/docs.json`` carries the platform's title, description and version instead of
-BentoML's defaults."""
+from the assets BentoML ships (no CDN, no tracker), and ``/docs.json`` carries
+the platform's title, description and version instead of BentoML's defaults."""
 
 from __future__ import annotations
 
@@ -36,7 +35,7 @@ PAGE = """<!DOCTYPE html>
 </html>
 """
 # Paths the page needs, open without the API key (they hold nothing private).
-OPEN_PATHS = frozenset({"/", "/docs", "/docs.json"})
+OPEN_PATHS = frozenset({"/docs", "/docs.json"})
 OPEN_PREFIXES = ("/static_content/",)
 
 
@@ -48,7 +47,7 @@ def _info() -> dict:
     return {"title": TITLE, "description": DESCRIPTION, "version": platform_version()}
 
 
-async def _send(send, status: int, body: bytes, content_type: bytes,
+async def send_body(send, status: int, body: bytes, content_type: bytes,
                 headers: list | None = None) -> None:
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", content_type), (b"content-length", str(len(body)).encode()),
@@ -57,8 +56,8 @@ async def _send(send, status: int, body: bytes, content_type: bytes,
 
 
 class ApiPage:
-    """ASGI middleware: answers ``/docs`` and ``/``, and rewrites the ``info`` of
-    BentoML's ``/docs.json``."""
+    """ASGI middleware: answers ``/docs``, and rewrites the ``info`` of BentoML's
+    ``/docs.json``."""
 
     def __init__(self, app):
         self.app = app
@@ -68,10 +67,8 @@ class ApiPage:
             return await self.app(scope, receive, send)
         path = scope["path"]
         if path in ("/docs", "/docs/"):
-            return await _send(send, 200, PAGE.format(title=TITLE).encode(),
+            return await send_body(send, 200, PAGE.format(title=TITLE).encode(),
                                b"text/html; charset=utf-8")
-        if path == "/":
-            return await _send(send, 307, b"", b"text/plain", [(b"location", b"/docs")])
         if path != "/docs.json":
             return await self.app(scope, receive, send)
         start, chunks = {}, []

@@ -1,7 +1,7 @@
 """ASGI middleware in front of every endpoint: the optional API key and the
 request body limit. Health probes (``/healthz``, ``/livez``, ``/readyz``) stay
-open so an orchestrator can check the service without the key, and so does the
-API page (``serving.api_page``)."""
+open so an orchestrator can check the service without the key, and so do the
+API page (``serving.api_page``) and the web page's files (``serving.web_page``)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import hmac
 import json
 import time
 
-from serving import api_page
+from serving import api_page, web_page
 
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
 ARRIVED = "recsys_arrived"  # scope["state"] key: monotonic time the request arrived
 
 
 def _open(path: str) -> bool:
-    """Health probes and the API page need no key."""
-    return (path in OPEN_PATHS or path in api_page.OPEN_PATHS
+    """Health probes, the API page and the web page's files need no key."""
+    return (path in OPEN_PATHS or path in api_page.OPEN_PATHS or path in web_page.OPEN_PATHS
             or path.startswith(api_page.OPEN_PREFIXES))
 
 

@@ -35,6 +35,10 @@ class OnlineFeatures:
         """The user's recent item ids, oldest first ([] for an unknown user)."""
         return self.rows.read(user_id).item_ids
 
+    def history_lengths(self, user_ids: list[str]) -> list[int]:
+        """How many recent items each user has online (one pipelined round trip)."""
+        return self.rows.lengths(user_ids)
+
     def append(self, user_id: str, items: list[str], timestamps_us: list[int]) -> list[str]:
         """Merge events into the user's online row; returns the new recent items."""
         with self.writer.lock(f"{LOCK_PREFIX}{user_id}", timeout=10, sleep=0.002,

@@ -37,6 +37,7 @@ from serving.scoring import (
     score_items,
     with_content,
 )
+from serving.web_page import WebPage
 from serving.workers import REPORT_S, Fleet
 from training import registry
 
@@ -53,6 +54,9 @@ BREAKER_PROBE_S = 0.1  # how often an open breaker pings Redis
 WRITE_TIMEOUT_S = 1.0
 WARM_UP_CALLS = 3  # model calls made when a version is loaded, before it serves
 ONLINE_DOWN = "online store unavailable: popularity"
+SAMPLE_USERS = 2000  # trained users whose history lengths /sample_users compares
+STATUS_METRICS = ("best_val_ndcg_at_10", "best_val_hr_at_10", "ndcg_at_10", "hr_at_10",
+                  "baseline_pop_ndcg_at_10")
 PAST_DEADLINE = "past the request deadline: popularity"
 
 def _as_id(value: object) -> str | int:
@@ -136,6 +140,39 @@ class FleetStatus(BaseModel):
     workers: list[FleetWorker] = Field(description=(
         "Every live worker of every replica sharing this Redis (empty while Redis is "
         "unreachable)."))
+
+
+class HistoryItem(BaseModel):
+    item_id: str = Field(description="An item of the user's online history.")
+    title: str = Field(description="Its title (the id when the model does not know it).")
+
+
+class History(BaseModel):
+    user_id: str = Field(description="The user.")
+    items: list[HistoryItem] = Field(description="The online recent items, newest first.")
+    degraded: bool = Field(description="True when the online store could not be read.")
+    reason: str | None = Field(description="Why the history is missing, else null.")
+
+
+class SampleUsers(BaseModel):
+    most_active: str = Field(description="A user with the longest online history.")
+    median: str = Field(description="A user with a median-length online history.")
+    new_visitor: str = Field(description="An id no one has used (no history).")
+
+
+class ModelSummary(BaseModel):
+    version: str = Field(description="behaviour_encoder registry version.")
+    metrics: dict[str, float] = Field(description=(
+        "Its run's validation and test metrics (best_val_ndcg_at_10, ndcg_at_10, ...)."))
+
+
+class Status(BaseModel):
+    model_version: str = Field(description="The version the answering worker serves.")
+    champion: ModelSummary | None = Field(description="The registry's champion.")
+    challenger: ModelSummary | None = Field(description="The registry's challenger.")
+    registry_error: str | None = Field(description="Why the registry could not be read.")
+    online_store: bool = Field(description="Whether Redis answers.")
+    fleet: list[FleetWorker] = Field(description="Every live worker of every replica.")
 
 
 _startup = Settings.from_env()
@@ -387,18 +424,72 @@ class Recommender:
                         workers_on_version=sum(v == after for v in workers.values()))
 
     @bentoml.api
+    def history(self, user_id: IdLike, ctx: bentoml.Context = None) -> History:
+        """The user's online recent items (what /recommend reads), newest first."""
+        user = str(user_id)
+        up, items = self._call_redis(lambda: self.online.recent(user))
+        titles, position = self.served.model.titles, self.served.index.index
+        return History(user_id=user, degraded=not up, reason=None if up else ONLINE_DOWN,
+                       items=[HistoryItem(item_id=i, title=titles[position[i] - 1]
+                                          if i in position else i)
+                              for i in reversed(items or [])])
+
+    @bentoml.api
+    def sample_users(self) -> SampleUsers:
+        """Users to try: one with the longest online history and one with a median
+        one (among up to SAMPLE_USERS users the champion was trained on), and a new
+        visitor."""
+        users = list(self.served.model.user_index)
+        step = max(1, len(users) // SAMPLE_USERS)
+        picked = users[::step][:SAMPLE_USERS]
+        up, lengths = self._call_redis(lambda: self.online.history_lengths(picked))
+        ranked = (sorted(zip(lengths, picked, strict=True), key=lambda x: -x[0])
+                  if up and picked else [])
+        fallback = picked[0] if picked else "u1"
+        return SampleUsers(most_active=ranked[0][1] if ranked else fallback,
+                           median=ranked[len(ranked) // 2][1] if ranked else fallback,
+                           new_visitor=f"visitor-{os.urandom(4).hex()}")
+
+    def _summary(self, alias: str) -> ModelSummary | None:
+        uri = self.settings.tracking_uri()
+        version = registry.alias_version(uri, alias)
+        if version is None:
+            return None
+        metrics = registry.version_run(uri, version).data.metrics
+        return ModelSummary(version=version, metrics={
+            k: round(metrics[k], 4) for k in STATUS_METRICS if k in metrics})
+
+    @bentoml.api
+    async def status(self) -> Status:
+        """For the operator panel: champion and challenger with their metrics, the
+        fleet's versions, and whether Redis answers."""
+        champion = challenger = error = None
+        try:
+            champion = await asyncio.to_thread(self._summary, registry.CHAMPION)
+            challenger = await asyncio.to_thread(self._summary, registry.CHALLENGER)
+        except Exception as failure:  # the registry is down: say so, answer the rest
+            error = f"the model registry is unavailable ({type(failure).__name__})"
+        return Status(model_version=self.served.version, champion=champion,
+                      challenger=challenger, registry_error=error,
+                      online_store=await asyncio.to_thread(self._online_up),
+                      fleet=await asyncio.to_thread(self._fleet_workers))
+
+    @bentoml.api
     def fleet(self) -> FleetStatus:
         """The version this worker serves, and every live worker of every replica
         with the version it reported (through Redis: empty while it is down)."""
+        return FleetStatus(worker=self.board.name, model_version=self.served.version,
+                           workers=self._fleet_workers())
+
+    def _fleet_workers(self) -> list[FleetWorker]:
         try:
             workers = self.board.workers()
         except redis.RedisError:
-            workers = {}
+            return []
         now = time.time()
-        return FleetStatus(worker=self.board.name, model_version=self.served.version,
-                           workers=[FleetWorker(worker=name, model_version=entry["version"],
-                                                reported_s_ago=round(now - entry["at"], 3))
-                                    for name, entry in sorted(workers.items())])
+        return [FleetWorker(worker=name, model_version=entry["version"],
+                            reported_s_ago=round(now - entry["at"], 3))
+                for name, entry in sorted(workers.items())]
 
     @bentoml.api
     def events(self, events: Annotated[list[Any], Field(
@@ -428,10 +519,10 @@ class Recommender:
                 if self.events_redis is self.redis_writes:
                     self._redis_failed(error)
                 ctx.response.status_code = 503
-                error = (f"the event stream is unavailable ({type(error).__name__}); "
-                         "nothing was written, retry later")
+                message = (f"the event stream is unavailable ({type(error).__name__}); "
+                           "nothing was written, retry later")
                 return EventsAccepted(accepted=0, rejected=[
-                    Rejected(index=i, error=error) for i in range(len(events))])
+                    Rejected(index=i, error=message) for i in range(len(events))])
             by_user: dict[str, tuple[list[str], list[int]]] = {}
             for event in accepted:
                 items, times = by_user.setdefault(event.user_id, ([], []))
@@ -455,3 +546,7 @@ class Recommender:
 Recommender.add_asgi_middleware(Guard, api_key=_startup.api_key,
                                 max_body_bytes=_startup.max_body_bytes)
 Recommender.add_asgi_middleware(ApiPage)
+# Inside the guard: the page's files are open paths, the report mounts need the key.
+Recommender.add_asgi_middleware(WebPage, api_key=_startup.api_key,
+                                data_docs_dir=str(_startup.data_docs_dir),
+                                reports_dir=str(_startup.reports_dir))
