@@ -3,7 +3,9 @@ the offline ``user_recent_items`` table for ``BENCH_FEATURE_USERS`` users
 (default 100,000, 5 events each), its materialisation into Redis (users/s),
 then reads of one user's ``behaviour_encoder_v1`` features three ways, in the
 same run: Feast ``get_online_features`` by feature service, the project's
-thin reader (what the service uses), and a raw redis-py HMGET of the same fields.
+thin reader (what the service uses), and a raw redis-py HMGET of the same fields;
+and what the embedded Redis's ``appendfsync always`` costs the writes against
+``everysec``.
 """
 
 import gc
@@ -24,8 +26,9 @@ from feature_repo.materialize import materialize_view
 from feature_repo.online_rows import RecentItemsRows
 from feature_repo.recent_items import recent_items_table
 from feature_repo.store import apply_definitions, open_store
-from infra import redis_server
+from infra import event_stream, redis_server
 from infra.settings import Settings
+from serving.online import OnlineFeatures
 
 
 def percentiles(samples_s: list[float]) -> dict[str, float]:
@@ -110,6 +113,7 @@ def benchmark() -> dict:
                          ("thin_reader", reader.read), ("raw_redis_hmget", raw_hmget)]:
             timed(fn, names, 300)  # warm up
             results[name] = percentiles(timed(fn, names, 5000))
+        results["writes"] = write_costs(settings, server, store, path, first, last, names)
     finally:
         redis_server.stop(settings)
     m = results["materialize"]
@@ -122,8 +126,40 @@ def benchmark() -> dict:
     return results
 
 
+def write_costs(settings: Settings, server, store, path, first, last, names) -> dict:
+    """What the embedded Redis's ``appendfsync always`` costs against ``everysec``,
+    in one run: /events' two writes (the stream's XADD, the online row's locked
+    merge) one call at a time, and the bulk materialisation (from an empty Redis)."""
+    client = server.client()
+    online = OnlineFeatures(client, settings.feast_project, settings.recent_items)
+    out = {}
+    event = {"user_id": "u1", "item_id": "i1", "event_type": "click",
+             "timestamp": 1_700_000_000.0, "rating": None}
+    for mode in ("always", "everysec"):
+        client.config_set("appendfsync", mode)
+        xadd = timed(lambda _: event_stream.publish(client, [event]), names, 2000)
+        merge = timed(lambda user: online.append(user, ["i7"], [1_700_000_000_000_000]),
+                      names, 2000)
+        client.flushall()
+        stats = materialize_view(store, USER_RECENT_ITEMS, path, "user_id",
+                                 first.to_pydatetime(), last.to_pydatetime())
+        out[mode] = {"xadd": percentiles(xadd), "online_merge": percentiles(merge),
+                     "materialise_seconds": round(stats.seconds, 1),
+                     "materialised_users": stats.entities_written}
+    client.config_set("appendfsync", "always")
+    for mode, row in out.items():
+        print(f"appendfsync {mode}: XADD p50 {row['xadd']['p50_ms']} ms, online merge p50 "
+              f"{row['online_merge']['p50_ms']} ms, materialise "
+              f"{row['materialised_users']:,} users {row['materialise_seconds']} s")
+    return out
+
+
+READS = ("feast_get_online_features", "thin_reader", "raw_redis_hmget")
+
+
 def tables(results: dict) -> list[dict]:
     m = results["materialize"]
+    writes = results.get("writes", {})
     return [
         table("Offline table and materialisation", ["users", "offline rows",
               "offline table s", "materialise s", "users/s"],
@@ -131,6 +167,12 @@ def tables(results: dict) -> list[dict]:
                 m["users_per_s"]]]),
         table("Online reads of one user's behaviour_encoder_v1 features (steady state)",
               ["read", "n", "p50 ms", "p95 ms", "p99 ms"],
-              [[name, r["n"], r["p50_ms"], r["p95_ms"], r["p99_ms"]] for name, r in
-               results.items() if name != "materialize"]),
+              [[name, results[name]["n"], results[name]["p50_ms"], results[name]["p95_ms"],
+                results[name]["p99_ms"]] for name in READS]),
+        table("Redis persistence: appendfsync always (the embedded default) against everysec",
+              ["appendfsync", "XADD p50 ms", "XADD p99 ms", "online merge p50 ms",
+               "online merge p99 ms", "materialise s"],
+              [[mode, w["xadd"]["p50_ms"], w["xadd"]["p99_ms"], w["online_merge"]["p50_ms"],
+                w["online_merge"]["p99_ms"], w["materialise_seconds"]]
+               for mode, w in writes.items()]),
     ]
