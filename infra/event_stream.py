@@ -56,14 +56,17 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _entries(raw, redelivered: bool) -> list[Entry]:
-    out = []
+def _entries(raw, redelivered: bool) -> tuple[list[Entry], list[str]]:
+    """(entries, ids of pending entries whose content is gone: deleted by hand
+    while pending, which Redis 6.2 still reports)."""
+    out, gone = [], []
     for entry_id, fields in raw:
-        if not fields:  # deleted (trimmed) while pending: nothing left to deliver
+        if not fields:
+            gone.append(_text(entry_id))
             continue
         payload = fields.get(FIELD.encode(), fields.get(FIELD))
         out.append(Entry(_text(entry_id), json.loads(payload), redelivered))
-    return out
+    return out, gone
 
 
 def _after(entry_id: str) -> str:
@@ -96,24 +99,31 @@ class StreamConsumer:
             if "BUSYGROUP" not in str(error):
                 raise
 
+    def _delivered(self, raw, redelivered: bool) -> list[Entry]:
+        entries, gone = _entries(raw, redelivered)
+        if gone:  # nothing to write: acknowledged, or they would hold the trim back
+            self.client.xack(STREAM, self.group, *gone)
+        return entries
+
     def read(self, count: int, block_ms: int | None = None) -> list[Entry]:
         if not self._own_pending_done:
             # Id 0: this consumer's own pending entries (none for a new name).
             reply = self.client.xreadgroup(self.group, self.name, {STREAM: "0"}, count=count)
-            entries = _entries(reply[0][1], True) if reply else []
-            if len(entries) < count:
+            raw = reply[0][1] if reply else []
+            if len(raw) < count:
                 self._own_pending_done = True
+            entries = self._delivered(raw, True)
             if entries:
                 return entries
         reply = self.client.xautoclaim(STREAM, self.group, self.name, self.min_idle_ms,
                                        start_id=self._claim_cursor, count=count)
         self._claim_cursor = _text(reply[0])
-        claimed = _entries(reply[1], True)
+        claimed = self._delivered(reply[1], True)
         if claimed:
             return claimed
         reply = self.client.xreadgroup(self.group, self.name, {STREAM: ">"}, count=count,
                                        block=block_ms)
-        return _entries(reply[0][1], False) if reply else []
+        return self._delivered(reply[0][1], False) if reply else []
 
     def ack(self, entries: list[Entry]) -> None:
         if entries:
@@ -122,13 +132,6 @@ class StreamConsumer:
     def trim(self) -> int:
         """Remove entries every group has acknowledged; how many were removed."""
         return trim_acknowledged(self.client)
-
-    def leave(self) -> None:
-        """Remove this consumer from the group (only when it has nothing pending)."""
-        pending = self.client.xpending_range(STREAM, self.group, min="-", max="+", count=1,
-                                             consumername=self.name)
-        if not pending:
-            self.client.xgroup_delconsumer(STREAM, self.group, self.name)
 
 
 def trim_acknowledged(client: redis.Redis) -> int:

@@ -126,3 +126,13 @@ def test_acknowledged_events_survive_the_embedded_redis_being_killed(home, strea
     finally:
         restarted.close()
     assert kept == ids
+
+
+def test_a_pending_entry_deleted_by_hand_does_not_hold_the_trim_back(home, stream):
+    ids = event_stream.publish(stream, events(5))
+    OfflineLogConsumer(home, "c1").stream.read(5)  # delivered, then the consumer died
+    stream.xdel(event_stream.STREAM, ids[0])  # an operator removed one meanwhile
+    done = OfflineLogConsumer(home, "c1").drain()
+    assert (done.read, done.written) == (4, 4)
+    assert stream.xpending(event_stream.STREAM, event_stream.OFFLINE_GROUP)["pending"] == 0
+    assert event_stream.length(stream) == 0
