@@ -182,12 +182,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.once:
             return consume(settings, args.name, once=True)
-        settings.pid_file("consume").parent.mkdir(parents=True, exist_ok=True)
-        settings.pid_file("consume").write_text(str(os.getpid()))
-        try:
-            return consume(settings, args.name, once=False)
-        finally:
-            settings.pid_file("consume").unlink(missing_ok=True)
+        return foreground(settings, "consume", [sys.executable, "-m", "orchestration.consume",
+                                                *([args.name] if args.name else [])])
     elif args.command == "redis":
         if args.action == "start":
             print(redis_server.ensure(settings).url)

@@ -28,6 +28,9 @@ from orchestration.sources.event_log import STREAM_ID, EventLogWriter, logged_st
 log = logging.getLogger("recsys.consume")
 BATCH = 1000  # entries per read
 BLOCK_MS = 1000  # how long a running consumer waits for new entries
+# Stream ids carry Redis's clock, log files this host's: how far apart the two may
+# be when an entry delivered again is looked up only in files changed after it.
+CLOCK_SKEW_S = 300.0
 
 
 def default_name() -> str:
@@ -58,7 +61,8 @@ class OfflineLogConsumer:
         if not again:
             return entries, 0
         oldest_s = min(int(e.id.split("-")[0]) for e in again) / 1000
-        logged = set(logged_stream_ids(self.settings.event_log_dir, since_s=oldest_s - 1))
+        logged = set(logged_stream_ids(self.settings.event_log_dir,
+                                       since_s=oldest_s - CLOCK_SKEW_S))
         fresh = [e for e in entries if not (e.redelivered and e.id in logged)]
         return fresh, len(entries) - len(fresh)
 
@@ -112,3 +116,10 @@ def consume(settings: Settings, name: str | None, once: bool) -> int:
     print(f"consuming {event_stream.STREAM} into {consumer.writer.path} (Ctrl-C stops)")
     consumer.run(stop)
     return 0
+
+
+if __name__ == "__main__":  # what ``recsys consume`` runs in its own process group
+    import sys
+
+    sys.exit(consume(Settings.from_env(), sys.argv[1] if len(sys.argv) > 1 else None,
+                     once=False))
