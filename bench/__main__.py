@@ -1,7 +1,7 @@
 """``make bench``: figures on this machine, printed as tables and written to
 ``bench_results/<section>.json``. Sections: ``data`` (bench/data.py), ``features``
 (bench/features.py), ``models`` (bench/models.py), ``serving`` (bench/serving.py),
-``faults`` (bench/faults.py).
+``faults`` (bench/faults.py), ``retrieval`` (bench/retrieval.py).
 ``python -m bench --docs`` regenerates docs/benchmarks.md from the JSON.
 """
 
@@ -9,10 +9,10 @@ import json
 import os
 import sys
 
-from bench import data, faults, features, models, report, serving
+from bench import data, faults, features, models, report, retrieval, serving
 
 SECTIONS = {"data": data, "features": features, "models": models, "serving": serving,
-            "faults": faults}
+            "faults": faults, "retrieval": retrieval}
 
 
 def main() -> None:

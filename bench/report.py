@@ -17,14 +17,14 @@ DOCS = Path("docs")
 # Sections whose tables live in another page (the one that owns their meaning).
 ELSEWHERE = {"models": DOCS / "models.md"}
 ORDER = ("data", "features", "models", "serving", "serving_async", "serving_sync_default",
-         "serving_sync_final", "faults")
+         "serving_sync_final", "faults", "retrieval")
 TITLES = {"data": "Data", "features": "Features", "models": "Models", "serving": "Serving",
           # Runs of other code, kept beside the latest for a comparison (their command
           # says which code).
           "serving_async": "Serving handlers: sync or async (async def handlers)",
           "serving_sync_default": "Serving handlers: sync, Python's default GIL switch interval",
           "serving_sync_final": "Serving handlers: sync, as served (same length as the two above)",
-          "faults": "Faults"}
+          "faults": "Faults", "retrieval": "Retrieval: exact against two-stage"}
 
 
 def table(title: str, columns: list[str], rows: list[list]) -> dict:

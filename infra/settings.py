@@ -54,28 +54,39 @@ class Settings:
     # A request not answered by the model within this budget answers from popularity,
     # flagged, instead of queueing behind slower ones.
     deadline_ms: int = 50
+    # From this catalogue size on the service retrieves candidates from an ANN index
+    # and re-ranks them exactly, instead of scoring every item (docs/benchmarks.md,
+    # Retrieval, shows where the two paths cross).
+    ann_min_items: int = 50_000
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         home = Path(env.get("RECSYS_HOME") or DEFAULT_HOME).expanduser().resolve()
         source = env.get("RECSYS_SOURCE") or None
-        recent = env.get("RECSYS_RECENT_ITEMS") or "50"
-        threads = env.get("RECSYS_SERVING_THREADS") or "1"
-        tolerance = env.get("RECSYS_FUTURE_TOLERANCE_S") or "86400"
+        def given(variable: str, field_name: str) -> str:
+            """The variable's value, or the field's default (defined once, above)."""
+            return env.get(variable) or str(cls.__dataclass_fields__[field_name].default)
+
+        recent = given("RECSYS_RECENT_ITEMS", "recent_items")
+        threads = given("RECSYS_SERVING_THREADS", "serving_threads")
+        tolerance = env.get("RECSYS_FUTURE_TOLERANCE_S") or str(int(
+            cls.__dataclass_fields__["future_tolerance_s"].default))
         if not tolerance.isdigit():
             raise ValueError(f"RECSYS_FUTURE_TOLERANCE_S must be whole seconds >= 0, "
                              f"got {tolerance!r}")
-        body = env.get("RECSYS_MAX_BODY_BYTES") or str(1 << 20)
-        poll = env.get("RECSYS_MODEL_POLL_S") or "30"
-        workers = env.get("RECSYS_SERVING_WORKERS") or "2"
-        redis_timeout = env.get("RECSYS_REDIS_TIMEOUT_MS") or "20"
-        deadline = env.get("RECSYS_DEADLINE_MS") or "50"
+        body = given("RECSYS_MAX_BODY_BYTES", "max_body_bytes")
+        poll = given("RECSYS_MODEL_POLL_S", "model_poll_s")
+        workers = given("RECSYS_SERVING_WORKERS", "serving_workers")
+        redis_timeout = given("RECSYS_REDIS_TIMEOUT_MS", "redis_timeout_ms")
+        deadline = given("RECSYS_DEADLINE_MS", "deadline_ms")
+        ann_min_items = given("RECSYS_ANN_MIN_ITEMS", "ann_min_items")
         for name, value in (("RECSYS_RECENT_ITEMS", recent), ("RECSYS_SERVING_THREADS", threads),
                             ("RECSYS_MAX_BODY_BYTES", body), ("RECSYS_MODEL_POLL_S", poll),
                             ("RECSYS_SERVING_WORKERS", workers),
                             ("RECSYS_REDIS_TIMEOUT_MS", redis_timeout),
-                            ("RECSYS_DEADLINE_MS", deadline)):
+                            ("RECSYS_DEADLINE_MS", deadline),
+                            ("RECSYS_ANN_MIN_ITEMS", ann_min_items)):
             if not value.isdigit() or int(value) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         return cls(
@@ -98,6 +109,7 @@ class Settings:
             tracing=_flag(env, "RECSYS_TRACING"),
             redis_timeout_ms=int(redis_timeout),
             deadline_ms=int(deadline),
+            ann_min_items=int(ann_min_items),
         )
 
     def to_json(self) -> str:

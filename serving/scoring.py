@@ -19,6 +19,7 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from feature_repo.event_rules import EventRules
+from serving.retrieval import CandidateScores, TwoStage
 from training import registry
 from training.inference import attention_rollout, quantized, traced_encoder
 from training.model import PAD, BehaviourEncoder
@@ -45,6 +46,8 @@ class ServedModel:
     unit_table: np.ndarray  # the same, rows at unit length (for "because")
     rules: EventRules  # what a valid event of the training data is (for /events)
     content: np.ndarray | None = None  # (N + 1, D) unit text embeddings; row 0 and unknown = 0
+    # Large catalogues: ANN candidates + exact re-ranking instead of scoring every item.
+    retrieval: TwoStage | None = None
 
 
 @dataclass(frozen=True)
@@ -69,9 +72,10 @@ def popularity_scores(index: ItemIndex, recent: dict[str, int], all_time: dict[s
 
 
 def load_served_model(tracking_uri: str, alias: str = registry.CHAMPION,
-                      quantize: bool = False) -> ServedModel:
+                      quantize: bool = False, ann_min_items: int | None = None) -> ServedModel:
     """The version behind ``alias`` with its fallback popularity; ``quantize``: the
-    encoder's linear layers int8 (see ``training.inference.quantized``)."""
+    encoder's linear layers int8 (see ``training.inference.quantized``);
+    ``ann_min_items``: see ``serve``."""
     version = registry.alias_version(tracking_uri, alias)
     if version is None:
         raise LookupError(f"no {registry.MODEL_NAME} version has alias {alias!r}; "
@@ -79,9 +83,6 @@ def load_served_model(tracking_uri: str, alias: str = registry.CHAMPION,
     model = registry.load_version(tracking_uri, version)
     if quantize:
         model = quantized(model)
-    index = ItemIndex(model.item_ids)
-    table = model.item_table().detach().clone()
-    unit = table.numpy() / np.maximum(np.linalg.norm(table.numpy(), axis=1, keepdims=True), 1e-12)
     all_time = registry.load_document(tracking_uri, version, registry.POPULARITY_DOCUMENT)
     try:
         recent = registry.load_document(tracking_uri, version,
@@ -90,10 +91,24 @@ def load_served_model(tracking_uri: str, alias: str = registry.CHAMPION,
         recent = {}
     rules = EventRules.from_dict(registry.load_document(tracking_uri, version,
                                                         registry.EVENT_RULES_DOCUMENT))
+    return serve(model, version, rules, all_time, recent, ann_min_items)
+
+
+def serve(model: BehaviourEncoder, version: str, rules: EventRules, all_time: dict[str, int],
+          recent: dict[str, int], ann_min_items: int | None = None) -> ServedModel:
+    """A model ready to answer: its traced encoder, item tables and fallback
+    popularity (item id -> count, all time and recent). ``ann_min_items``: from
+    this catalogue size on, two-stage retrieval (``serving.retrieval``) instead of
+    scoring every item (None: never)."""
+    index = ItemIndex(model.item_ids)
+    table = model.item_table().detach().clone()
+    unit = table.numpy() / np.maximum(np.linalg.norm(table.numpy(), axis=1, keepdims=True), 1e-12)
+    retrieval = (TwoStage(model, table) if ann_min_items is not None
+                 and model.config.n_items >= ann_min_items else None)
     return ServedModel(version=version, model=model, index=index,
                        popularity=popularity_scores(index, recent, all_time),
                        encoder=traced_encoder(model), table=table, unit_table=unit,
-                       rules=rules)
+                       rules=rules, retrieval=retrieval)
 
 
 def with_content(served: ServedModel, content: dict[str, np.ndarray]) -> ServedModel:
@@ -109,7 +124,13 @@ def with_content(served: ServedModel, content: dict[str, np.ndarray]) -> ServedM
     return replace(served, content=table)
 
 
-def _top(scores: np.ndarray, k: int, exclude: list[int]) -> list[tuple[int, float]]:
+def _top(scores: np.ndarray | CandidateScores, k: int, exclude: list[int],
+         ) -> list[tuple[int, float]]:
+    if isinstance(scores, CandidateScores):  # a few hundred items, in index order
+        values = scores.values.astype(np.float64, copy=True)
+        values[np.isin(scores.items, exclude)] = -np.inf
+        order = np.argsort(-values, kind="stable")[:min(k, int(np.isfinite(values).sum()))]
+        return [(int(scores.items[j]), float(values[j])) for j in order]
     scores = scores.astype(np.float64, copy=True)
     scores[0] = -np.inf
     scores[exclude] = -np.inf
@@ -120,19 +141,27 @@ def _top(scores: np.ndarray, k: int, exclude: list[int]) -> list[tuple[int, floa
 
 
 def model_scores(served: ServedModel, encoded: list[int], explain: bool = False,
-                 user_id: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                 user_id: str | None = None, items: list[int] | None = None,
+                 ) -> tuple[np.ndarray | CandidateScores, np.ndarray | None]:
     """(N + 1,) scores for one history (and the user's learned vector, when the
     model has one for ``user_id``), and with ``explain`` the encoder's attention
     rollout over its last max_len items (oldest first, summing to 1; else None);
-    raises when the model fails or returns non-finite scores for catalogue items."""
+    raises when the model fails or returns non-finite scores for catalogue items.
+    With two-stage retrieval: the same scores for the candidates only (or for
+    ``items``, when given)."""
     config = served.model.config
     window = encoded[-config.max_len:]
     seq = pad_left([window], config.max_len)
     with torch.inference_mode():
         user, projections = served.encoder(seq, served.model.user_rows([user_id]))
-        scores = served.model.blend_transitions(served.model.logits(user, served.table),
-                                                seq)[0].numpy()
-    if not np.isfinite(scores[1:]).all():
+        if served.retrieval is not None:
+            scores = served.retrieval.scores(user, seq, None if items is None
+                                             else np.asarray(items, dtype=np.int64))
+        else:
+            scores = served.model.blend_transitions(served.model.logits(user, served.table),
+                                                    seq)[0].numpy()
+    finite = scores.values if isinstance(scores, CandidateScores) else scores[1:]
+    if not np.isfinite(finite).all():
         raise FloatingPointError("the model returned non-finite scores")
     if not explain:
         return scores, None
@@ -178,12 +207,12 @@ def _content_blend(served: ServedModel, given: list[int]) -> np.ndarray | None:
 
 
 def scores_or_popularity(served: ServedModel, encoded: list[int], explain: bool = False,
-                         user_id: str | None = None,
-                         ) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+                         user_id: str | None = None, items: list[int] | None = None,
+                         ) -> tuple[np.ndarray | CandidateScores, np.ndarray | None, str | None]:
     """The model's scores for a history (and with ``explain`` its attention
     rollout), or, when the model fails, popularity and the reason."""
     try:
-        return *model_scores(served, encoded, explain, user_id), None
+        return *model_scores(served, encoded, explain, user_id, items), None
     except Exception as error:  # any model failure: answer from popularity
         log.warning("model v%s failed (%s: %s); answering from popularity",
                     served.version, type(error).__name__, error)
@@ -230,9 +259,12 @@ def score_items(served: ServedModel, history: list[str], item_ids: list[str],
     """Scores for given candidates (None for items not in the catalogue), and the
     fallback's reason when popularity answered instead of the model."""
     encoded = served.index.encode(history)
+    known = [served.index.index[i] for i in item_ids if i in served.index.index]
     if encoded:
-        scores, _, reason = scores_or_popularity(served, encoded, user_id=user_id)
+        scores, _, reason = scores_or_popularity(served, encoded, user_id=user_id, items=known)
     else:
         scores, reason = served.popularity, "no history for this user: popularity"
+    if isinstance(scores, CandidateScores):  # the scores of exactly the known items
+        scores = dict(zip(scores.items.tolist(), scores.values.tolist(), strict=True))
     return [float(scores[served.index.index[i]]) if i in served.index.index else None
             for i in item_ids], reason

@@ -229,7 +229,8 @@ class Recommender:
     def _load(self) -> ServedModel:
         """The champion, with the item text embeddings from the online store (for
         cold starts; left out, with a warning, while Redis is unreachable)."""
-        served = load_served_model(self.settings.tracking_uri(), quantize=self.settings.quantize)
+        served = load_served_model(self.settings.tracking_uri(), quantize=self.settings.quantize,
+                                   ann_min_items=self.settings.ann_min_items)
         try:
             served = with_content(served, self.online.item_embeddings(served.index.item_ids))
         except redis.RedisError as error:

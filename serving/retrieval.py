@@ -1,0 +1,118 @@
+"""Two-stage retrieval for large catalogues: candidates from an approximate
+nearest-neighbour index (faiss HNSW, inner product) over the model's item vectors,
+united with what the blend adds that a vector index cannot find (the items the
+newest history items lead to, the most popular items), then the exact blended
+score over those candidates only.
+
+Exact means equal to the full path's score for the same item: the full blend
+standardises the encoder's scores over the whole catalogue (``z(u . v_i)``), and
+the catalogue's mean and variance of ``u . v_i`` follow from the item vectors'
+mean and second moment, ``u . m`` and ``u' S u - (u . m)^2``, kept with the index:
+O(D^2) per request instead of O(N D). The transition scores are computed as in
+the full path (one sparse row per lag) and standardised over the catalogue;
+popularity's z-scores are the model's. Only the candidate set is approximate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import torch
+
+from training.model import BehaviourEncoder
+
+HNSW_LINKS = 32  # graph degree (faiss HNSW M)
+EF_CONSTRUCTION = 80
+EF_SEARCH = 128  # search breadth; >= the candidates asked for
+ANN_CANDIDATES = 100  # nearest items by the encoder's score
+TRANSITION_CANDIDATES = 100  # items with the largest transition scores
+POPULAR_CANDIDATES = 50  # the most popular items (the blend's popularity term)
+
+
+@dataclass(frozen=True)
+class CandidateScores:
+    """Exact blended scores for some items (indices 1..N), not the whole catalogue."""
+
+    items: np.ndarray  # (C,) int64
+    values: np.ndarray  # (C,) float64
+
+
+def _scaled_items(model: BehaviourEncoder, table: torch.Tensor) -> np.ndarray:
+    """(N, D) item vectors whose dot products with the scaled user vector are the
+    encoder's scores (unit rows when the model scores cosine similarities)."""
+    items = table[1:].detach().float()
+    if model.config.temperature > 0:
+        items = torch.nn.functional.normalize(items, dim=-1)
+    return np.ascontiguousarray(items.numpy(), dtype=np.float32)
+
+
+class TwoStage:
+    def __init__(self, model: BehaviourEncoder, table: torch.Tensor,
+                 ann_candidates: int = ANN_CANDIDATES,
+                 transition_candidates: int = TRANSITION_CANDIDATES,
+                 popular_candidates: int = POPULAR_CANDIDATES):
+        self.model = model
+        self.ann_candidates = ann_candidates
+        self.transition_candidates = transition_candidates
+        vectors = _scaled_items(model, table)
+        self.n_items, dim = vectors.shape
+        self.index = faiss.IndexHNSWFlat(dim, HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
+        self.index.hnsw.efConstruction = EF_CONSTRUCTION
+        self.index.add(vectors)
+        self.index.hnsw.efSearch = max(EF_SEARCH, ann_candidates)
+        wide = vectors.astype(np.float64)
+        self.mean = wide.mean(axis=0)
+        self.second_moment = wide.T @ wide / self.n_items
+        transitions = model.transitions
+        self.transitions = transitions
+        self.popularity_z = None
+        if transitions is not None and transitions.popularity_weight:
+            self.popularity_z = transitions.standardised_popularity[0].numpy().astype(np.float64)
+        popularity = (transitions.popularity[1:] if transitions is not None
+                      and transitions.popularity is not None else np.zeros(self.n_items))
+        count = min(popular_candidates, self.n_items)
+        self.popular = np.argpartition(-popularity, count - 1)[:count] + 1
+
+    def _user(self, user: torch.Tensor) -> np.ndarray:
+        """The (D,) user vector scaled as ``BehaviourEncoder.logits`` scales it."""
+        u = user.detach().float().reshape(-1)
+        temperature = self.model.config.temperature
+        if temperature > 0:
+            u = torch.nn.functional.normalize(u, dim=-1) / temperature
+        return u.numpy().astype(np.float64)
+
+    def scores(self, user: torch.Tensor, seq: torch.Tensor,
+               items: np.ndarray | None = None) -> CandidateScores:
+        """The exact blended scores of ``items`` (default: the candidates) for the
+        encoder's ``user`` vector (1, D) of the (1, T) history ``seq``."""
+        u = self._user(user)
+        transitions = self.transitions
+        blended = transitions is not None and (transitions.weight or transitions.popularity_weight)
+        extra = None
+        if blended and transitions.weight:
+            extra = transitions.scores(seq.numpy())[0, 1:].astype(np.float64)  # (N,)
+        if items is None:
+            _, found = self.index.search(u[None].astype(np.float32), self.ann_candidates)
+            parts = [found[0][found[0] >= 0] + 1, self.popular]
+            if extra is not None:
+                count = min(self.transition_candidates, self.n_items)
+                top = np.argpartition(-extra, count - 1)[:count]
+                parts.append(top[extra[top] > 0] + 1)
+            items = np.unique(np.concatenate(parts))
+        items = np.asarray(items, dtype=np.int64)
+        vectors = self.index.reconstruct_batch(items - 1).astype(np.float64)
+        values = vectors @ u
+        if not blended:
+            return CandidateScores(items, values)
+        mean = float(u @ self.mean)
+        spread = float(np.sqrt(max(u @ self.second_moment @ u - mean * mean, 0.0)))
+        values = (values - mean) / (spread if spread > 0 else 1.0)
+        if extra is not None:
+            spread = extra.std()
+            values += transitions.weight * (extra[items - 1] - extra.mean()) / (
+                spread if spread > 0 else 1.0)
+        if self.popularity_z is not None:
+            values += transitions.popularity_weight * self.popularity_z[items - 1]
+        return CandidateScores(items, values)

@@ -1,0 +1,76 @@
+"""Two-stage retrieval (faiss HNSW candidates + exact re-ranking) against the exact
+path over the whole catalogue, on models whose item vectors have structure
+(clusters, as trained tables do) and whose blend has transitions and popularity
+(``bench.retrieval.structured_model``)."""
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from bench.retrieval import histories, popularity, structured_model
+from feature_repo.event_rules import EventRules
+from serving.retrieval import TwoStage
+from serving.scoring import recommend, score_items, serve
+from training.model import BehaviourEncoder
+
+RULES = EventRules(rating_range=(0.0, 5.0))
+
+
+def served_pair(model: BehaviourEncoder):
+    counts = popularity(model.config.n_items)
+    exact = serve(model, "1", RULES, counts, {})
+    two_stage = serve(model, "1", RULES, counts, {}, ann_min_items=0)
+    assert exact.retrieval is None and isinstance(two_stage.retrieval, TwoStage)
+    return exact, two_stage
+
+
+def test_two_stage_equals_exact_when_the_candidates_cover_the_catalogue():
+    model = structured_model(300, 12)
+    exact, two_stage = served_pair(model)
+    two_stage = replace(two_stage, retrieval=TwoStage(model, two_stage.table,
+                                                      ann_candidates=300))
+    for history in histories(300, 30):
+        want = recommend(exact, history, 10, True, user_id=None)
+        got = recommend(two_stage, history, 10, True, user_id=None)
+        assert [i for i, *_ in got.items] == [i for i, *_ in want.items]
+        assert np.allclose([s for _, s, *_ in got.items], [s for _, s, *_ in want.items],
+                           atol=1e-4)
+        assert [w for *_, w in got.items] == [w for *_, w in want.items]  # reasons too
+        assert set(history).isdisjoint(i for i, *_ in got.items)
+        want_scores, _ = score_items(exact, history, ["i3", "i7", "nope", "i299"])
+        got_scores, _ = score_items(two_stage, history, ["i3", "i7", "nope", "i299"])
+        assert want_scores[2] is None and got_scores[2] is None
+        assert np.allclose([got_scores[j] for j in (0, 1, 3)],
+                           [want_scores[j] for j in (0, 1, 3)], atol=1e-4)
+
+
+def test_recall_at_10_of_two_stage_on_a_50k_item_model():
+    model = structured_model(50_000, 500)
+    exact, two_stage = served_pair(model)
+    assert two_stage.retrieval.index.ntotal == 50_000
+    recalls = []
+    for history in histories(50_000, 200):
+        want = {i for i, *_ in recommend(exact, history, 10, True).items}
+        got = {i for i, *_ in recommend(two_stage, history, 10, True).items}
+        recalls.append(len(want & got) / 10)
+    recall = float(np.mean(recalls))
+    print(f"two-stage recall@10 against exact on 50,000 items: {recall:.3f}")
+    assert recall >= 0.95
+
+
+def test_the_re_ranking_score_is_the_full_blend_for_every_item():
+    """The encoder's z-score over the catalogue comes from the item vectors' mean
+    and second moment; with the transition and popularity terms it equals the full
+    path's blended score item for item."""
+    from training.sequences import pad_left
+
+    model = structured_model(1_000, 10)
+    retrieval = TwoStage(model, model.item_table().detach())
+    seq = pad_left([[5, 17, 17, 400]], 20)
+    user = torch.randn(1, 32)
+    with torch.inference_mode():
+        full = model.blend_transitions(model.logits(user, model.item_table()), seq)[0, 1:]
+    every = retrieval.scores(user, seq, np.arange(1, 1_001))
+    assert np.allclose(every.values, full.numpy(), atol=1e-4)
+    assert full.std() > 0.5  # a real spread of scores, not a constant
