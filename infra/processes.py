@@ -30,6 +30,38 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children, theirs, ...), from /proc. BentoML
+    puts its workers in process groups of their own, so a signal to the server's
+    group does not reach them."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # The command name may hold spaces: the fields after its ")" are fixed.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        out.append(child)
+        todo += children.get(child, [])
+    return out
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid``'s process group and every process below it."""
+    below = descendants(pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    for child in below:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
     """Whether ``port`` can be bound now, as a server binds it (SO_REUSEADDR: connections
     in TIME_WAIT do not block it)."""
@@ -72,6 +104,7 @@ def stop_process(settings: Settings, name: str, grace_s: float = 15.0) -> bool:
         return False
     pid = int(pid_file.read_text())
     pid_file.unlink()
+    below = descendants(pid)
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -81,8 +114,16 @@ def stop_process(settings: Settings, name: str, grace_s: float = 15.0) -> bool:
         try:
             os.killpg(pid, 0)
         except ProcessLookupError:
-            return True
+            break
         time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    # Children in groups of their own (BentoML's workers) left without their parent.
+    while below and time.monotonic() < deadline:
+        below = [child for child in below if pid_alive(child)]
+        time.sleep(0.1)
+    for child in below:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
     return True

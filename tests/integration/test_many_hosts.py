@@ -3,7 +3,6 @@
 host that trained the champion through that server. Real processes, loopback."""
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -15,7 +14,7 @@ import pytest
 from dagster import materialize
 
 from infra import event_stream, redis_server
-from infra.processes import free_port
+from infra.processes import descendants, free_port, kill_tree, pid_alive
 from infra.settings import Settings
 from orchestration.cli import start_mlflow_server, start_service, stop_process, wait_ready
 from orchestration.definitions import ASSETS, CHECKS
@@ -39,6 +38,15 @@ class Hosts:
 
     def env(self) -> dict[str, str]:
         return {"REDIS_URL": self.redis_url, "MLFLOW_TRACKING_URI": self.tracking_uri}
+
+
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def post(url: str, path: str, body: dict, timeout: float = 30) -> httpx.Response:
@@ -250,7 +258,10 @@ def test_a_replica_killed_mid_stream_lost_no_acknowledged_event(hosts):
     thread.start()
     time.sleep(2.0)
     pid = int(hosts.settings["b"].pid_file("serve").read_text())
-    os.killpg(pid, signal.SIGKILL)
+    workers = descendants(pid)
+    assert workers  # the replica's worker, in a process group of its own
+    kill_tree(pid)  # the server and its worker, at once
+    assert wait_until(lambda: not any(pid_alive(p) for p in [pid, *workers]))
     time.sleep(0.5)
     stop.set()
     thread.join()
