@@ -57,7 +57,7 @@ class Settings:
     # From this catalogue size on the service retrieves candidates from an ANN index
     # and re-ranks them exactly, instead of scoring every item (docs/benchmarks.md,
     # Retrieval, shows where the two paths cross).
-    ann_min_items: int = 50_000
+    ann_min_items: int = 10_000
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
