@@ -309,14 +309,16 @@ def test_missing_movielens_item_file_fails_clearly(tmp_path):
     assert "looks like movielens-100k but ['u.item'] is missing" in failure_message(result)
 
 
-def test_sensor_starts_one_ingest_run_per_new_file(tmp_path, source):
+def test_sensor_starts_one_ingest_run_per_new_file(tmp_path, source, request):
     from dagster import Definitions, SkipReason, build_sensor_context
 
     from orchestration.definitions import ASSETS, CHECKS
     from orchestration.jobs import ingest_job
     from orchestration.sensors import new_event_files
 
-    resources = resources_from_settings(Settings(home=tmp_path / "home", source=source))
+    settings = Settings(home=tmp_path / "home", source=source)
+    request.addfinalizer(lambda: redis_server.stop(settings))  # raw_events drains the stream
+    resources = resources_from_settings(settings)
     state = resources["state"]
     defs = Definitions(assets=ASSETS, asset_checks=CHECKS, jobs=[ingest_job],
                        sensors=[new_event_files], resources=resources)

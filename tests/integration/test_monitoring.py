@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from dagster import DagsterInstance, Definitions, build_sensor_context
 
+from infra import redis_server
 from infra.settings import Settings
 from orchestration import drift
 from orchestration.definitions import ASSETS, CHECKS
@@ -69,12 +70,16 @@ def new_window(pipeline, home, **shift) -> dict:
 
 @pytest.fixture(scope="module")
 def unshifted(pipeline, tmp_path_factory):
-    return new_window(pipeline, tmp_path_factory.mktemp("unshifted") / "home")
+    run = new_window(pipeline, tmp_path_factory.mktemp("unshifted") / "home")
+    yield run
+    redis_server.stop(run["settings"])  # raw_events started it to drain the stream
 
 
 @pytest.fixture(scope="module")
 def shifted(pipeline, tmp_path_factory):
-    return new_window(pipeline, tmp_path_factory.mktemp("shifted") / "home", **SHIFT)
+    run = new_window(pipeline, tmp_path_factory.mktemp("shifted") / "home", **SHIFT)
+    yield run
+    redis_server.stop(run["settings"])
 
 
 def severity(run, check: str, feature: str) -> str:

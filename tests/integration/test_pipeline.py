@@ -14,6 +14,7 @@ from feature_repo.recent_items import feature_times
 from feature_repo.store import open_store
 from infra import redis_server
 from infra.fingerprint import file_sha256, tree_sha256
+from infra.settings import Settings
 from orchestration.assets.training import EncoderTraining, logged_recipe
 from orchestration.definitions import defs
 from orchestration.offline import read_validated_events
@@ -196,12 +197,15 @@ def test_dagster_cli_materializes_ingest_headless(tmp_path):
            "DAGSTER_HOME": str(tmp_path / "dagster")}
     Path(env["DAGSTER_HOME"]).mkdir()
     dagster = Path(sys.executable).with_name("dagster")
-    done = subprocess.run(
-        [str(dagster), "asset", "materialize", "-m", "orchestration.definitions", "--select",
-         "raw_events,item_catalogue,validated_events,quarantined_events",
-         # one process for the run: each step's own process would import everything again
-         "--config-json", '{"execution": {"config": {"in_process": {}}}}'],
-        env=env, capture_output=True, text=True, timeout=300)
+    try:
+        done = subprocess.run(
+            [str(dagster), "asset", "materialize", "-m", "orchestration.definitions",
+             "--select", "raw_events,item_catalogue,validated_events,quarantined_events",
+             # one process for the run: each step's own process would import everything again
+             "--config-json", '{"execution": {"config": {"in_process": {}}}}'],
+            env=env, capture_output=True, text=True, timeout=300)
+    finally:  # raw_events started the home's embedded Redis to drain the stream
+        redis_server.stop(Settings(home=home))
     assert done.returncode == 0, done.stderr[-3000:]
     validated = pd.read_parquet(home / "offline" / "validated_events")
     quarantined = pd.read_parquet(home / "quarantine")
