@@ -43,7 +43,7 @@ from bench.serving import API_KEY, ML100K, Sample, drive, prepare
 from infra import redis_server
 from infra.processes import free_port
 from infra.settings import Settings
-from orchestration.cli import start_service, stop_service, wait_ready
+from orchestration.cli import start_service, stop_service, wait_http, wait_ready
 from serving.workers import Fleet
 
 RATES = (100, 200)
@@ -123,15 +123,7 @@ class TrackingServer:
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
              self.settings.tracking_uri(), "--host", "127.0.0.1", "--port", str(self.port)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.uri}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"mlflow server did not answer on {self.uri}")
+        wait_http(f"{self.uri}/health", self.process)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

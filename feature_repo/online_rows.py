@@ -41,6 +41,20 @@ def entity_key(join_key: str, value: str, project: str) -> bytes:
     return _redis_key(project, entity, ENTITY_KEY_SERIALIZATION_VERSION)
 
 
+def read_values(client: redis.Redis, keys: list[bytes], field: bytes) -> list[Value]:
+    """One field of each hash as a parsed ``Value`` (empty where there is none), in
+    one pipelined round trip."""
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hget(key, field)
+        raw = pipe.execute()
+    values = [Value() for _ in raw]
+    for value, data in zip(values, raw, strict=True):
+        if data:
+            value.ParseFromString(data)
+    return values
+
+
 class ItemEmbeddingRows:
     """item_content's view has no TTL (``ITEM_CONTENT_TTL`` is 0): a stored row is
     always current, so no row time is read."""
@@ -53,18 +67,9 @@ class ItemEmbeddingRows:
     def read(self, item_ids: list[str]) -> list[list[float] | None]:
         """Each item's text embedding (None for an item without a row), one
         pipelined round trip."""
-        with self.client.pipeline(transaction=False) as pipe:
-            for item_id in item_ids:
-                pipe.hget(entity_key("item_id", item_id, self.project), self.field)
-            raw = pipe.execute()
-        out = []
-        for value_bin in raw:
-            value = Value()
-            if value_bin:
-                value.ParseFromString(value_bin)
-            out.append(list(value.float_list_val.val) if value.HasField("float_list_val")
-                       else None)
-        return out
+        keys = [entity_key("item_id", item_id, self.project) for item_id in item_ids]
+        return [list(value.float_list_val.val) if value.HasField("float_list_val") else None
+                for value in read_values(self.client, keys, self.field)]
 
 
 class RecentItemsRows:
@@ -94,17 +99,9 @@ class RecentItemsRows:
 
     def lengths(self, user_ids: list[str]) -> list[int]:
         """The number of recent items of each user's row (0 without one)."""
-        with self.client.pipeline(transaction=False) as pipe:
-            for user_id in user_ids:
-                pipe.hget(self.key(user_id), self.fields[0])
-            raw = pipe.execute()
-        out = []
-        for items_bin in raw:
-            items = Value()
-            if items_bin:
-                items.ParseFromString(items_bin)
-            out.append(len(items.string_list_val.val))
-        return out
+        keys = [self.key(user_id) for user_id in user_ids]
+        return [len(items.string_list_val.val)
+                for items in read_values(self.client, keys, self.fields[0])]
 
     def write(self, user_id: str, item_ids: list[str], timestamps_us: list[int],
               row_time_us: int) -> None:

@@ -2,6 +2,7 @@
 session-scoped: every test reads the same state."""
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,17 @@ def pipeline(tmp_path_factory) -> PipelineRun:
     assert result.success
     yield PipelineRun(settings=settings, result=result)
     redis_server.stop(settings)
+
+
+def wait_for(condition, timeout: float = 10.0, step: float = 0.05):
+    """``condition()``'s first true value within ``timeout`` (else TimeoutError)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(step)
+    raise TimeoutError(f"not within {timeout}s")
 
 
 API_KEY = "test-key-not-secret"

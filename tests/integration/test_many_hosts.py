@@ -21,7 +21,7 @@ from orchestration.definitions import ASSETS, CHECKS
 from orchestration.demo import DEMO_SKIPS
 from orchestration.lineage import instance_for
 from orchestration.resources import resources_from_settings
-from tests.conftest import API_KEY, AUTH, SMALL
+from tests.conftest import API_KEY, AUTH, SMALL, wait_for
 from training import registry
 
 pytestmark = pytest.mark.slow
@@ -38,15 +38,6 @@ class Hosts:
 
     def env(self) -> dict[str, str]:
         return {"REDIS_URL": self.redis_url, "MLFLOW_TRACKING_URI": self.tracking_uri}
-
-
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def post(url: str, path: str, body: dict, timeout: float = 30) -> httpx.Response:
@@ -261,7 +252,7 @@ def test_a_replica_killed_mid_stream_lost_no_acknowledged_event(hosts):
     workers = descendants(pid)
     assert workers  # the replica's worker, in a process group of its own
     kill_tree(pid)  # the server and its worker, at once
-    assert wait_until(lambda: not any(pid_alive(p) for p in [pid, *workers]))
+    wait_for(lambda: not any(pid_alive(p) for p in [pid, *workers]))
     time.sleep(0.5)
     stop.set()
     thread.join()

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, AUTH
+from tests.conftest import API_KEY, AUTH, wait_for
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -36,16 +36,6 @@ def browser():
     driver.implicitly_wait(0)
     yield driver
     driver.quit()
-
-
-def wait_for(condition, timeout: float = 10.0, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(step)
-    raise TimeoutError(f"not within {timeout}s")
 
 
 def items(driver, list_id: str) -> list[str]:
