@@ -52,15 +52,27 @@ class EventRules:
     rating_range: tuple[float, float]
     id_pattern: str = ID_PATTERN
     future_tolerance_s: float = FUTURE_TOLERANCE_S
+    # Set when user ids are pseudonymised (feature_repo.privacy): what a stored user
+    # id looks like. The source's id pattern then applies to the id as given,
+    # before it is replaced, and still to item ids.
+    user_id_pattern: str | None = None
+
+    def pattern(self, column: str) -> str:
+        """The pattern a stored id of ``column`` (user_id, item_id) matches."""
+        if column == "user_id" and self.user_id_pattern is not None:
+            return self.user_id_pattern
+        return self.id_pattern
 
     def to_dict(self) -> dict:
         return {"rating_range": list(self.rating_range), "id_pattern": self.id_pattern,
-                "future_tolerance_s": self.future_tolerance_s}
+                "future_tolerance_s": self.future_tolerance_s,
+                "user_id_pattern": self.user_id_pattern}
 
     @classmethod
     def from_dict(cls, values: dict) -> EventRules:
         return cls(rating_range=tuple(values["rating_range"]), id_pattern=values["id_pattern"],
-                   future_tolerance_s=float(values["future_tolerance_s"]))
+                   future_tolerance_s=float(values["future_tolerance_s"]),
+                   user_id_pattern=values.get("user_id_pattern"))
 
     def latest_timestamp(self, now: float) -> float:
         return now + self.future_tolerance_s
@@ -133,7 +145,7 @@ def check_event(event: object, rules: EventRules, catalogue: Container[str], now
         reasons.append(missing("event_type"))
     for column in ("user_id", "item_id"):
         given = event.get(column)
-        if given not in (None, "") and not is_id(given, rules.id_pattern):
+        if given not in (None, "") and not is_id(given, rules.pattern(column)):
             reasons.append(not_an_id(column))
     if event_type not in (None, "") and event_type not in EVENT_TYPES:
         reasons.append(EVENT_TYPE_UNKNOWN)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
+from feast.infra.key_encoding_utils import deserialize_entity_key
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
@@ -96,6 +97,27 @@ class RecentItemsRows:
         return RecentItems(item_ids=list(items.string_list_val.val),
                            timestamps_us=list(times.int64_list_val.val),
                            row_seconds=int(stamp.seconds))
+
+    def delete(self, user_id: str) -> int:
+        """Remove the user's online row: every user view (recent items, profile)
+        lives in this one hash. 1 if there was one, else 0."""
+        return self.client.delete(self.key(user_id))
+
+    def some_users(self, limit: int, scan_rounds: int = 20) -> list[str]:
+        """Up to ``limit`` user ids that have an online row (a bounded SCAN: a few
+        round trips whatever the number of keys)."""
+        users: list[str] = []
+        cursor, suffix = 0, self.project.encode()
+        for _ in range(scan_rounds):
+            cursor, keys = self.client.scan(cursor, match=b"*" + suffix, count=1000)
+            for key in keys:
+                entity = deserialize_entity_key(key[:-len(suffix)],
+                                                ENTITY_KEY_SERIALIZATION_VERSION)
+                if list(entity.join_keys) == ["user_id"]:
+                    users.append(entity.entity_values[0].string_val)
+            if cursor == 0 or len(users) >= limit:
+                break
+        return users[:limit]
 
     def lengths(self, user_ids: list[str]) -> list[int]:
         """The number of recent items of each user's row (0 without one)."""

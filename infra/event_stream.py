@@ -154,3 +154,21 @@ def trim_acknowledged(client: redis.Redis) -> int:
 
 def length(client: redis.Redis) -> int:
     return client.xlen(STREAM)
+
+
+def delete_user_entries(client: redis.Redis, user_id: str, page: int = 1000) -> int:
+    """``XDEL`` every entry of one user (a deletion request); how many. A pending
+    entry deleted this way is acknowledged by the consumer that next reads it."""
+    deleted, start = 0, "-"
+    while True:
+        entries = client.xrange(STREAM, min=start, max="+", count=page)
+        if not entries:
+            return deleted
+        mine = [entry_id for entry_id, fields in entries
+                if json.loads(fields.get(FIELD.encode(), fields.get(FIELD, b"{}")))
+                .get("user_id") == user_id]
+        if mine:
+            deleted += client.xdel(STREAM, *mine)
+        if len(entries) < page:
+            return deleted
+        start = _after(_text(entries[-1][0]))

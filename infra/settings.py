@@ -58,6 +58,12 @@ class Settings:
     # and re-ranks them exactly, instead of scoring every item (docs/benchmarks.md,
     # Retrieval, shows where the two paths cross).
     ann_min_items: int = 10_000
+    # User ids become keyed hashes before anything is stored (feature_repo.privacy).
+    pseudonymise: bool = False
+    # The key itself is never serialised (``to_json`` leaves it out): it comes from
+    # the environment or from the key file.
+    pseudonym_key: str | None = field(default=None, repr=False)
+    pseudonym_key_file: Path | None = None  # None: privacy/pseudonym.key under home
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -110,11 +116,16 @@ class Settings:
             redis_timeout_ms=int(redis_timeout),
             deadline_ms=int(deadline),
             ann_min_items=int(ann_min_items),
+            pseudonymise=_flag(env, "RECSYS_PSEUDONYMISE"),
+            pseudonym_key=env.get("RECSYS_PSEUDONYM_KEY") or None,
+            pseudonym_key_file=Path(env["RECSYS_PSEUDONYM_KEY_FILE"]).expanduser().resolve()
+            if env.get("RECSYS_PSEUDONYM_KEY_FILE") else None,
         )
 
     def to_json(self) -> str:
         """Every field, as JSON (how Dagster resources carry the whole settings)."""
         values = asdict(self)
+        values.pop("pseudonym_key")  # a secret: never written into run configs or logs
         return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in values.items()},
                           sort_keys=True)
 
@@ -124,9 +135,10 @@ class Settings:
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown settings: {sorted(unknown)}")
-        for name in ("home", "source"):
+        for name in ("home", "source", "pseudonym_key_file"):
             if values.get(name) is not None:
                 values[name] = Path(values[name])
+        values["pseudonym_key"] = os.environ.get("RECSYS_PSEUDONYM_KEY") or None
         return cls(**values)
 
     # Paths under the state directory: the only places the project writes.
@@ -209,6 +221,15 @@ class Settings:
     def log_file(self, name: str) -> Path:
         """Where a process the project started writes its output."""
         return self.home / f"{name}.log"
+
+    @property
+    def privacy_dir(self) -> Path:
+        """Tombstones of forgotten users, the deletion audit log, the default key file."""
+        return self.home / "privacy"
+
+    @property
+    def pseudonym_key_path(self) -> Path:
+        return self.pseudonym_key_file or self.privacy_dir / "pseudonym.key"
 
     @property
     def data_docs_dir(self) -> Path:

@@ -33,20 +33,23 @@ from training.train import model_scorer
 @asset_check(asset="validated_events", additional_deps=["raw_events", "quarantined_events"],
              blocking=True)
 def no_rows_lost(state: RecsysState) -> AssetCheckResult:
-    """raw = validated + quarantined, for every batch and in total: every row read
-    ended up somewhere."""
+    """rows read = validated + quarantined + forgotten (rows of users forgotten at
+    their request), for every batch and in total: every row read ended up somewhere."""
     settings = state.settings()
     raw = part_rows(settings.raw_events_dir)
     validated = part_rows(settings.validated_events_dir)
     quarantined = part_rows(settings.quarantine_dir)
     ledger = Ledger(settings.ingest_ledger)
     unbalanced = [b.batch for b in ledger.batches if b.validated is None
-                  or b.rows != b.validated + b.quarantined]
+                  or b.rows != b.validated + b.quarantined + b.forgotten]
+    forgotten = ledger.total("forgotten")
     return AssetCheckResult(
-        passed=raw == validated + quarantined and raw == ledger.total("rows") and not unbalanced,
+        passed=(raw == validated + quarantined and raw + forgotten == ledger.total("rows")
+                and not unbalanced),
         severity=AssetCheckSeverity.ERROR,
         metadata={"raw": raw, "validated": validated, "quarantined": quarantined,
-                  "ledger_rows": ledger.total("rows"), "unbalanced_batches": str(unbalanced)},
+                  "forgotten": forgotten, "ledger_rows": ledger.total("rows"),
+                  "unbalanced_batches": str(unbalanced)},
     )
 
 

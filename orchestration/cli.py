@@ -13,6 +13,7 @@
 
 import argparse
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -151,6 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     consume_parser.add_argument("--once", action="store_true",
                                 help="drain what is there now, then exit")
     consume_parser.add_argument("--name", help="consumer name (default: this host's)")
+    forget_parser = sub.add_parser(
+        "forget", help="forget users everywhere: Redis, every copy under $RECSYS_HOME, "
+        "and from the next ingest on (docs/privacy.md)")
+    forget_parser.add_argument("user_ids", nargs="*", metavar="USER_ID",
+                               help="the ids as the source and callers give them")
+    forget_parser.add_argument("--reason", default="deletion request")
+    forget_parser.add_argument("--pending", action="store_true",
+                               help="also apply the requests the service took (DELETE /users)")
     sub.add_parser("stop", help="stop everything the project started (service, UIs, Redis)")
     promote_parser = sub.add_parser(
         "promote", help="point the champion alias at a registered behaviour_encoder version")
@@ -192,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             server = redis_server.running(settings)
             print(server.url if server else "not running")
+    elif args.command == "forget":
+        return forget_users(settings, args.user_ids, args.reason, args.pending)
     elif args.command == "stop":
         stopped = stop_all(settings)
         print("stopped: " + ", ".join(stopped) if stopped else "nothing was running")
@@ -199,6 +210,24 @@ def main(argv: list[str] | None = None) -> int:
         return print_lineage(settings, args.version, args.json)
     elif args.command in ("promote", "rollback"):
         return move_champion(settings, args.command, getattr(args, "version", None))
+    return 0
+
+
+def forget_users(settings: Settings, user_ids: list[str], reason: str, pending: bool) -> int:
+    """One JSON line per user: its tombstone key (never the id), whether anything
+    was held, and what was removed where."""
+    from orchestration.privacy import apply_pending, forget
+
+    if not user_ids and not pending:
+        print("recsys forget: give USER_ID... or --pending", file=sys.stderr)
+        return 2
+    for result in forget(settings, user_ids, reason):
+        print(json.dumps({"tombstone": result.key, "forgotten": result.known,
+                          "removed": result.removed,
+                          **({} if result.known else {"note": "nothing was held for this "
+                                                              "user: nothing done"})}))
+    if pending:
+        print(json.dumps({"pending_applied": apply_pending(settings).counts}))
     return 0
 
 

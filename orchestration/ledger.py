@@ -37,8 +37,11 @@ class Batch:
     start_byte: int
     end_byte: int
     first_row: int  # source_row of the batch's first row (1-based data rows)
-    rows: int
+    rows: int  # rows read from the file
     ingested_at: float
+    # Rows of forgotten users: left out at ingest, or removed later by a deletion
+    # (rows = validated + quarantined + forgotten once validated).
+    forgotten: int = 0
     validated: int | None = None  # None until validation has run on the batch
     quarantined: int | None = None
     reasons: dict[str, int] | None = None  # quarantined rows per reason
@@ -89,10 +92,11 @@ class Ledger:
             f"content changed since batch {last.batch}: read again whole"
         return Plan(path, "new", 0, end_byte, 1, sha, note)
 
-    def add(self, plan: Plan, source: str, rows: int) -> Batch:
+    def add(self, plan: Plan, source: str, rows: int, forgotten: int = 0) -> Batch:
         batch = Batch(batch=len(self.batches) + 1, source=source, file=plan.path.name,
                       sha256=plan.sha256, start_byte=plan.start_byte, end_byte=plan.end_byte,
-                      first_row=plan.first_row, rows=rows, ingested_at=time.time())
+                      first_row=plan.first_row, rows=rows, ingested_at=time.time(),
+                      forgotten=forgotten)
         self.batches.append(batch)
         return batch
 

@@ -96,7 +96,7 @@ def _expectations(rules: EventRules, now: float) -> list[tuple[object, str]]:
     for column in ("user_id", "item_id", "event_type"):
         out.append((gxe.ExpectColumnValuesToNotBeNull(column=column), rule.missing(column)))
     for column in ("user_id", "item_id"):
-        out.append((gxe.ExpectColumnValuesToMatchRegex(column=column, regex=rules.id_pattern),
+        out.append((gxe.ExpectColumnValuesToMatchRegex(column=column, regex=rules.pattern(column)),
                     rule.not_an_id(column)))
     out += [
         (gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=list(EVENT_TYPES)),

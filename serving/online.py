@@ -35,6 +35,10 @@ class OnlineFeatures:
         """The user's recent item ids, oldest first ([] for an unknown user)."""
         return self.rows.read(user_id).item_ids
 
+    def some_users(self, limit: int) -> list[str]:
+        """Users with an online row (stored ids), up to ``limit``."""
+        return self.rows.some_users(limit)
+
     def history_lengths(self, user_ids: list[str]) -> list[int]:
         """How many recent items each user has online (one pipelined round trip)."""
         return self.rows.lengths(user_ids)

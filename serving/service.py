@@ -18,9 +18,11 @@ import bentoml
 import redis
 import torch
 from pydantic import BaseModel, Field, PlainValidator, StrictBool, StrictInt, WithJsonSchema
+from fastapi import FastAPI, Path, Query
 from starlette.responses import JSONResponse
 
 from feature_repo.event_rules import is_id
+from feature_repo.privacy import PseudonymKeyError
 from feature_repo.schema import EVENT_TYPES, ID_MAX_LENGTH, ID_PATTERN
 from infra import event_stream, redis_server
 from infra.settings import Settings
@@ -30,6 +32,7 @@ from serving.breaker import CircuitBreaker
 from serving.guard import Guard, arrival
 from serving.intake import check_request
 from serving.online import OnlineFeatures
+from serving.privacy import PrivacyBoundary
 from serving.scoring import (
     ServedModel,
     load_served_model,
@@ -54,7 +57,7 @@ BREAKER_PROBE_S = 0.1  # how often an open breaker pings Redis
 WRITE_TIMEOUT_S = 1.0
 WARM_UP_CALLS = 3  # model calls made when a version is loaded, before it serves
 ONLINE_DOWN = "online store unavailable: popularity"
-SAMPLE_USERS = 2000  # trained users whose history lengths /sample_users compares
+SAMPLE_USERS = 2000  # online users whose history lengths /sample_users compares
 STATUS_METRICS = ("best_val_ndcg_at_10", "best_val_hr_at_10", "ndcg_at_10", "hr_at_10",
                   "baseline_pop_ndcg_at_10")
 PAST_DEADLINE = "past the request deadline: popularity"
@@ -155,8 +158,10 @@ class History(BaseModel):
 
 
 class SampleUsers(BaseModel):
-    most_active: str = Field(description="A user with the longest online history.")
-    median: str = Field(description="A user with a median-length online history.")
+    most_active: str | None = Field(description=(
+        "A user with the longest online history (null with pseudonymisation on, or "
+        "while the online store is empty or down)."))
+    median: str | None = Field(description="A user with a median-length online history.")
     new_visitor: str = Field(description="An id no one has used (no history).")
 
 
@@ -188,9 +193,14 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 client_errors.install()
 
 
+# Routes BentoML's @api cannot express (another method than POST, a path parameter).
+users_app = FastAPI(title="users", docs_url=None, redoc_url=None, openapi_url=None)
+
+
 @bentoml.service(name="recommender", description=api_page.DESCRIPTION,
                  traffic={"timeout": 30}, workers=_startup.serving_workers,
                  logging={"access": {"enabled": _startup.access_log}})
+@bentoml.asgi_app(users_app, path="/users")
 class Recommender:
     def __init__(self) -> None:
         settings = Settings.from_env()
@@ -213,6 +223,7 @@ class Recommender:
         self.online = OnlineFeatures(self.redis, settings.feast_project, settings.recent_items,
                                      writer=self.redis_writes)
         self.board = Fleet(self.redis_writes)
+        self.privacy = PrivacyBoundary(settings)
         self._reload_token = self._fleet_token()
         self.served = self._load()
         self._report()
@@ -278,6 +289,10 @@ class Recommender:
             if time.monotonic() - last_report >= REPORT_S:
                 self._report()
                 last_report = time.monotonic()
+            try:
+                self.privacy.refresh(self.redis_writes)
+            except redis.RedisError:
+                pass
             token = self._fleet_token()
             if token in (None, self._reload_token) and (
                     time.monotonic() - last_poll < self.settings.model_poll_s):
@@ -341,6 +356,14 @@ class Recommender:
         """/readyz: 503 while the online store (Redis) does not answer."""
         return self._online_up()
 
+    def _key(self, user_id: object, served: ServedModel) -> str:
+        """The stored key of a caller's user id (its pseudonym, when on)."""
+        return str(self.privacy.stored(user_id, served.rules))
+
+    def _vector_user(self, key: str) -> str | None:
+        """Whose learned vector the model may use: nobody's for a forgotten user."""
+        return None if self.privacy.forgotten(key) else key
+
     def _history(self, user: str, ctx: bentoml.Context) -> tuple[list[str] | None, str | None]:
         """The user's online history, or None and why: the online store is down (or
         its breaker open), or the request is already past its deadline."""
@@ -368,9 +391,10 @@ class Recommender:
         """Top-k items for a user from the champion model over online features."""
         user = str(user_id)
         served = self.served
-        history, unavailable = self._history(user, ctx)
+        key = self._key(user_id, served)
+        history, unavailable = self._history(key, ctx)
         ranked = recommend(served, history or [], k, exclude_seen,
-                           [str(i) for i in context_item_ids], user)
+                           [str(i) for i in context_item_ids], self._vector_user(key))
         reason = unavailable or ranked.reason
         titles, position = served.model.titles, served.index.index
         return Recommendation(
@@ -391,8 +415,9 @@ class Recommender:
         user = str(user_id)
         served = self.served
         ids = [str(i) for i in item_ids]
-        history, unavailable = self._history(user, ctx)
-        values, reason = score_items(served, history or [], ids, user)
+        key = self._key(user_id, served)
+        history, unavailable = self._history(key, ctx)
+        values, reason = score_items(served, history or [], ids, self._vector_user(key))
         reason = unavailable or reason
         return Scores(user_id=user, model_version=served.version,
                       scores=dict(zip(ids, values, strict=True)),
@@ -428,7 +453,8 @@ class Recommender:
     def history(self, user_id: IdLike, ctx: bentoml.Context = None) -> History:
         """The user's online recent items (what /recommend reads), newest first."""
         user = str(user_id)
-        up, items = self._call_redis(lambda: self.online.recent(user))
+        key = self._key(user_id, self.served)
+        up, items = self._call_redis(lambda: self.online.recent(key))
         titles, position = self.served.model.titles, self.served.index.index
         return History(user_id=user, degraded=not up, reason=None if up else ONLINE_DOWN,
                        items=[HistoryItem(item_id=i, title=titles[position[i] - 1]
@@ -438,18 +464,20 @@ class Recommender:
     @bentoml.api
     def sample_users(self) -> SampleUsers:
         """Users to try: one with the longest online history and one with a median
-        one (among up to SAMPLE_USERS users the champion was trained on), and a new
-        visitor."""
-        users = list(self.served.model.user_index)
-        step = max(1, len(users) // SAMPLE_USERS)
-        picked = users[::step][:SAMPLE_USERS]
-        up, lengths = self._call_redis(lambda: self.online.history_lengths(picked))
+        one (among up to SAMPLE_USERS users with an online row), and a new visitor.
+        With pseudonymisation on the service knows no user's id, only keys: then
+        only the new visitor."""
+        visitor = f"visitor-{os.urandom(4).hex()}"
+        if self.privacy.pseudonyms is not None:
+            return SampleUsers(most_active=None, median=None, new_visitor=visitor)
+        up, picked = self._call_redis(lambda: self.online.some_users(SAMPLE_USERS))
+        if up and picked:
+            up, lengths = self._call_redis(lambda: self.online.history_lengths(picked))
         ranked = (sorted(zip(lengths, picked, strict=True), key=lambda x: -x[0])
                   if up and picked else [])
-        fallback = picked[0] if picked else "u1"
-        return SampleUsers(most_active=ranked[0][1] if ranked else fallback,
-                           median=ranked[len(ranked) // 2][1] if ranked else fallback,
-                           new_visitor=f"visitor-{os.urandom(4).hex()}")
+        return SampleUsers(most_active=ranked[0][1] if ranked else None,
+                           median=ranked[len(ranked) // 2][1] if ranked else None,
+                           new_visitor=visitor)
 
     def _summary(self, alias: str) -> ModelSummary | None:
         uri = self.settings.tracking_uri()
@@ -492,6 +520,34 @@ class Recommender:
                             reported_s_ago=round(now - entry["at"], 3))
                 for name, entry in sorted(workers.items())]
 
+    @users_app.delete("/{user_id}")
+    def forget_user(self, user_id: Annotated[str, Path(max_length=ID_MAX_LENGTH)],
+                    reason: Annotated[str, Query(max_length=200)] = "deletion request",
+                    ) -> JSONResponse:
+        """Forget a user: their online row and events on the stream go at once, the
+        model stops using their learned vector, a tombstone keeps them from coming
+        back, and the pipeline host removes the offline copies when it applies the
+        tombstone. Needs RECSYS_API_KEY; idempotent; an unknown user is a no-op."""
+        if not self.settings.api_key:
+            return JSONResponse({"error": "DELETE /users is refused while the service runs "
+                                 "without RECSYS_API_KEY"}, status_code=403)
+        key = self._key(user_id, self.served)
+        try:
+            result = self.privacy.forget(self.redis_writes, self.events_redis, key,
+                                         self.served.model.has_user_vector(key), reason)
+        except redis.RedisError as error:
+            return JSONResponse({"error": f"the online store is unavailable "
+                                 f"({type(error).__name__}): nothing was forgotten, retry"},
+                                status_code=503)
+        except PseudonymKeyError as error:
+            return JSONResponse({"error": str(error)}, status_code=503)
+        return JSONResponse({
+            "user_id": user_id, "forgotten": result["known"],
+            "already_forgotten": result["already_forgotten"], "removed": result["removed"],
+            "offline": ("pending: removed from the offline copies when the pipeline host "
+                        "applies the tombstone (next ingest, or recsys forget --pending)")
+            if result["known"] else "nothing held for this user: nothing to do"})
+
     @bentoml.api
     def events(self, events: Annotated[list[Any], Field(
                    min_length=1, max_length=1000, description=(
@@ -511,6 +567,7 @@ class Recommender:
                 Rejected(index=i, error=error) for i in range(len(events))])
         served = self.served
         rules = replace(served.rules, future_tolerance_s=self.future_tolerance_s)
+        events = self.privacy.stored_events(events, rules)
         accepted, refused = check_request(events, rules, served.index.index, time.time())
         rejected = [Rejected(index=index, error=error) for index, error in refused]
         if accepted:

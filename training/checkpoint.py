@@ -4,7 +4,8 @@ A model directory holds:
 - ``weights.safetensors``: the state dict (tensors only; safetensors has no code
   path, unlike a pickle, which runs whatever it names when loaded);
 - ``model.json``: the format version, the ``EncoderConfig``, the item ids and
-  titles (catalogue order) and the ids of the users with a learned vector;
+  titles (catalogue order) and the keys of the users with a learned vector
+  (salted digests of their ids, with the salt: the file holds no user id);
 - ``transitions.npz`` (when the model has them): the item transitions' arrays,
   read with ``allow_pickle=False``.
 
@@ -15,6 +16,7 @@ code in the processes that load it.
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import fields
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from training.model import BehaviourEncoder, EncoderConfig
+from training.model import BehaviourEncoder, EncoderConfig, user_key
 from training.transitions import Lag, Transitions
 
 FORMAT = 1
@@ -42,9 +44,13 @@ def save_model(model: BehaviourEncoder, directory: Path) -> Path:
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS))
     users = sorted(model.user_index, key=model.user_index.get)
+    salt = model.user_salt
+    if salt is None:
+        salt = secrets.token_hex(16)
+        users = [user_key(salt, u) for u in users]
     (directory / MANIFEST).write_text(json.dumps({
         "format": FORMAT, "config": model.config.to_dict(), "item_ids": model.item_ids,
-        "titles": model.titles, "user_ids": users}))
+        "titles": model.titles, "user_keys": users, "user_salt": salt}))
     if model.transitions is not None:
         np.savez(directory / TRANSITIONS, **_transition_arrays(model.transitions))
     return directory
@@ -55,8 +61,12 @@ def load_model(directory: Path) -> BehaviourEncoder:
     manifest = _read_manifest(directory)
     known = {f.name for f in fields(EncoderConfig)}
     config = EncoderConfig(**{k: v for k, v in manifest["config"].items() if k in known})
-    model = BehaviourEncoder(config, manifest["item_ids"], manifest["titles"],
-                             manifest["user_ids"])
+    if "user_keys" in manifest:
+        model = BehaviourEncoder(config, manifest["item_ids"], manifest["titles"],
+                                 manifest["user_keys"], user_salt=manifest["user_salt"])
+    else:  # saved before user keys were digests
+        model = BehaviourEncoder(config, manifest["item_ids"], manifest["titles"],
+                                 manifest["user_ids"])
     try:
         state = load_file(str(directory / WEIGHTS))
     except (SafetensorError, OSError) as error:

@@ -6,6 +6,8 @@ Only ``nn.Module``s and their config live here: no I/O, no environment reads.
 
 from __future__ import annotations
 
+import hashlib
+
 import math
 from dataclasses import asdict, dataclass
 
@@ -38,6 +40,12 @@ class EncoderConfig:
         return asdict(self)
 
 
+def user_key(salt: str, user_id: str) -> str:
+    """How a saved model keys its user table: a salted SHA-256 of the (stored) id,
+    so that the artifact carries neither the id nor its pseudonym."""
+    return hashlib.sha256(f"{salt}:{user_id}".encode()).hexdigest()[:32]
+
+
 class BehaviourEncoder(nn.Module):
     """Item sequence -> user vector; scores = user vector . item embedding table.
 
@@ -49,7 +57,9 @@ class BehaviourEncoder(nn.Module):
     """
 
     def __init__(self, config: EncoderConfig, item_ids: list[str], titles: list[str],
-                 user_ids: list[str] = ()):
+                 user_ids: list[str] = (), user_salt: str | None = None):
+        """``user_salt``: ``user_ids`` are ``user_key(user_salt, id)`` digests (a saved
+        model holds no user id: docs/privacy.md)."""
         super().__init__()
         if len(item_ids) != config.n_items or len(titles) != config.n_items:
             raise ValueError("item_ids and titles must have config.n_items entries")
@@ -58,6 +68,7 @@ class BehaviourEncoder(nn.Module):
         self.config = config
         self.item_ids = list(item_ids)
         self.titles = list(titles)
+        self.user_salt = user_salt
         self.user_index = {user: row + 1 for row, user in enumerate(user_ids)}
         self.transitions = None
         self.item_embedding = nn.Embedding(config.n_items + 1, config.hidden, padding_idx=PAD)
@@ -81,7 +92,13 @@ class BehaviourEncoder(nn.Module):
 
     def user_rows(self, user_ids: list[str | None]) -> torch.Tensor:
         """(B,) rows of the user table; 0 (no user vector) for users without one."""
+        if self.user_salt is not None:
+            user_ids = [None if u is None else user_key(self.user_salt, u) for u in user_ids]
         return torch.tensor([self.user_index.get(user, 0) for user in user_ids], dtype=torch.long)
+
+    def has_user_vector(self, user_id: str) -> bool:
+        key = user_id if self.user_salt is None else user_key(self.user_salt, user_id)
+        return key in self.user_index
 
     def hidden_states(self, seq: torch.Tensor, users: torch.Tensor | None = None,
                       ) -> torch.Tensor:

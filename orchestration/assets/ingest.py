@@ -28,6 +28,7 @@ from infra.fingerprint import file_sha256
 from infra.settings import Settings
 from orchestration.consume import Drained, OfflineLogConsumer, default_name
 from orchestration.ledger import Ledger
+from orchestration.privacy import IngestGuard, apply_pending
 from orchestration.offline import (
     QUARANTINE_SCHEMA,
     RAW_SCHEMA,
@@ -68,10 +69,14 @@ def raw_events(context: AssetExecutionContext, state: RecsysState) -> Materializ
         drained = OfflineLogConsumer(settings, f"{default_name()}-ingest").drain()
         context.log.info(f"event stream: {drained.read} events, {drained.written} written "
                          f"to the offline log, {drained.already_logged} already there")
+        applied = apply_pending(settings)
+        if applied.total:
+            context.log.info(f"deletion requests applied: {applied.total} rows removed")
     except redis.RedisError as error:  # they stay on the stream for the next run
         drained = Drained()
         context.log.warning(f"event stream unavailable ({type(error).__name__}): ingesting "
                             "the offline log as it is")
+    guard = IngestGuard(settings, source.id_pattern)
     ledger = Ledger(settings.ingest_ledger)
     new, skipped, hashes = [], {}, {}
     for src in (source, event_log_source(settings.event_log_dir, source)):
@@ -82,16 +87,20 @@ def raw_events(context: AssetExecutionContext, state: RecsysState) -> Materializ
                 skipped[path.name] = plan.note
                 continue
             part = settings.raw_events_dir / ledger.next_part()
-            rows = write_part(part, RAW_SCHEMA, src.read_events(
-                path, plan.start_byte, plan.end_byte, plan.first_row, state.chunk_rows))
+            counts: dict[str, int] = {}
+            write_part(part, RAW_SCHEMA, guard.chunks(src.read_events(
+                path, plan.start_byte, plan.end_byte, plan.first_row, state.chunk_rows),
+                from_source=src is source, counts=counts))
+            rows, forgotten = counts.get("read", 0), counts.get("forgotten", 0)
             if rows == 0:
                 part.unlink()
                 if src is source and plan.action == "new":
                     raise SourceFormatError(f"{path} has no event rows (empty or header only)")
                 continue
-            batch = ledger.add(plan, src.name, rows)
+            batch = ledger.add(plan, src.name, rows, forgotten)
             new.append({"batch": batch.batch, "file": path.name, "rows": rows,
-                        "first_row": batch.first_row, "note": plan.note})
+                        "forgotten": forgotten, "first_row": batch.first_row,
+                        "note": plan.note})
             context.log.info(f"batch {batch.batch}: {rows} rows from {path.name} ({plan.note})")
     if not ledger.batches:
         raise SourceFormatError(f"source {source.directory} has no event rows")
@@ -102,6 +111,7 @@ def raw_events(context: AssetExecutionContext, state: RecsysState) -> Materializ
         "new_batches": MetadataValue.json(new), "skipped_files": MetadataValue.json(skipped),
         "event_log_rows": sum(b.rows for b in ledger.batches if b.source == "event_log"),
         "stream_events_drained": drained.written,
+        "forgotten_rows": ledger.total("forgotten"), "pseudonymised": settings.pseudonymise,
         "path": MetadataValue.path(str(settings.raw_events_dir)),
     })
 
@@ -175,7 +185,8 @@ def validate_raw_events(context: AssetExecutionContext, state: RecsysState):
         source = state.open_source()
         catalogue = set(pd.read_parquet(settings.items_path, columns=["item_id"])
                         ["item_id"])
-        validator = EventValidator(catalogue, source.rules(settings.future_tolerance_s),
+        validator = EventValidator(catalogue, source.rules(settings.future_tolerance_s,
+                                                           settings.pseudonymise),
                                    settings.gx_dir, settings.data_docs_dir)
         seen = _earlier_keys(settings, ledger.batches)
         for batch in pending:

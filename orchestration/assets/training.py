@@ -160,7 +160,8 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
         mlflow.tracking_uri, mlflow.artifact_location, result.model, params, result.history,
         metrics, _lineage_tags(context, settings, events), documents={
             **_popularity(events), registry.EVENT_RULES_DOCUMENT:
-            state.open_source().rules(settings.future_tolerance_s).to_dict()},
+            state.open_source().rules(settings.future_tolerance_s,
+                                     settings.pseudonymise).to_dict()},
         inputs=[(events.drop(columns=["source_file", "source_row", "event_key"]),
                  "validated_events", str(settings.validated_events_dir), "training")],
         started_at=started)

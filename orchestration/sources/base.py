@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from feature_repo.event_rules import EventRules
+from feature_repo.privacy import PSEUDONYM_PATTERN
 from feature_repo.schema import EVENT_COLUMNS, ID_PATTERN, ITEM_COLUMNS, PROVENANCE_COLUMNS
 
 csv.field_size_limit(64 * 1024 * 1024)  # a 1 MB line is data to quarantine, not a crash
@@ -58,10 +59,12 @@ class Source:
     def files(self) -> tuple[Path, ...]:
         return self.event_files + self.item_files
 
-    def rules(self, future_tolerance_s: float) -> EventRules:
-        """What a valid event of this source is (its rating range and id pattern)."""
+    def rules(self, future_tolerance_s: float, pseudonymised: bool = False) -> EventRules:
+        """What a valid event of this source is (its rating range and id pattern;
+        stored user ids are pseudonyms when ``pseudonymised``)."""
         return EventRules(rating_range=self.rating_range, id_pattern=self.id_pattern,
-                          future_tolerance_s=future_tolerance_s)
+                          future_tolerance_s=future_tolerance_s,
+                          user_id_pattern=PSEUDONYM_PATTERN if pseudonymised else None)
 
     def line_format(self, path: Path) -> LineFormat:
         raise NotImplementedError

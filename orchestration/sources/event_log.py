@@ -4,10 +4,12 @@ and read by batch ingestion like any other event file."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +31,26 @@ EVENT_LOG_FORMAT = LineFormat(split=_json_split, columns=EVENT_COLUMNS)
 STREAM_ID = "stream_id"  # the event's stream entry id, on each line (exactly-once)
 
 
+@contextmanager
+def locked(directory: Path) -> Iterator[None]:
+    """Excludes other writers of the log directory (consumers appending, a deletion
+    rewriting a file), across processes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class EventLogWriter:
     """Appends to one file of its own (``name``: e.g. the consumer's), fsynced
     before ``append`` returns: what it returns is durable."""
 
     def __init__(self, directory: Path, name: str):
         directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
         self.path = directory / f"events-{name}.jsonl"
         self._lock = threading.Lock()
         if self.path.exists():
@@ -46,7 +62,7 @@ class EventLogWriter:
                 os.truncate(self.path, end)
 
     def _write(self, text: str) -> None:
-        with self._lock, open(self.path, "a", encoding="utf-8") as f:
+        with self._lock, locked(self.directory), open(self.path, "a", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

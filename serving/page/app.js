@@ -126,7 +126,10 @@ async function clickItem(itemId) {
 async function loadSamples() {
   state.samples = await api("/sample_users");
   for (const button of document.querySelectorAll("#samples button")) {
-    button.title = state.samples[button.dataset.sample];
+    const id = state.samples[button.dataset.sample];
+    // null: with pseudonymisation on the service knows no user's id
+    button.disabled = !id;
+    button.title = id || "no known user to show (ids are pseudonymised)";
   }
 }
 
@@ -199,7 +202,7 @@ async function boot() {
   }
   loadStatus();
   if (!state.statusTimer) state.statusTimer = setInterval(loadStatus, 5000);
-  if (!state.user) loadUser(state.samples.most_active);
+  if (!state.user) loadUser(state.samples.most_active || state.samples.new_visitor);
 }
 
 start();

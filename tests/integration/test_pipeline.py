@@ -150,7 +150,7 @@ def test_a_weaker_model_never_becomes_champion(pipeline):
     torch.manual_seed(0)
     assert served.config.n_users > 0  # the pipeline's model has user vectors
     weak = BehaviourEncoder(EncoderConfig(**served.config.to_dict()), served.item_ids,
-                            served.titles, list(served.user_index))
+                            served.titles, list(served.user_index), served.user_salt)
     weak.eval()
     weakened = registry.log_and_register(
         uri, pipeline.settings.artifact_location(), weak, {"weakened": True}, [],

@@ -30,7 +30,12 @@ def test_saved_model_scores_exactly_as_the_trained_one(tmp_path):
     with torch.inference_mode():
         assert torch.equal(loaded.score(seq, users), model.score(seq, users))
     assert loaded.config == model.config and loaded.item_ids == ITEMS
-    assert loaded.user_index == {"u1": 1, "u2": 2}
+    # Users are found by their id; the saved manifest holds digests, not the ids.
+    assert loaded.user_rows(["u1", "u2", "stranger"]).tolist() == [1, 2, 0]
+    assert loaded.has_user_vector("u2") and not loaded.has_user_vector("stranger")
+    manifest = (tmp_path / "encoder" / "model.json").read_text()
+    assert '"u1"' not in manifest and '"u2"' not in manifest
+    assert load_model(save_model(loaded, tmp_path / "again")).user_rows(["u2"]).tolist() == [2]
     assert loaded.transitions.weight == 0.2 and loaded.transitions.popularity_weight == 0.1
     assert loaded.transitions.borrowers.tolist() == [6]
     assert not loaded.training
