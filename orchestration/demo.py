@@ -121,6 +121,10 @@ def demo(settings: Settings) -> None:
             with stage("recommendations"):
                 say(recommendations(settings, port))
             say(metrics(settings))
+            say("\n  user ids are stored " + (
+                "as keyed pseudonyms (RECSYS_PSEUDONYMISE=true; docs/privacy.md)"
+                if settings.pseudonymise else "as given; RECSYS_PSEUDONYMISE=true make demo "
+                "stores keyed pseudonyms instead (docs/privacy.md)"))
         finally:
             if process is not None:
                 stop_service(settings)
@@ -141,11 +145,16 @@ def demo(settings: Settings) -> None:
 
 
 def recommendations(settings: Settings, port: int) -> str:
-    """Top 5 for the most active, the median and the least active user."""
+    """Top 5 for the most active, the median and the least active user (ids as the
+    source gives them: with pseudonymisation on, the stored ones are pseudonyms)."""
     from orchestration.offline import read_validated_events
+    from orchestration.resources import RecsysState
 
-    events = read_validated_events(settings, columns=["user_id"])
-    counts = events["user_id"].value_counts()
+    if settings.pseudonymise:
+        users = RecsysState.of(settings).open_source().events()["user_id"].astype(str)
+    else:
+        users = read_validated_events(settings, columns=["user_id"])["user_id"]
+    counts = users.value_counts()
     lines = []
     for label, user in zip(("most active", "median", "least active"),
                            counts.index[[0, len(counts) // 2, -1]], strict=True):

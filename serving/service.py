@@ -17,8 +17,8 @@ from typing import Annotated, Any, TypeVar
 import bentoml
 import redis
 import torch
-from pydantic import BaseModel, Field, PlainValidator, StrictBool, StrictInt, WithJsonSchema
 from fastapi import FastAPI, Path, Query
+from pydantic import BaseModel, Field, PlainValidator, StrictBool, StrictInt, WithJsonSchema
 from starlette.responses import JSONResponse
 
 from feature_repo.event_rules import is_id

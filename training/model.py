@@ -7,7 +7,6 @@ Only ``nn.Module``s and their config live here: no I/O, no environment reads.
 from __future__ import annotations
 
 import hashlib
-
 import math
 from dataclasses import asdict, dataclass
 

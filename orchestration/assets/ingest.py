@@ -28,7 +28,6 @@ from infra.fingerprint import file_sha256
 from infra.settings import Settings
 from orchestration.consume import Drained, OfflineLogConsumer, default_name
 from orchestration.ledger import Ledger
-from orchestration.privacy import IngestGuard, apply_pending
 from orchestration.offline import (
     QUARANTINE_SCHEMA,
     RAW_SCHEMA,
@@ -37,6 +36,7 @@ from orchestration.offline import (
     read_part_chunks,
     write_part,
 )
+from orchestration.privacy import IngestGuard, apply_pending
 from orchestration.quality import EventValidator, SeenKeys
 from orchestration.resources import RecsysState
 from orchestration.sources.base import Source, SourceFormatError

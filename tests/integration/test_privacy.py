@@ -129,6 +129,8 @@ def test_no_raw_user_id_anywhere_and_the_real_id_reaches_its_history(private):
     answer = httpx.post(f"{url}/recommend", headers=AUTH, json={"user_id": active}).json()
     # The caller's id is echoed; the answer is the user's own, not a cold start.
     assert answer["user_id"] == active and answer["degraded"] is False, answer
+    samples = httpx.post(f"{url}/sample_users", headers=AUTH, json={}).json()
+    assert samples["most_active"] is None and samples["new_visitor"]  # no id is known
     history = httpx.post(f"{url}/history", headers=AUTH, json={"user_id": active}).json()
     assert history["items"][0]["item_id"] == item
     key = load_key(settings)
@@ -147,7 +149,6 @@ def test_no_raw_user_id_anywhere_and_the_real_id_reaches_its_history(private):
 def test_forgotten_users_are_gone_everywhere_and_do_not_come_back(private):
     from dagster import materialize
 
-    from orchestration.definitions import ASSETS, CHECKS
     from orchestration.lineage import instance_for
     from orchestration.privacy import apply_pending, forget
     from orchestration.resources import resources_from_settings
@@ -183,7 +184,6 @@ def test_forgotten_users_are_gone_everywhere_and_do_not_come_back(private):
 
     needles = {u.encode() for u in pseudonyms} | {p.encode() for p in pseudonyms.values()}
     counts, hits = scan(settings, needles)
-    print("scan after forget:", counts, "found outside the tombstones:", len(hits))
     # Only the tombstones hold the pseudonyms: Redis's tombstone hash (a field and
     # the JSON value's key), and the append-only file, rewritten from what Redis
     # holds now, just as often.
@@ -192,16 +192,19 @@ def test_forgotten_users_are_gone_everywhere_and_do_not_come_back(private):
     for p in pseudonyms.values():
         assert json.loads(tombstones[p.encode()])["key"] == p
         assert aof.count(p.encode()) == 2
-    assert not {h for h in hits if h[0] not in (f"redis:{TOMBSTONES_KEY.encode()!r}",
-                                                  "redis/appendonly.aof")}, sorted(hits)
+    outside = {h for h in hits if h[0] not in (f"redis:{TOMBSTONES_KEY.encode()!r}",
+                                                 "redis/appendonly.aof")}
+    print("scan after forget:", counts, "ids or pseudonyms outside the tombstones:",
+          len(outside))
+    assert not outside, sorted(outside)
     audit = (settings.privacy_dir / "audit.jsonl").read_text()
     assert by_cli not in audit and by_api not in audit and pseudonyms[by_api] in audit
 
     # Ingest rebuilt from the unchanged source: the tombstones keep both out, counted.
     import shutil
 
-    from orchestration.checks import no_rows_lost
     from orchestration.assets.ingest import item_catalogue, raw_events, validate_raw_events
+    from orchestration.checks import no_rows_lost
 
     shutil.rmtree(settings.offline_dir)
     shutil.rmtree(settings.quarantine_dir)
