@@ -107,8 +107,8 @@ def test_new_files_are_ingested_once_and_redelivery_is_recognised(tmp_path, sour
         f.write("u3,a3,purchase,1600000300,\n")
     result, meta = ingest(home, source)
     assert meta["raw_events"]["new_batches"] == [
-        {"batch": 3, "file": "events-002.csv", "rows": 1, "first_row": 3,
-         "note": "grew since batch 2: reading the new bytes only"}]
+        {"batch": 3, "file": "events-002.csv", "rows": 1, "forgotten": 0,
+         "first_row": 3, "note": "grew since batch 2: reading the new bytes only"}]
     validated = read_validated_events(home_settings(home))
     assert validated[["user_id", "item_id", "source_file", "source_row"]].values.tolist() == [
         ["u1", "a1", "events-001.csv", 1], ["u1", "a2", "events-001.csv", 2],
