@@ -8,9 +8,11 @@ Exact means equal to the full path's score for the same item: the full blend
 standardises the encoder's scores over the whole catalogue (``z(u . v_i)``), and
 the catalogue's mean and variance of ``u . v_i`` follow from the item vectors'
 mean and second moment, ``u . m`` and ``u' S u - (u . m)^2``, kept with the index:
-O(D^2) per request instead of O(N D). The transition scores are computed as in
-the full path (one sparse row per lag) and standardised over the catalogue;
-popularity's z-scores are the model's. Only the candidate set is approximate.
+O(D^2) per request instead of O(N D). The transition scores are the full
+path's (one sparse row per lag), summed sparsely and standardised with the
+catalogue's moments of that sparse vector, so no step of a request grows with the
+catalogue; popularity's z-scores are the model's. Only the candidate set is
+approximate.
 """
 
 from __future__ import annotations
@@ -92,14 +94,14 @@ class TwoStage:
         blended = transitions is not None and (transitions.weight or transitions.popularity_weight)
         extra = None
         if blended and transitions.weight:
-            extra = transitions.scores(seq.numpy())[0, 1:].astype(np.float64)  # (N,)
+            extra = transitions.sparse_scores(seq[0].numpy())
         if items is None:
             _, found = self.index.search(u[None].astype(np.float32), self.ann_candidates)
             parts = [found[0][found[0] >= 0] + 1, self.popular]
-            if extra is not None:
-                count = min(self.transition_candidates, self.n_items)
-                top = np.argpartition(-extra, count - 1)[:count]
-                parts.append(top[extra[top] > 0] + 1)
+            if extra is not None and len(extra.items):
+                count = min(self.transition_candidates, len(extra.items))
+                top = np.argpartition(-extra.values, count - 1)[:count]
+                parts.append(extra.items[top[extra.values[top] > 0]])
             items = np.unique(np.concatenate(parts))
         items = np.asarray(items, dtype=np.int64)
         vectors = self.index.reconstruct_batch(items - 1).astype(np.float64)
@@ -110,8 +112,8 @@ class TwoStage:
         spread = float(np.sqrt(max(u @ self.second_moment @ u - mean * mean, 0.0)))
         values = (values - mean) / (spread if spread > 0 else 1.0)
         if extra is not None:
-            spread = extra.std()
-            values += transitions.weight * (extra[items - 1] - extra.mean()) / (
+            mean, spread = extra.mean_and_spread()
+            values += transitions.weight * (extra.at(items) - mean) / (
                 spread if spread > 0 else 1.0)
         if self.popularity_z is not None:
             values += transitions.popularity_weight * self.popularity_z[items - 1]

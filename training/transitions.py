@@ -41,6 +41,28 @@ class Lag:
 
 
 @dataclass(frozen=True)
+class SparseScores:
+    """One history's transition scores: ``values`` of ``items`` (ascending model
+    indices), every other item of the ``n_items`` catalogue 0."""
+
+    items: np.ndarray  # (S,) int64
+    values: np.ndarray  # (S,) float64
+    n_items: int
+
+    def mean_and_spread(self) -> tuple[float, float]:
+        """The mean and standard deviation over the whole catalogue (zeros too)."""
+        mean = float(self.values.sum()) / self.n_items
+        square = float((self.values ** 2).sum()) / self.n_items
+        return mean, float(np.sqrt(max(square - mean * mean, 0.0)))
+
+    def at(self, items: np.ndarray) -> np.ndarray:
+        """The scores of ``items`` (any model indices)."""
+        where = np.searchsorted(self.items, items).clip(max=max(len(self.items) - 1, 0))
+        found = (self.items[where] == items) if len(self.items) else np.zeros(len(items), bool)
+        return np.where(found, self.values[where] if len(self.items) else 0.0, 0.0)
+
+
+@dataclass(frozen=True)
 class Transitions:
     n_items: int
     lags: tuple[Lag, ...]
@@ -104,6 +126,61 @@ class Transitions:
         if self.borrowers is not None:
             out[:, self.borrowers] = np.einsum("bck,ck->bc", out[:, self.lenders], self.shares)
         return out
+
+    def sparse_scores(self, history: np.ndarray) -> SparseScores:
+        """The transition scores of one (T,) left-padded history, as ``scores``
+        gives them, holding only the items with a score: the work grows with the
+        rows read, not with the catalogue (for two-stage serving)."""
+        columns, values = [], []
+        for lag, table in enumerate(self.lags, start=1):
+            if lag > len(history):
+                break
+            item = int(history[-lag])
+            if item == PAD or item > self.n_items:
+                continue
+            begin, end = table.indptr[item], table.indptr[item + 1]
+            columns.append(table.indices[begin:end])
+            values.append(table.values[begin:end])
+        if not columns:
+            return SparseScores(np.empty(0, np.int64), np.empty(0, np.float64), self.n_items)
+        items, where = np.unique(np.concatenate(columns), return_inverse=True)
+        summed = np.bincount(where, weights=np.concatenate(values).astype(np.float64))
+        if self.borrowers is not None:
+            items, summed = self._lent(items.astype(np.int64), summed)
+        keep = summed != 0
+        return SparseScores(items[keep].astype(np.int64), summed[keep], self.n_items)
+
+    def _lent(self, items: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The borrowers' scores (their lenders' scores in their shares) in place of
+        their own, as ``scores`` sets them, for the sparse ``items``' ``values``."""
+        indptr, borrowers, shares, is_borrower = self.lent
+        own = ~is_borrower[items]
+        items, values = items[own], values[own]
+        begin, end = indptr[items], indptr[items + 1]
+        if not (end > begin).any():
+            return items, values
+        picks = np.concatenate([np.arange(b, e) for b, e in zip(begin, end, strict=True)
+                                if e > b])
+        weights = np.repeat(values, end - begin) * shares[picks]
+        merged, where = np.unique(np.concatenate([items, borrowers[picks]]),
+                                  return_inverse=True)
+        summed = np.bincount(where, weights=np.concatenate([values, weights]))
+        return merged, summed
+
+    @cached_property
+    def lent(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``borrowers``/``lenders``/``shares`` inverted: per lender item, its
+        borrowers and their shares, as compressed rows (indptr (N + 2,),
+        borrowers, shares), and (N + 1,) whether each item is a borrower."""
+        is_borrower = np.zeros(self.n_items + 1, dtype=bool)
+        is_borrower[self.borrowers] = True
+        lenders = self.lenders.reshape(-1)
+        borrowers = np.repeat(self.borrowers, self.lenders.shape[1])
+        order = np.argsort(lenders, kind="stable")
+        indptr = np.zeros(self.n_items + 2, dtype=np.int64)
+        np.add.at(indptr, lenders + 1, 1)
+        return (np.cumsum(indptr), borrowers[order].astype(np.int64),
+                self.shares.reshape(-1)[order].astype(np.float64), is_borrower)
 
     def blend(self, scores: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
         """The encoder's (B, N + 1) ``scores`` for the (B, T) histories ``seq``,

@@ -103,3 +103,30 @@ def test_training_chooses_the_blend_weight_on_validation():
     without = train_encoder(sequences, split, index, titles, config,
                             TrainConfig(epochs=2, patience=2, threads=1))
     assert without.model.transitions is None
+
+
+def test_sparse_scores_equal_the_dense_ones_with_borrowers_and_their_moments():
+    rng = np.random.default_rng(3)
+    n_items = 60
+    sequences = [rng.integers(1, 41, size=int(rng.integers(2, 15))).tolist()
+                 for _ in range(200)]  # items 41..60: no interactions
+    borrowers = np.arange(41, 61)
+    lenders = rng.integers(1, 41, size=(20, 4))
+    shares = rng.dirichlet(np.ones(4), size=20).astype(np.float32)
+    for transitions in (Transitions.count(sequences, n_items, lags=3),
+                        Transitions.count(sequences, n_items, lags=3).borrowing(
+                            borrowers, lenders, shares)):
+        for history in ([], [5], [7, 3, 9], rng.integers(1, 61, size=8).tolist()):
+            seq = pad_left([history], 10).numpy()
+            dense = transitions.scores(seq)[0, 1:].astype(np.float64)
+            sparse = transitions.sparse_scores(seq[0])
+            assert np.all(sparse.values != 0) and np.all(np.diff(sparse.items) > 0)
+            rebuilt = np.zeros(n_items)
+            rebuilt[sparse.items - 1] = sparse.values
+            assert rebuilt == pytest.approx(dense, abs=1e-5)
+            mean, spread = sparse.mean_and_spread()
+            assert (mean, spread) == pytest.approx((dense.mean(), dense.std()), abs=1e-5)
+            picked = np.array([1, 5, 41, 60])
+            assert sparse.at(picked) == pytest.approx(dense[picked - 1], abs=1e-5)
+    # The borrowed path was exercised: cold items got scores from their lenders.
+    assert np.isin(sparse.items, borrowers).sum() >= 5
