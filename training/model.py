@@ -164,8 +164,15 @@ class BehaviourEncoder(nn.Module):
         negative = self.logits(queries, table[drawn]).masked_fill(
             drawn[None, :] == wanted[:, None], float("-inf"))  # (M, S)
         logits = torch.cat([positive, negative], dim=1)  # the target is class 0
-        return nn.functional.cross_entropy(logits, torch.zeros_like(wanted),
-                                           label_smoothing=label_smoothing)
+        if not label_smoothing:
+            return nn.functional.cross_entropy(logits, torch.zeros_like(wanted))
+        # Smoothing as cross_entropy spreads it (over every class of the row), but
+        # over the classes a row has: a masked draw is no class, and would make the
+        # loss infinite.
+        log_p = nn.functional.log_softmax(logits, dim=1)
+        valid = torch.isfinite(logits)
+        spread = -log_p.masked_fill(~valid, 0.0).sum(dim=1) / valid.sum(dim=1)
+        return ((1 - label_smoothing) * -log_p[:, 0] + label_smoothing * spread).mean()
 
     def encode(self, seq: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         """Inference: (B, T) left-padded sequences (and (B,) ``user_rows``) -> (B, D)

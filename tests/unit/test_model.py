@@ -1,5 +1,7 @@
 """Behavioural tests of the behaviour encoder on generated data."""
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -212,7 +214,6 @@ def test_the_attention_rollout_is_that_of_the_models_own_attention_weights():
     over heads, mixed half and half with the identity, multiplied down from the
     last position."""
     import copy
-    import math
 
     from training.inference import attention_rollout
 
@@ -294,7 +295,7 @@ def test_sampled_softmax_is_the_softmax_over_the_target_and_the_drawn_items(temp
     drawn = torch.randint(1, n + 1, (15,)).tolist()  # the same draws
     with torch.no_grad():
         full = model.logits(model.hidden_states(seq), model.item_table())  # (B, T, N + 1)
-    expected = []
+    expected, smoothed_expected = [], []
     for row in range(2):
         for position in range(6):
             target = int(targets[row, position])
@@ -302,13 +303,26 @@ def test_sampled_softmax_is_the_softmax_over_the_target_and_the_drawn_items(temp
                 continue
             logits = full[row, position]
             others = torch.stack([logits[d] for d in drawn if d != target])
-            expected.append(torch.logsumexp(torch.cat([logits[target:target + 1], others]), 0)
-                            - logits[target])
+            classes = torch.cat([logits[target:target + 1], others])
+            total = torch.logsumexp(classes, 0)
+            expected.append(total - logits[target])
+            # label smoothing 0.2 over the row's classes (the masked draws are none)
+            smoothed_expected.append(0.8 * (total - logits[target])
+                                     + 0.2 * (total - classes).mean())
     assert any(int(t) in drawn for t in targets[targets != 0])  # the masking is exercised
     assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
     full_loss = model(seq, targets)
     assert loss.item() < full_loss.item()  # fewer negatives: a smaller loss
     assert model(seq, targets, negatives=n).item() == pytest.approx(full_loss.item())
+    # With label smoothing the masked draws get no share: finite, and as the full
+    # softmax smooths when every other item is drawn.
+    torch.manual_seed(11)
+    smoothed = model(seq, targets, negatives=15, label_smoothing=0.2)
+    assert math.isfinite(smoothed.item())
+    assert smoothed.item() == pytest.approx(torch.stack(smoothed_expected).mean().item(),
+                                            rel=1e-5)
+    assert model(seq, targets, negatives=n, label_smoothing=0.2).item() == pytest.approx(
+        model(seq, targets, label_smoothing=0.2).item(), rel=1e-5)
 
 
 def test_sampled_softmax_training_learns_the_sequences():
