@@ -156,4 +156,7 @@ def evaluate_cold_start(histories: list[list[int]], users: list[str], split: Spl
                            users=users)
     fill_cold_items(result.model, text, warm_rows(fit, index))
     return {**cold_start_metrics(model_scorer(result.model), measure, index),
-            "cold_start_held_out_items": len(held_out)}
+            "cold_start_held_out_items": len(held_out),
+            # its own training step: how long, and how many epochs its budget allowed
+            "cold_start_train_seconds": result.train_seconds,
+            "cold_start_epochs": len(result.history)}

@@ -14,19 +14,36 @@ from training.sequences import ItemIndex, Split
 K = 10
 
 
+def _rankable(scores: np.ndarray, exclude: list[list[int]]) -> np.ndarray:
+    """A float64 copy of (U, N + 1) ``scores`` with padding and each user's
+    ``exclude`` at -inf."""
+    scores = scores.astype(np.float64, copy=True)
+    scores[:, 0] = -np.inf
+    for row, items in enumerate(exclude):
+        scores[row, items] = -np.inf
+    return scores
+
+
+def _ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    target_scores = scores[np.arange(len(targets)), targets]
+    # Pessimistic on ties: an item with an equal score counts as ranked above.
+    return (scores > target_scores[:, None]).sum(axis=1) + (
+        (scores == target_scores[:, None]).sum(axis=1) - 1)
+
+
+def target_ranks(scores: np.ndarray, targets: np.ndarray, exclude: list[list[int]],
+                 ) -> np.ndarray:
+    """The ranks of ``rank_of_targets`` without the top-K lists."""
+    return _ranks(_rankable(scores, exclude), targets)
+
+
 def rank_of_targets(scores: np.ndarray, targets: np.ndarray,
                     exclude: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     """scores: (U, N + 1) with column 0 padding; targets: (U,) indices.
     Returns the 0-based rank of each target among the non-excluded items, and
     the top-K indices per user (U, K; 0 where fewer than K items are rankable)."""
-    scores = scores.astype(np.float64, copy=True)
-    scores[:, 0] = -np.inf
-    for row, items in enumerate(exclude):
-        scores[row, items] = -np.inf
-    target_scores = scores[np.arange(len(targets)), targets]
-    # Pessimistic on ties: an item with an equal score counts as ranked above.
-    ranks = (scores > target_scores[:, None]).sum(axis=1) + (
-        (scores == target_scores[:, None]).sum(axis=1) - 1)
+    scores = _rankable(scores, exclude)
+    ranks = _ranks(scores, targets)
     width = min(K, scores.shape[1])
     top = np.argpartition(-scores, width - 1, axis=1)[:, :width]
     order = np.take_along_axis(-scores, top, axis=1).argsort(axis=1, kind="stable")
@@ -37,10 +54,15 @@ def rank_of_targets(scores: np.ndarray, targets: np.ndarray,
     return ranks, top
 
 
+def ndcg_at_k(ranks: np.ndarray) -> np.ndarray:
+    """Each 0-based rank's NDCG@K (one relevant item)."""
+    return np.where(ranks < K, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
 def metrics_from_ranks(ranks: np.ndarray, top: np.ndarray, n_items: int) -> dict[str, float]:
     hit = ranks < K
     return {
-        "ndcg_at_10": float(np.mean(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0))),
+        "ndcg_at_10": float(np.mean(ndcg_at_k(ranks))),
         "hr_at_10": float(np.mean(hit)),
         "mrr": float(np.mean(1.0 / (ranks + 1.0))),
         "coverage_at_10": float(len(np.setdiff1d(np.unique(top), [0])) / n_items),
@@ -51,13 +73,24 @@ def metrics_from_ranks(ranks: np.ndarray, top: np.ndarray, n_items: int) -> dict
 Scorer = Callable[[list[list[int]], list[str] | None], np.ndarray]
 
 
-def evaluate(scorer: Scorer, split: Split, index: ItemIndex, stage: str,
-             batch: int = 512) -> dict[str, float]:
-    """stage 'validation': input and exclusion = training items;
-    stage 'test': training items + the validation item."""
-    users = sorted(split.validation)
+# Scores held at once while evaluating (users x catalogue): a batch of users is at
+# most this many cells, so memory stays bounded on any catalogue.
+EVAL_CELLS = 8_000_000
+EVAL_BATCH = 512
+
+
+def evaluation_batch(n_items: int) -> int:
+    """Users scored at once for a catalogue of ``n_items``."""
+    return max(1, min(EVAL_BATCH, EVAL_CELLS // (n_items + 1)))
+
+
+def evaluation_rows(split: Split, index: ItemIndex, stage: str,
+                    ) -> tuple[list[list[int]], list[int], list[str]]:
+    """The protocol's input histories, targets and users of ``stage``:
+    'validation': input and exclusion = training items; 'test': training items +
+    the validation item. Users whose target is not in the catalogue are left out."""
     histories, targets, evaluated = [], [], []
-    for user in users:
+    for user in sorted(split.validation):
         history = split.train[user] + ([split.validation[user]] if stage == "test" else [])
         target = (split.test if stage == "test" else split.validation)[user]
         if target not in index.index:
@@ -65,6 +98,15 @@ def evaluate(scorer: Scorer, split: Split, index: ItemIndex, stage: str,
         histories.append(index.encode(history))
         targets.append(index.index[target])
         evaluated.append(user)
+    return histories, targets, evaluated
+
+
+def evaluate(scorer: Scorer, split: Split, index: ItemIndex, stage: str,
+             batch: int | None = None) -> dict[str, float]:
+    """The protocol's metrics of ``stage`` (``evaluation_rows``), ``batch`` users
+    scored at once (default: ``evaluation_batch``)."""
+    histories, targets, evaluated = evaluation_rows(split, index, stage)
+    batch = batch or evaluation_batch(len(index))
     ranks, tops = [], []
     for start in range(0, len(histories), batch):
         chunk = histories[start:start + batch]

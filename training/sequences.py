@@ -24,6 +24,18 @@ class Split:
     validation: dict[str, str]  # user -> validation item
     test: dict[str, str]  # user -> test item
 
+    def sample(self, users: int, seed: int) -> Split:
+        """The same split evaluated on ``users`` of its evaluated users, drawn with
+        ``seed`` (training histories unchanged); itself when ``users`` is 0 or
+        covers them all."""
+        if users <= 0 or users >= len(self.validation):
+            return self
+        chosen = np.random.default_rng(seed).choice(sorted(self.validation), size=users,
+                                                    replace=False)
+        return Split(train=self.train,
+                     validation={u: self.validation[u] for u in sorted(chosen)},
+                     test={u: self.test[u] for u in sorted(chosen)})
+
 
 def leave_one_out(events: pd.DataFrame) -> Split:
     """``events`` in stable time order (``validated_events`` is)."""

@@ -13,10 +13,17 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
-from training.evaluate import Scorer, evaluate
-from training.model import PAD, BehaviourEncoder, EncoderConfig
+from training.evaluate import (
+    K,
+    Scorer,
+    evaluate,
+    evaluation_batch,
+    evaluation_rows,
+    ndcg_at_k,
+)
+from training.model import BehaviourEncoder, EncoderConfig
 from training.sequences import ItemIndex, Split, next_item_pairs, pad_left, tiles
-from training.transitions import POPULARITY_WEIGHTS, WEIGHTS, Transitions
+from training.transitions import POPULARITY_WEIGHTS, WEIGHTS, Transitions, standardised
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,10 @@ class TrainConfig:
     # Each epoch, tile every history from a random offset (``sequences.tiles``)
     # instead of the same windows every epoch.
     random_tiling: bool = False
+    # > 0: the checkpoint and the blend weights are chosen on this many validation
+    # users, drawn once with the seed, and the chosen model is then validated on
+    # every user once (0: every user each epoch).
+    validation_users: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,6 +69,10 @@ class TrainResult:
     best_epoch: int
     validation: dict[str, float]
     train_seconds: float
+    # What ended the epochs: "epochs" (all ran), "patience" (validation stopped
+    # improving) or "time budget" (the next epoch would have ended past it).
+    stopped_by: str = "epochs"
+    search_seconds: float = 0.0  # the blend weights' search on validation
 
 
 def seed_everything(seed: int) -> None:
@@ -137,8 +152,10 @@ def train_encoder(histories: list[list[int]], split: Split, index: ItemIndex, ti
         model, multi_avg_fn=ema_with_warm_up(config.ema_decay),
         use_buffers=True) if config.ema_decay > 0 else None
     generator = torch.Generator().manual_seed(config.seed)
+    watched = split.sample(config.validation_users, config.seed)
     history: list[dict[str, float]] = []
     best, best_state, best_epoch, stale = -1.0, None, 0, 0
+    stopped_by = "epochs"
     started = time.perf_counter()
     inputs, targets, example_users = epoch_windows()
     for epoch in range(1, config.epochs + 1):
@@ -160,7 +177,7 @@ def train_encoder(histories: list[list[int]], split: Split, index: ItemIndex, ti
             total += loss.item()
             batches += 1
         chosen = model if averaged is None else averaged.module
-        metrics = evaluate(model_scorer(chosen), split, index, "validation")
+        metrics = evaluate(model_scorer(chosen), watched, index, "validation")
         row = {"train_loss": total / max(1, batches),
                **{f"val_{k}": v for k, v in metrics.items()}}
         history.append(row)
@@ -172,51 +189,114 @@ def train_encoder(histories: list[list[int]], split: Split, index: ItemIndex, ti
         else:
             stale += 1
             if stale >= config.patience:
+                stopped_by = "patience"
                 break
         elapsed = time.perf_counter() - started
-        if config.max_seconds and elapsed * (epoch + 1) / epoch > config.max_seconds:
-            break  # the next epoch would end past the budget
+        if (config.max_seconds and epoch < config.epochs
+                and elapsed * (epoch + 1) / epoch > config.max_seconds):
+            stopped_by = "time budget"  # the next epoch would end past it
+            break
     model.load_state_dict(best_state)
     model.eval()
     validation = history[best_epoch - 1]
+    train_seconds = time.perf_counter() - started
     if config.transition_lags:
-        validation = blend_transitions(model, Transitions.count(
-            histories, model_config.n_items, config.transition_lags), split, index, validation)
+        blend_transitions(model, Transitions.count(
+            histories, model_config.n_items, config.transition_lags), watched, index,
+            validation["val_ndcg_at_10"])
+    if config.transition_lags or watched is not split:
+        # The chosen model's validation figures, on every user, once.
+        metrics = evaluate(model_scorer(model), split, index, "validation")
+        validation = {**validation, **{f"val_{k}": v for k, v in metrics.items()}}
     return TrainResult(model=model, history=history, best_epoch=best_epoch,
-                       validation=validation, train_seconds=time.perf_counter() - started)
+                       validation=validation, train_seconds=train_seconds,
+                       stopped_by=stopped_by,
+                       search_seconds=time.perf_counter() - started - train_seconds)
 
 
 def blend_transitions(model: BehaviourEncoder, transitions: Transitions, split: Split,
-                      index: ItemIndex, validation: dict[str, float]) -> dict[str, float]:
+                      index: ItemIndex, unblended: float) -> tuple[float, float]:
     """Give the trained model ``transitions`` at the blend weights (of WEIGHTS for
     the transitions, POPULARITY_WEIGHTS for popularity; 0: none) with the best
-    validation NDCG@10, the earlier in that order on a tie; returns ``validation``
-    (the checkpoint's row) with the blended model's metrics. The encoder runs
-    once per validation batch; each weight pair only re-blends its scores."""
-    encoded: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+    validation NDCG@10 on ``split``, the earlier in that order on a tie, and
+    above ``unblended`` (the encoder's own); returns the weights.
 
-    def scorer(blend: Transitions) -> Scorer:
-        def score(histories: list[list[int]], users: list[str] | None = None) -> np.ndarray:
-            key = tuple(map(tuple, histories)) if users is None else tuple(users)
-            with torch.inference_mode():
-                if key not in encoded:
-                    seq = pad_left(histories, model.config.max_len)
-                    rows = None if users is None else model.user_rows(users)
-                    encoded[key] = (model.logits(model.encode(seq, rows), model.item_table()),
-                                    seq)
-                scores, seq = encoded[key]
-                scores = blend.blend(scores, seq).clone()
-                scores[:, PAD] = float("-inf")
-                return scores.numpy()
-        return score
+    Each validation batch's three standardised components (encoder, transitions,
+    popularity) are worked out once. A target's rank under a weight pair counts
+    the items scoring at least as high; bounds over all the pairs' weights show
+    which items outrank the target under every pair, which under none, and only
+    the rest are scored per pair, with ``Transitions.blend``'s arithmetic, so the
+    ranks (ties included) are those a full pass per pair gives."""
+    pairs = [w for w in itertools.product(WEIGHTS, POPULARITY_WEIGHTS) if w != (0.0, 0.0)]
+    histories, targets, users = evaluation_rows(split, index, "validation")
+    gains = np.zeros(len(pairs))
+    batch = evaluation_batch(len(index))
+    popularity = transitions.standardised_popularity
+    for start in range(0, len(histories), batch):
+        chunk = histories[start:start + batch]
+        seq = pad_left(chunk, model.config.max_len)
+        with torch.inference_mode():
+            encoder = standardised(model.logits(
+                model.encode(seq, model.user_rows(users[start:start + batch])),
+                model.item_table())[:, 1:])
+            follow = standardised(torch.from_numpy(transitions.scores(seq.numpy()))[:, 1:])
+        ranks = _blended_ranks(encoder, follow, popularity,
+                               torch.as_tensor(targets[start:start + batch]) - 1, chunk, pairs)
+        gains += ndcg_at_k(ranks).sum(axis=1)
+    ndcg = gains / max(1, len(histories))
+    best = int(np.argmax(ndcg)) if pairs else 0
+    weights = pairs[best] if pairs and ndcg[best] > unblended else (0.0, 0.0)
+    model.transitions = transitions.weighted(*weights)
+    return weights
 
-    best_weights, best = (0.0, 0.0), validation
-    for weights in itertools.product(WEIGHTS, POPULARITY_WEIGHTS):
-        if weights == (0.0, 0.0):
-            continue
-        metrics = evaluate(scorer(transitions.weighted(*weights)), split, index, "validation")
-        if metrics["ndcg_at_10"] > best["val_ndcg_at_10"]:
-            best_weights, best = weights, {**validation,
-                                           **{f"val_{k}": v for k, v in metrics.items()}}
-    model.transitions = transitions.weighted(*best_weights)
-    return best
+
+SEARCH_MARGIN = 1e-3  # bounds this close to 0 are scored exactly, not decided by the bound
+
+
+def _blended_ranks(encoder: torch.Tensor, follow: torch.Tensor, popularity: torch.Tensor,
+                   targets: torch.Tensor, exclude: list[list[int]],
+                   pairs: list[tuple[float, float]]) -> np.ndarray:
+    """(P, B) ranks of ``targets`` (column indices) under each weight pair of
+    ``encoder + w * follow + p * popularity`` ((B, N), (B, N), (1, N)), the items of
+    ``exclude`` (model indices) left out, ties counted against the target (as
+    ``evaluate.rank_of_targets``); ranks of K and more are reported as K."""
+    encoder = encoder.clone()
+    for row, items in enumerate(exclude):
+        encoder[row, torch.as_tensor(items, dtype=torch.long) - 1] = float("-inf")
+    rows = torch.arange(len(targets))
+    top_w = max(w for w, _ in pairs)
+    top_p = max(p for _, p in pairs)
+    d_encoder = encoder - encoder[rows, targets][:, None]
+    d_follow = follow - follow[rows, targets][:, None]
+    d_popular = (popularity - popularity[0, targets][:, None]).expand_as(d_encoder)
+    upper = d_encoder + top_w * d_follow.clamp(min=0) + top_p * d_popular.clamp(min=0)
+    lower = d_encoder + top_w * d_follow.clamp(max=0) + top_p * d_popular.clamp(max=0)
+    lost = ~torch.isfinite(encoder[rows, targets])  # the target itself left out
+    always = (lower > SEARCH_MARGIN).sum(dim=1)  # outrank the target under every pair
+    open_rows = ~lost & (always < K)
+    unsure = (upper >= -SEARCH_MARGIN) & (lower <= SEARCH_MARGIN) & open_rows[:, None]
+    at_row, at_item = unsure.nonzero(as_tuple=True)
+    ranks = np.full((len(pairs), len(targets)), K, dtype=np.int64)
+    parts = (encoder, follow, popularity)
+    for j, pair in enumerate(pairs):
+        target_scores = _blend_at(parts, pair, rows, targets)
+        # >=: ties count against the target, which counts itself (hence the - 1)
+        above = _blend_at(parts, pair, at_row, at_item) >= target_scores[at_row]
+        counted = always + torch.zeros(len(targets), dtype=torch.long).index_add_(
+            0, at_row, above.long()) - 1
+        ranks[j, open_rows.numpy()] = counted[open_rows].clamp(max=K).numpy()
+    return ranks
+
+
+def _blend_at(parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+              pair: tuple[float, float], row: torch.Tensor, item: torch.Tensor,
+              ) -> torch.Tensor:
+    """The blended scores of (row, item) cells, summed as ``Transitions.blend`` sums."""
+    encoder, follow, popularity = parts
+    weight, popularity_weight = pair
+    scores = encoder[row, item].clone()
+    if weight:
+        scores += weight * follow[row, item]
+    if popularity_weight:
+        scores += popularity_weight * popularity[0, item]
+    return scores

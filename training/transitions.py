@@ -190,10 +190,10 @@ class Transitions:
         if self.weight == 0 and self.popularity_weight == 0:
             return scores
         out = scores.clone()
-        out[:, 1:] = _standardised(scores[:, 1:])
+        out[:, 1:] = standardised(scores[:, 1:])
         if self.weight:
             extra = torch.from_numpy(self.scores(seq.numpy()))
-            out[:, 1:] += self.weight * _standardised(extra[:, 1:])
+            out[:, 1:] += self.weight * standardised(extra[:, 1:])
         if self.popularity_weight:
             out[:, 1:] += self.popularity_weight * self.standardised_popularity
         return out
@@ -202,10 +202,10 @@ class Transitions:
     def standardised_popularity(self) -> torch.Tensor:
         """(1, N) z(popularity) over the catalogue: the same for every history, so
         worked out once per model, not per request."""
-        return _standardised(torch.from_numpy(self.popularity[None, 1:]))
+        return standardised(torch.from_numpy(self.popularity[None, 1:]))
 
 
-def _standardised(scores: torch.Tensor) -> torch.Tensor:
+def standardised(scores: torch.Tensor) -> torch.Tensor:
     """Per row: (x - mean) / std; a constant row is all 0."""
     spread = scores.std(dim=1, keepdim=True, correction=0)
     return (scores - scores.mean(dim=1, keepdim=True)) / torch.where(spread > 0, spread, 1.0)

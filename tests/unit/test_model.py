@@ -246,9 +246,34 @@ def test_a_time_budget_stops_before_an_epoch_that_would_overrun_it():
     budget = train_encoder(sequences, split, index, data.items["title"].tolist(), config,
                            TrainConfig(epochs=4, patience=4, max_seconds=1e-6, threads=1))
     assert len(budget.history) == 1 and budget.best_epoch == 1
+    assert budget.stopped_by == "time budget"
     free = train_encoder(sequences, split, index, data.items["title"].tolist(), config,
                          TrainConfig(epochs=4, patience=4, threads=1))
-    assert len(free.history) == 4
+    assert len(free.history) == 4 and free.stopped_by == "epochs"
+    impatient = train_encoder(sequences, split, index, data.items["title"].tolist(), config,
+                              TrainConfig(epochs=30, patience=1, learning_rate=0.3,
+                                          threads=1))
+    assert impatient.stopped_by == "patience" and len(impatient.history) < 30
+
+
+def test_validation_on_a_user_sample_chooses_and_the_chosen_model_is_validated_on_all():
+    from training.evaluate import evaluate
+    from training.train import model_scorer
+
+    data, split, index, sequences = generated(200, 80, 8_000, 9, 11)
+    sample = split.sample(50, seed=42)
+    assert len(sample.validation) == len(sample.test) == 50
+    assert set(sample.validation) < set(split.validation) and sample.train is split.train
+    assert sample.validation == split.sample(50, seed=42).validation  # drawn once, seeded
+    assert split.sample(0, 42) is split and split.sample(10_000, 42) is split
+    config = EncoderConfig(n_items=len(index), max_len=10, hidden=16)
+    result = train_encoder(sequences, split, index, data.items["title"].tolist(), config,
+                           TrainConfig(epochs=3, patience=3, threads=1, validation_users=50,
+                                       transition_lags=2))
+    every = evaluate(model_scorer(result.model), split, index, "validation")
+    watched = evaluate(model_scorer(result.model), sample, index, "validation")
+    assert result.validation["val_ndcg_at_10"] == pytest.approx(every["ndcg_at_10"])
+    assert result.validation["val_ndcg_at_10"] != pytest.approx(watched["ndcg_at_10"])
 
 
 def test_random_tiling_shows_other_windows_of_the_same_histories_each_epoch():

@@ -1,5 +1,6 @@
 """Item transition counts and their blend with the encoder's scores."""
 
+import itertools
 import math
 
 import numpy as np
@@ -130,3 +131,33 @@ def test_sparse_scores_equal_the_dense_ones_with_borrowers_and_their_moments():
             assert sparse.at(picked) == pytest.approx(dense[picked - 1], abs=1e-5)
     # The borrowed path was exercised: cold items got scores from their lenders.
     assert np.isin(sparse.items, borrowers).sum() >= 5
+
+
+def test_the_weight_search_ranks_equal_a_full_pass_per_pair_ties_and_exclusions_included():
+    from training.evaluate import K, target_ranks
+    from training.train import _blended_ranks
+
+    rng = np.random.default_rng(5)
+    users, n_items = 64, 300
+    # Coarse values make ties common; sparse transitions as the real ones are.
+    encoder = torch.from_numpy(np.round(rng.normal(size=(users, n_items)), 1).astype(np.float32))
+    follow = torch.from_numpy((rng.random((users, n_items)) < 0.03).astype(np.float32)
+                              * rng.integers(1, 4, (users, n_items)).astype(np.float32))
+    popularity = torch.from_numpy(np.round(rng.normal(size=(1, n_items)), 1).astype(np.float32))
+    # Targets near the top, where the weights decide whether they make the top K.
+    order = torch.argsort(encoder, dim=1, descending=True)
+    targets = order[torch.arange(users), torch.from_numpy(rng.integers(0, 25, users))]
+    exclude = [rng.choice(np.arange(1, n_items + 1), size=int(rng.integers(0, 30)),
+                          replace=False).tolist() for _ in range(users)]
+    exclude[0].append(int(targets[0]) + 1)  # a target that is itself excluded
+    pairs = [w for w in itertools.product(WEIGHTS, POPULARITY_WEIGHTS) if w != (0.0, 0.0)]
+    fast = _blended_ranks(encoder, follow, popularity, targets, exclude, pairs)
+    for j, (weight, popularity_weight) in enumerate(pairs):
+        scores = torch.full((users, n_items + 1), float("-inf"))
+        scores[:, 1:] = encoder
+        scores[:, 1:] += weight * follow
+        if popularity_weight:
+            scores[:, 1:] += popularity_weight * popularity
+        full = target_ranks(scores.numpy(), targets.numpy() + 1, exclude)
+        assert fast[j].tolist() == np.minimum(full, K).tolist()
+    assert (fast < K).mean() > 0.1 and len(set(map(tuple, fast))) > 5  # ranks vary by pair
