@@ -7,7 +7,8 @@ score over those candidates only.
 Exact means equal to the full path's score for the same item: the full blend
 standardises the encoder's scores over the whole catalogue (``z(u . v_i)``), and
 the catalogue's mean and variance of ``u . v_i`` follow from the item vectors'
-mean and second moment, ``u . m`` and ``u' S u - (u . m)^2``, kept with the index:
+mean and second moment, ``u . m`` and ``u' S u - (u . m)^2``, kept with the index
+(``training.ann``, an artifact of the model version):
 O(D^2) per request instead of O(N D). The transition scores are the full
 path's (one sparse row per lag), summed sparsely and standardised with the
 catalogue's moments of that sparse vector, so no step of a request grows with the
@@ -19,15 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 import torch
 
+from training.ann import AnnIndex
 from training.model import BehaviourEncoder
 
-HNSW_LINKS = 32  # graph degree (faiss HNSW M)
-EF_CONSTRUCTION = 80
-EF_SEARCH = 128  # search breadth; >= the candidates asked for
 ANN_CANDIDATES = 100  # nearest items by the encoder's score
 TRANSITION_CANDIDATES = 100  # items with the largest transition scores
 POPULAR_CANDIDATES = 50  # the most popular items (the blend's popularity term)
@@ -41,32 +39,22 @@ class CandidateScores:
     values: np.ndarray  # (C,) float64
 
 
-def _scaled_items(model: BehaviourEncoder, table: torch.Tensor) -> np.ndarray:
-    """(N, D) item vectors whose dot products with the scaled user vector are the
-    encoder's scores (unit rows when the model scores cosine similarities)."""
-    items = table[1:].detach().float()
-    if model.config.temperature > 0:
-        items = torch.nn.functional.normalize(items, dim=-1)
-    return np.ascontiguousarray(items.numpy(), dtype=np.float32)
-
-
 class TwoStage:
-    def __init__(self, model: BehaviourEncoder, table: torch.Tensor,
+    """``ann``: the model version's index (``training.ann``), built from its item
+    table."""
+
+    def __init__(self, model: BehaviourEncoder, ann: AnnIndex,
                  ann_candidates: int = ANN_CANDIDATES,
                  transition_candidates: int = TRANSITION_CANDIDATES,
                  popular_candidates: int = POPULAR_CANDIDATES):
         self.model = model
+        self.ann = ann
         self.ann_candidates = ann_candidates
         self.transition_candidates = transition_candidates
-        vectors = _scaled_items(model, table)
-        self.n_items, dim = vectors.shape
-        self.index = faiss.IndexHNSWFlat(dim, HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
-        self.index.hnsw.efConstruction = EF_CONSTRUCTION
-        self.index.add(vectors)
-        self.index.hnsw.efSearch = max(EF_SEARCH, ann_candidates)
-        wide = vectors.astype(np.float64)
-        self.mean = wide.mean(axis=0)
-        self.second_moment = wide.T @ wide / self.n_items
+        self.index = ann.index
+        self.n_items = ann.index.ntotal
+        self.index.hnsw.efSearch = max(ann.params.ef_search, ann_candidates)
+        self.mean, self.second_moment = ann.mean, ann.second_moment
         transitions = model.transitions
         self.transitions = transitions
         self.popularity_z = None

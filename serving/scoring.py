@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 
 from feature_repo.event_rules import EventRules
 from serving.retrieval import CandidateScores, TwoStage
-from training import registry
+from training import ann, registry
 from training.inference import attention_rollout, quantized, traced_encoder
 from training.model import PAD, BehaviourEncoder
 from training.sequences import ItemIndex, pad_left
@@ -103,12 +103,26 @@ def serve(model: BehaviourEncoder, version: str, rules: EventRules, all_time: di
     index = ItemIndex(model.item_ids)
     table = model.item_table().detach().clone()
     unit = table.numpy() / np.maximum(np.linalg.norm(table.numpy(), axis=1, keepdims=True), 1e-12)
-    retrieval = (TwoStage(model, table) if ann_min_items is not None
-                 and model.config.n_items >= ann_min_items else None)
+    retrieval = None
+    if ann_min_items is not None and model.config.n_items >= ann_min_items:
+        retrieval = TwoStage(model, _version_index(model, version))
     return ServedModel(version=version, model=model, index=index,
                        popularity=popularity_scores(index, recent, all_time),
                        encoder=traced_encoder(model), table=table, unit_table=unit,
                        rules=rules, retrieval=retrieval)
+
+
+def _version_index(model: BehaviourEncoder, version: str) -> ann.AnnIndex:
+    """The index registered with the version; built here (every worker builds its
+    own, minutes at a million items) when the version has none, or one that does
+    not fit its item table."""
+    if model.ann is not None and ann.fits(model.ann, model):
+        return model.ann
+    log.warning("model v%s has %s: building the item index at load; register versions "
+                "with RECSYS_ANN_MIN_ITEMS <= %d so that it is built once, with the version",
+                version, "an index of other item vectors" if model.ann is not None
+                else "no item index", model.config.n_items)
+    return ann.build(model)
 
 
 def with_content(served: ServedModel, content: dict[str, np.ndarray]) -> ServedModel:

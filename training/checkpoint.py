@@ -7,7 +7,9 @@ A model directory holds:
   titles (catalogue order) and the keys of the users with a learned vector
   (salted digests of their ids, with the salt: the file holds no user id);
 - ``transitions.npz`` (when the model has them): the item transitions' arrays,
-  read with ``allow_pickle=False``.
+  read with ``allow_pickle=False``;
+- ``ann.faiss``, ``ann_moments.npz``, ``ann.json`` (large catalogues): the item
+  index of two-stage serving (``training.ann``).
 
 Whoever can write to the registry can then change a model's numbers, never run
 code in the processes that load it.
@@ -24,6 +26,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from training import ann
 from training.model import BehaviourEncoder, EncoderConfig, user_key
 from training.transitions import Lag, Transitions
 
@@ -53,6 +56,8 @@ def save_model(model: BehaviourEncoder, directory: Path) -> Path:
         "titles": model.titles, "user_keys": users, "user_salt": salt}))
     if model.transitions is not None:
         np.savez(directory / TRANSITIONS, **_transition_arrays(model.transitions))
+    if model.ann is not None:
+        ann.save(model.ann, directory)
     return directory
 
 
@@ -85,6 +90,10 @@ def load_model(directory: Path) -> BehaviourEncoder:
                 model.transitions = _transitions_from(dict(arrays))
         except (ValueError, KeyError, OSError) as error:
             raise ModelFormatError(f"{path} is not a transitions archive: {error}") from error
+    try:
+        model.ann = ann.load(directory)
+    except (RuntimeError, ValueError, KeyError, TypeError, OSError) as error:
+        raise ModelFormatError(f"{directory} holds no readable item index: {error}") from error
     return model.eval()
 
 

@@ -52,7 +52,8 @@ class BehaviourEncoder(nn.Module):
     ``user_ids`` (the users with a learned vector, row i+1 <-> user_ids[i]) travel
     with the weights, so the served model needs nothing else; so does
     ``transitions`` (``training.transitions.Transitions``, set after training),
-    blended into ``score`` by ``blend_transitions``.
+    blended into ``score`` by ``blend_transitions``, and, for large catalogues,
+    ``ann`` (``training.ann.AnnIndex``, set at registration) for two-stage serving.
     """
 
     def __init__(self, config: EncoderConfig, item_ids: list[str], titles: list[str],
@@ -70,6 +71,7 @@ class BehaviourEncoder(nn.Module):
         self.user_salt = user_salt
         self.user_index = {user: row + 1 for row, user in enumerate(user_ids)}
         self.transitions = None
+        self.ann = None
         self.item_embedding = nn.Embedding(config.n_items + 1, config.hidden, padding_idx=PAD)
         nn.init.normal_(self.item_embedding.weight, std=0.02)
         self.user_embedding = None

@@ -20,7 +20,7 @@ from feature_repo.recent_items import feature_times
 from infra.fingerprint import file_sha256, tree_sha256
 from orchestration.offline import read_validated_events
 from orchestration.resources import FeatureStoreResource, MlflowResource, RecsysState
-from training import registry
+from training import ann, registry
 from training.cold_start import evaluate_cold_start, fill_cold_items, warm_rows
 from training.evaluate import ease_baseline, evaluate, popularity_scorer
 from training.model import EncoderConfig
@@ -72,9 +72,12 @@ class EncoderTraining(Config):
     temperature: float = 0.05
     seed: int = 42
     threads: int = 2
-    # 0: full softmax; > 0: sampled softmax with this many uniform negatives per
-    # batch, for catalogues too large for a full softmax (MovieLens-size ones are not).
-    sampled_negatives: int = 0
+    # Sampled softmax, this many uniform negatives shared by a batch, from
+    # ``sampled_softmax_min_items`` catalogue items on (a full softmax below: on
+    # MovieLens-size catalogues it is cheap). A uniform proposal needs no log-Q
+    # correction.
+    sampled_negatives: int = 1024
+    sampled_softmax_min_items: int = 20_000
     # Validate and keep an exponential moving average of the weights (decay per
     # batch; 0: the latest weights), and smooth the targets.
     ema_decay: float = 0.998
@@ -91,6 +94,10 @@ class EncoderTraining(Config):
     # Each epoch the training histories are cut into windows from a random offset,
     # not the same windows every epoch, so a target is seen after other contexts.
     random_tiling: bool = True
+    # Validation while training (the checkpoint, the blend weights) on this many
+    # users drawn once, then the chosen model on every user once; catalogues of
+    # MovieLens size have fewer users, so all are validated each epoch.
+    validation_users: int = 5000
 
     def configs(self, n_items: int, max_len: int) -> tuple[EncoderConfig, TrainConfig]:
         return (EncoderConfig(n_items=n_items, max_len=max_len, hidden=self.hidden,
@@ -100,11 +107,13 @@ class EncoderTraining(Config):
                             learning_rate=self.learning_rate, patience=self.patience,
                             seed=self.seed, threads=self.threads,
                             max_seconds=self.max_train_seconds,
-                            sampled_negatives=self.sampled_negatives,
+                            sampled_negatives=self.sampled_negatives
+                            if n_items >= self.sampled_softmax_min_items else 0,
                             ema_decay=self.ema_decay, label_smoothing=self.label_smoothing,
                             user_vectors=self.user_vectors,
                             transition_lags=self.transition_lags,
-                            random_tiling=self.random_tiling))
+                            random_tiling=self.random_tiling,
+                            validation_users=self.validation_users))
 
 
 def logged_recipe(params: dict[str, str]) -> EncoderTraining:
@@ -153,9 +162,21 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
     # Items without training interactions get their vector from their text.
     cold_filled = fill_cold_items(result.model, item_text_table(settings, index),
                                   warm_rows(split, index))
-    metrics = {**_test_metrics(result, split, index), "cold_items_from_text": cold_filled}
+    metrics = {**_test_metrics(result, split, index), "cold_items_from_text": cold_filled,
+               "search_seconds": result.search_seconds}
     params = {**result.model.config.to_dict(), **train_config.to_dict(),
-              "training_rows": len(frame), "torch": torch.__version__}
+              "training_rows": len(frame), "torch": torch.__version__,
+              "stopped_by": result.stopped_by}
+    context.log.info(f"training stopped by {result.stopped_by} after epoch "
+                     f"{len(result.history)} ({result.train_seconds:.0f} s; budget "
+                     f"{train_config.max_seconds:.0f} s); blend search and validation "
+                     f"{result.search_seconds:.0f} s")
+    if len(index) >= settings.ann_min_items:
+        # The two-stage path's item index, cold items' vectors included, is built
+        # once here and registered with the weights (training.ann).
+        result.model.ann = ann.build(result.model)
+        params |= result.model.ann.params.logged()
+        metrics["ann_build_seconds"] = result.model.ann.params.build_seconds
     registered = registry.log_and_register(
         mlflow.tracking_uri, mlflow.artifact_location, result.model, params, result.history,
         metrics, _lineage_tags(context, settings, events), documents={
@@ -167,6 +188,7 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
         started_at=started)
     return MaterializeResult(metadata={
         "version": registered.version, "run_id": registered.run_id,
+        "stopped_by": result.stopped_by, "item_index": "ann_kind" in params,
         **{k: round(float(v), 4) for k, v in metrics.items()},
     })
 

@@ -12,6 +12,8 @@ from bench.retrieval import histories, popularity, structured_model
 from feature_repo.event_rules import EventRules
 from serving.retrieval import TwoStage
 from serving.scoring import recommend, score_items, serve
+from training import ann
+from training.checkpoint import load_model, save_model
 from training.model import BehaviourEncoder
 
 RULES = EventRules(rating_range=(0.0, 5.0))
@@ -28,7 +30,7 @@ def served_pair(model: BehaviourEncoder):
 def test_two_stage_equals_exact_when_the_candidates_cover_the_catalogue():
     model = structured_model(300, 12)
     exact, two_stage = served_pair(model)
-    two_stage = replace(two_stage, retrieval=TwoStage(model, two_stage.table,
+    two_stage = replace(two_stage, retrieval=TwoStage(model, ann.build(model),
                                                       ann_candidates=300))
     for history in histories(300, 30):
         want = recommend(exact, history, 10, True, user_id=None)
@@ -66,7 +68,7 @@ def test_the_re_ranking_score_is_the_full_blend_for_every_item():
     from training.sequences import pad_left
 
     model = structured_model(1_000, 10)
-    retrieval = TwoStage(model, model.item_table().detach())
+    retrieval = TwoStage(model, ann.build(model))
     seq = pad_left([[5, 17, 17, 400]], 20)
     user = torch.randn(1, 32)
     with torch.inference_mode():
@@ -74,3 +76,28 @@ def test_the_re_ranking_score_is_the_full_blend_for_every_item():
     every = retrieval.scores(user, seq, np.arange(1, 1_001))
     assert np.allclose(every.values, full.numpy(), atol=1e-4)
     assert full.std() > 0.5  # a real spread of scores, not a constant
+
+
+def test_the_index_travels_with_the_saved_version_and_never_serves_other_weights(
+        tmp_path, caplog):
+    """Saved with the model's files, the index is the one served (not rebuilt);
+    one built from other item vectors is refused and rebuilt at load."""
+    model = structured_model(2_000, 20)
+    model.ann = ann.build(model)
+    loaded = load_model(save_model(model, tmp_path / "v1"))
+    assert loaded.ann.params == model.ann.params and ann.fits(loaded.ann, loaded)
+    served = serve(loaded, "1", RULES, popularity(2_000), {}, ann_min_items=1_000)
+    assert served.retrieval.ann is loaded.ann  # the registered index, not a rebuilt one
+    query = ann.scored_items(loaded)[:5]
+    assert np.array_equal(loaded.ann.index.search(query, 10)[1],
+                          model.ann.index.search(query, 10)[1])
+    # Other weights under the same files: the index no longer fits and is rebuilt.
+    with torch.no_grad():
+        loaded.item_embedding.weight[1:] = loaded.item_embedding.weight[1:].flip(0)
+    assert not ann.fits(loaded.ann, loaded)
+    with caplog.at_level("WARNING", logger="recsys.serving"):
+        rebuilt = serve(loaded, "2", RULES, popularity(2_000), {}, ann_min_items=1_000)
+    assert rebuilt.retrieval.ann is not loaded.ann and ann.fits(rebuilt.retrieval.ann, loaded)
+    assert "an index of other item vectors" in caplog.text
+    # Below the threshold the exact path serves and no index is needed.
+    assert serve(loaded, "3", RULES, popularity(2_000), {}, ann_min_items=5_000).retrieval is None

@@ -5,6 +5,7 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -327,6 +328,91 @@ def test_champion_swap_under_load_fails_no_request_and_switches_cleanly(pipeline
         runs = [v for i, v in enumerate(mine) if i == 0 or mine[i - 1] != v]
         assert runs == ["1", new, "1"], runs
     assert post(service, "/reload", {}).json()["changed"] is False
+
+
+def test_a_swap_and_rollback_of_two_stage_versions_swap_their_registered_indexes(pipeline):
+    """A service on the two-stage path (every catalogue size): each version's item
+    index is registered with it, so no worker builds one, and under a stream of
+    requests every answer is the one its ``model_version``'s own index gives."""
+    from infra.processes import free_port
+    from orchestration.cli import start_service, stop_service, wait_ready
+    from serving.scoring import load_served_model, recommend
+    from training import ann
+
+    uri = pipeline.settings.tracking_uri()
+
+    def indexed(change=None):
+        def attach(model):
+            if change:
+                change(model)
+            model.ann = ann.build(model)
+        return register_copy(pipeline, attach)
+
+    def flipped(model):
+        with torch.no_grad():
+            model.item_embedding.weight[1:] = model.item_embedding.weight[1:].flip(0)
+
+    first, second = indexed(), indexed(flipped)
+    user = "u00003"
+    registry.set_champion(uri, first)
+    port, log = free_port(), pipeline.settings.home / "serve-two-stage.log"
+    process = start_service(pipeline.settings, port, log, name="serve-two-stage", env={
+        "RECSYS_API_KEY": API_KEY, "RECSYS_MODEL_POLL_S": "1", "RECSYS_ANN_MIN_ITEMS": "1"})
+    url = f"http://127.0.0.1:{port}"
+    failures, answers, stop = [], [], threading.Event()
+    try:
+        wait_ready(port, process)
+        recent = [i["item_id"] for i in reversed(post(url, "/history", {"user_id": user})
+                                                 .json()["items"])]
+        expected = {}
+        torch.set_num_threads(1)  # as a serving worker computes
+        for version in (first, second):
+            registry.set_champion(uri, version)
+            served = load_served_model(uri, ann_min_items=1)
+            assert served.version == version and served.retrieval.ann.params == \
+                registry.load_version(uri, version).ann.params
+            expected[version] = [(i, s) for i, s, *_ in recommend(served, recent, 5, True, [],
+                                                                  user).items]
+        assert registry.rollback_champion(uri) == first
+        assert {i for i, _ in expected[first]} != {i for i, _ in expected[second]}
+
+        def as_expected(version: str, items: list[tuple[str, float]]) -> bool:
+            """The version's own answer: its scores, and its items but for the order
+            of near ties (float noise between processes)."""
+            want = expected[version]
+            return (np.allclose([s for _, s in items], [s for _, s in want], atol=1e-3)
+                    and len({i for i, _ in items} & {i for i, _ in want}) >= len(want) - 1)
+
+        def stream() -> None:
+            with httpx.Client(timeout=30, headers=AUTH) as http:
+                while not stop.is_set():
+                    answer = http.post(f"{url}/recommend", json={"user_id": user, "k": 5})
+                    if answer.status_code != 200:
+                        failures.append((answer.status_code, answer.text))
+                    else:
+                        body = answer.json()
+                        answers.append((body["model_version"],
+                                        [(i["item_id"], i["score"]) for i in body["items"]]))
+
+        threads = [threading.Thread(target=stream) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1)
+        registry.set_champion(uri, second)
+        assert post(url, "/reload", {}).json()["model_version"] == second
+        time.sleep(1)
+        assert registry.rollback_champion(uri) == first
+        assert post(url, "/reload", {}).json()["model_version"] == first
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        stop_service(pipeline.settings, "serve-two-stage")
+        registry.rollback_champion(uri)  # back to v1 for the other tests
+    assert failures == []
+    assert {version for version, _ in answers} == {first, second}
+    assert [(v, items, expected[v]) for v, items in answers
+            if not as_expected(v, items)][:3] == []
+    assert "building the item index" not in log.read_text()
 
 
 def test_a_failing_model_degrades_to_popularity(pipeline, service):
