@@ -24,8 +24,8 @@ from bench.serving import ML100K, prepare
 from infra.settings import Settings
 from orchestration.assets.training import EncoderTraining, item_text_table
 from orchestration.offline import read_validated_events
-from training.cold_start import evaluate_cold_start, fill_cold_items, warm_rows
-from training.evaluate import ease_baseline, evaluate, popularity_scorer
+from training.cold_start import evaluate_cold_start, fill_cold_items
+from training.evaluate import ease_baseline, evaluate, popularity_scorer, warm_items
 from training.inference import quantized
 from training.sequences import ItemIndex, histories_from_training_set, leave_one_out
 from training.train import model_scorer, train_encoder
@@ -64,7 +64,7 @@ def benchmark() -> dict:
             len(index), settings.recent_items)
         result = train_encoder(histories, split, index, titles, model_config, train_config,
                                users=users)
-        fill_cold_items(result.model, text, warm_rows(split, index))
+        fill_cold_items(result.model, text, warm_items(split, index))
         rows[f"encoder seed {seed}"] = {
             **evaluate(model_scorer(result.model), split, index, "test"),
             "train_seconds": result.train_seconds, "best_epoch": result.best_epoch,

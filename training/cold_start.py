@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from training.evaluate import K, evaluate
+from training.evaluate import K, evaluate, warm_items
 from training.model import BehaviourEncoder, EncoderConfig
 from training.sequences import ItemIndex, Split
 from training.train import TrainConfig, model_scorer, train_encoder
@@ -136,11 +136,6 @@ def cold_start_metrics(scorer, measure: Split, index: ItemIndex) -> dict[str, fl
 
 
 
-def warm_rows(split: Split, index: ItemIndex) -> np.ndarray:
-    """Model indices of the items with training interactions."""
-    return np.unique([i for items in split.train.values() for i in index.encode(items)])
-
-
 def evaluate_cold_start(histories: list[list[int]], users: list[str], split: Split,
                         index: ItemIndex, titles: list[str], text: np.ndarray,
                         model_config: EncoderConfig, train_config: TrainConfig,
@@ -154,7 +149,7 @@ def evaluate_cold_start(histories: list[list[int]], users: list[str], split: Spl
     histories, users = without_items(histories, users, set(index.encode(sorted(held_out))))
     result = train_encoder(histories, fit, index, titles, model_config, train_config,
                            users=users)
-    fill_cold_items(result.model, text, warm_rows(fit, index))
+    fill_cold_items(result.model, text, warm_items(fit, index))
     return {**cold_start_metrics(model_scorer(result.model), measure, index),
             "cold_start_held_out_items": len(held_out),
             # its own training step: how long, and how many epochs its budget allowed

@@ -21,8 +21,8 @@ from infra.fingerprint import file_sha256, tree_sha256
 from orchestration.offline import read_validated_events
 from orchestration.resources import FeatureStoreResource, MlflowResource, RecsysState
 from training import ann, registry
-from training.cold_start import evaluate_cold_start, fill_cold_items, warm_rows
-from training.evaluate import ease_baseline, evaluate, popularity_scorer
+from training.cold_start import evaluate_cold_start, fill_cold_items
+from training.evaluate import ease_baseline, evaluate, popularity_scorer, warm_items
 from training.model import EncoderConfig
 from training.sequences import (
     ItemIndex,
@@ -161,7 +161,7 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
         on_epoch=lambda e, m: context.log.info(f"epoch {e}: {m}"), users=users)
     # Items without training interactions get their vector from their text.
     cold_filled = fill_cold_items(result.model, item_text_table(settings, index),
-                                  warm_rows(split, index))
+                                  warm_items(split, index))
     metrics = {**_test_metrics(result, split, index), "cold_items_from_text": cold_filled,
                "search_seconds": result.search_seconds}
     params = {**result.model.config.to_dict(), **train_config.to_dict(),

@@ -18,6 +18,7 @@ from training.evaluate import (
 from training.registry import decide_promotion
 from training.sequences import (
     ItemIndex,
+    Split,
     histories_from_training_set,
     join_windows,
     leave_one_out,
@@ -159,3 +160,29 @@ def test_ease_baseline_reports_test_metrics_with_lambda_chosen_on_validation():
     m = ease_baseline(split, ItemIndex(["a", "b", "c", "d", "e", "f"]))
     assert m["baseline_ease_lambda"] in (10.0, 50.0, 200.0, 500.0, 1000.0)
     assert set(m) >= {"baseline_ease_hr_at_10", "baseline_ease_mrr", "val_baseline_ease_ndcg_at_10"}
+
+
+def test_ease_over_the_warm_items_equals_ease_over_the_whole_catalogue():
+    """Items nobody interacted with in training add only lambda on the diagonal:
+    their scores are 0 and every other score is unchanged."""
+    rng = np.random.default_rng(4)
+    items = [f"i{j}" for j in range(40)]
+    index = ItemIndex(items)
+    train = {f"u{u}": list(rng.choice(items[:25], size=6, replace=False)) for u in range(30)}
+    split = Split(train=train, validation={}, test={})
+    n = len(index) + 1
+    gram = np.zeros((n, n))
+    for history in train.values():
+        encoded = np.unique(index.encode(history))
+        gram[np.ix_(encoded, encoded)] += 1.0
+    gram[np.diag_indices(n)] += 50.0
+    inverse = np.linalg.inv(gram)
+    weights = -inverse / np.diag(inverse)
+    weights[np.diag_indices(n)] = 0.0
+    histories = [index.encode(h) for h in list(train.values())[:5]] + [[30, 3]]
+    x = np.zeros((len(histories), n))
+    for row, encoded in enumerate(histories):
+        x[row, encoded] = 1.0
+    got = ease_scorer(split, index, 50.0)(histories)
+    assert np.allclose(got, x @ weights)
+    assert np.all(got[:, 26:] == 0) and np.abs(got[:, 1:26]).max() > 0.01
