@@ -30,6 +30,7 @@ log = logging.getLogger("recsys.serving")
 BECAUSE = 2  # recent items named as the reason for each recommended item
 BECAUSE_WINDOW = 20  # how many of the newest history items are candidates for it
 CONTENT_WEIGHT = 0.7  # share of content similarity in the cold-start blend
+POPULAR_RANKED = 1_000
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class ServedModel:
     content: np.ndarray | None = None  # (N + 1, D) unit text embeddings; row 0 and unknown = 0
     # Large catalogues: ANN candidates + exact re-ranking instead of scoring every item.
     retrieval: TwoStage | None = None
+    # The POPULAR_RANKED most popular items, best first: what a no-history answer
+    # reads instead of the whole catalogue's popularity.
+    popular: CandidateScores | None = None
 
 
 @dataclass(frozen=True)
@@ -106,10 +110,31 @@ def serve(model: BehaviourEncoder, version: str, rules: EventRules, all_time: di
     retrieval = None
     if ann_min_items is not None and model.config.n_items >= ann_min_items:
         retrieval = TwoStage(model, _version_index(model, version))
-    return ServedModel(version=version, model=model, index=index,
-                       popularity=popularity_scores(index, recent, all_time),
+    popularity = popularity_scores(index, recent, all_time)
+    return ServedModel(version=version, model=model, index=index, popularity=popularity,
+                       popular=_most_popular(popularity),
                        encoder=traced_encoder(model), table=table, unit_table=unit,
                        rules=rules, retrieval=retrieval)
+
+
+def _most_popular(popularity: np.ndarray) -> CandidateScores:
+    """The POPULAR_RANKED highest of (N + 1,) ``popularity`` (padding left out),
+    best first, ties by catalogue order."""
+    count = min(POPULAR_RANKED, len(popularity) - 1)
+    top = np.argpartition(-popularity[1:], count - 1)[:count] + 1 if count else \
+        np.empty(0, np.int64)
+    top = top[np.lexsort((top, -popularity[top]))]
+    return CandidateScores(items=top.astype(np.int64), values=popularity[top])
+
+
+def _popular_top(served: ServedModel, k: int, exclude: list[int]) -> list[tuple[int, float]]:
+    """Top-k by popularity from the ranked few when they hold k unexcluded items
+    (no work over the catalogue), else over every item."""
+    ranked = served.popular
+    if ranked is not None and (len(ranked.items) == len(served.popularity) - 1
+                               or len(exclude) + k <= len(ranked.items)):
+        return _top(ranked, k, exclude)
+    return _top(served.popularity, k, exclude)
 
 
 def _version_index(model: BehaviourEncoder, version: str) -> ann.AnnIndex:
@@ -255,7 +280,7 @@ def recommend(served: ServedModel, history: list[str], k: int, exclude_seen: boo
         blend = _content_blend(served, given)
         if blend is None:
             reason = "no history for this user: popularity"
-            ranked = _top(served.popularity, k, exclude)
+            ranked = _popular_top(served, k, exclude)
         else:
             reason = ("no history for this user: popularity blended with content "
                       "similarity to the given items")

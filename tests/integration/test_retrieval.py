@@ -101,3 +101,18 @@ def test_the_index_travels_with_the_saved_version_and_never_serves_other_weights
     assert "an index of other item vectors" in caplog.text
     # Below the threshold the exact path serves and no index is needed.
     assert serve(loaded, "3", RULES, popularity(2_000), {}, ann_min_items=5_000).retrieval is None
+
+
+def test_a_no_history_answer_reads_the_ranked_popular_items_and_equals_the_full_ranking():
+    from serving.scoring import POPULAR_RANKED, _popular_top, _top
+
+    model = structured_model(5_000, 20)
+    served = serve(model, "1", RULES, popularity(5_000), {"i7": 3, "i9": 1})
+    ranked = served.popular.items
+    assert len(ranked) == POPULAR_RANKED and np.all(np.diff(served.popular.values) <= 0)
+    # no exclusions, a few, and too many for the ranked few (then the full ranking)
+    for exclude in ([], [int(ranked[0]), int(ranked[3])], ranked[:995].tolist()):
+        assert _popular_top(served, 10, exclude) == _top(served.popularity, 10, exclude)
+    answer = recommend(served, [], 10, True)
+    assert answer.reason == "no history for this user: popularity"
+    assert [i for i, *_ in answer.items][:2] == ["i7", "i9"]  # the recent counts lead
