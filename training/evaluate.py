@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
+from scipy import sparse
 
 from training.sequences import ItemIndex, Split
 
@@ -146,24 +147,29 @@ def ease_scorer(split: Split, index: ItemIndex, lam: float) -> Scorer:
     warm = warm_items(split, index)
     column = np.full(len(index) + 1, -1)
     column[warm] = np.arange(len(warm))
-    gram = np.zeros((len(warm), len(warm)))
-    for items in split.train.values():
-        encoded = column[np.unique(index.encode(items))]
-        gram[np.ix_(encoded, encoded)] += 1.0
+    x = _rows([column[index.encode(items)] for items in split.train.values()], len(warm))
+    gram = (x.T @ x).toarray()
     gram[np.diag_indices(len(warm))] += lam
     inverse = np.linalg.inv(gram)
     weights = -inverse / np.diag(inverse)
     weights[np.diag_indices(len(warm))] = 0.0
 
     def score(histories: list[list[int]], users: list[str] | None = None) -> np.ndarray:
-        x = np.zeros((len(histories), len(warm)))
-        for row, items in enumerate(histories):
-            known = column[items]
-            x[row, known[known >= 0]] = 1.0
+        # x_u is a handful of ones: summing B's rows of the history's items costs
+        # (history length x items) per user, a dense product (items x items).
         scores = np.zeros((len(histories), len(index) + 1))
-        scores[:, warm] = x @ weights
+        scores[:, warm] = _rows([column[items] for items in histories], len(warm)) @ weights
         return scores
     return score
+
+
+def _rows(columns: list[np.ndarray], width: int) -> sparse.csr_matrix:
+    """One 0/1 row per entry of ``columns`` (its non-negative columns, repeats once)."""
+    kept = [np.unique(c[c >= 0]) for c in columns]
+    return sparse.csr_matrix(
+        (np.ones(sum(map(len, kept))), np.concatenate(kept or [np.empty(0, np.int64)]),
+         np.concatenate([[0], np.cumsum([len(k) for k in kept], dtype=np.int64)])),
+        shape=(len(columns), width))
 
 
 def ease_baseline(split: Split, index: ItemIndex) -> dict[str, float]:
