@@ -46,13 +46,19 @@ class TextEncoder:
 
     @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """(len(texts), dim) float32, unit length; mean of the token states."""
+        """(len(texts), dim) float32, unit length; mean of the token states. Texts
+        are batched in order of length, so a batch pads little (the padding is
+        masked: a text's vector does not depend on its batch)."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        lengths = [len(ids) for ids in self.tokenizer(
+            list(texts), truncation=True, max_length=MAX_TOKENS)["input_ids"]]
+        order = np.argsort(lengths, kind="stable")
         for at in range(0, len(texts), batch_size):
-            batch = self.tokenizer(texts[at:at + batch_size], padding=True, truncation=True,
+            rows = order[at:at + batch_size]
+            batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
                                    max_length=MAX_TOKENS, return_tensors="pt")
             states = self.model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
             pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out[at:at + batch_size] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+            out[rows] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
         return out
