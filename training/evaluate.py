@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
+import torch
 from scipy import sparse
 
 from training.sequences import ItemIndex, Split
@@ -150,7 +151,10 @@ def ease_scorer(split: Split, index: ItemIndex, lam: float) -> Scorer:
     x = _rows([column[index.encode(items)] for items in split.train.values()], len(warm))
     gram = (x.T @ x).toarray()
     gram[np.diag_indices(len(warm))] += lam
-    inverse = np.linalg.inv(gram)
+    # X^T X + lam I is symmetric positive definite: a float32 Cholesky inverse is
+    # several times faster than a float64 LU one and ranks the same.
+    factor = torch.linalg.cholesky(torch.from_numpy(gram.astype(np.float32)))
+    inverse = torch.cholesky_inverse(factor).double().numpy()
     weights = -inverse / np.diag(inverse)
     weights[np.diag_indices(len(warm))] = 0.0
 
