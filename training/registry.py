@@ -122,7 +122,9 @@ def log_and_register(tracking_uri: str, artifact_location: str | None,
                 name="model", python_model=str(PYFUNC_CODE),
                 artifacts={ENCODER_ARTIFACT: str(encoder_dir)},
                 registered_model_name=MODEL_NAME, input_example=example,
-                pip_requirements=["torch==2.13.0", "transformers==5.23.0", "safetensors==0.8.0"],
+                # faiss: training.checkpoint reads a large catalogue's item index
+                pip_requirements=["torch==2.13.0", "transformers==5.23.0", "safetensors==0.8.0",
+                                  "faiss-cpu==1.15.1"],
             )
     version = str(info.registered_model_version)
     c = client(tracking_uri)
