@@ -154,7 +154,8 @@ def ease_scorer(split: Split, index: ItemIndex, lam: float) -> Scorer:
     # X^T X + lam I is symmetric positive definite: a float32 Cholesky inverse is
     # several times faster than a float64 LU one and ranks the same.
     factor = torch.linalg.cholesky(torch.from_numpy(gram.astype(np.float32)))
-    inverse = torch.cholesky_inverse(factor).double().numpy()
+    # (LAPACK hands back column-major memory: row order, for the sparse product)
+    inverse = np.ascontiguousarray(torch.cholesky_inverse(factor).double().numpy())
     weights = -inverse / np.diag(inverse)
     weights[np.diag_indices(len(warm))] = 0.0
 
