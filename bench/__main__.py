@@ -1,7 +1,8 @@
 """``make bench``: figures on this machine, printed as tables and written to
 ``bench_results/<section>.json``. Sections: ``data`` (bench/data.py), ``features``
 (bench/features.py), ``models`` (bench/models.py), ``serving`` (bench/serving.py),
-``faults`` (bench/faults.py), ``retrieval`` (bench/retrieval.py).
+``faults`` (bench/faults.py), ``retrieval`` (bench/retrieval.py), ``scale``
+(bench/scale.py: not run by default, it takes up to hours).
 ``python -m bench --docs`` regenerates docs/benchmarks.md from the JSON.
 """
 
@@ -9,10 +10,11 @@ import json
 import os
 import sys
 
-from bench import data, faults, features, models, report, retrieval, serving
+from bench import data, faults, features, models, report, retrieval, scale, serving
 
 SECTIONS = {"data": data, "features": features, "models": models, "serving": serving,
-            "faults": faults, "retrieval": retrieval}
+            "faults": faults, "retrieval": retrieval, "scale": scale}
+DEFAULT = [name for name in SECTIONS if name != "scale"]
 
 
 def main() -> None:
@@ -30,7 +32,7 @@ def main() -> None:
         for path in report.write_docs():
             print(f"written {path}")
         return
-    names = args or list(SECTIONS)
+    names = args or DEFAULT
     unknown = set(names) - set(SECTIONS)
     if unknown:
         raise SystemExit(f"unknown section(s) {sorted(unknown)}; choose from {list(SECTIONS)}")
