@@ -84,7 +84,12 @@ def generate(cfg: ScaleConfig, source: Path) -> dict:
 def run_stage(settings: Settings, selection: str, log: Path) -> dict:
     """One ``dagster asset materialize`` process: wall time, peak RSS of it and
     every process it waited for (``wait4``), exit status."""
-    env = {**os.environ, "RECSYS_HOME": str(settings.home),
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI to this process's
+    # environment: passed on, the stage would take it for an external store and
+    # leave the artifact location to MLflow's default (./mlruns).
+    inherited = {k: v for k, v in os.environ.items()
+                 if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env = {**inherited, "RECSYS_HOME": str(settings.home),
            "RECSYS_SOURCE": str(settings.source), "DAGSTER_HOME": str(settings.home / "dagster")}
     (settings.home / "dagster").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
