@@ -464,13 +464,18 @@ class Recommender:
     @bentoml.api
     def sample_users(self) -> SampleUsers:
         """Users to try: one with the longest online history and one with a median
-        one (among up to SAMPLE_USERS users with an online row), and a new visitor.
+        one (among up to SAMPLE_USERS users with an online row, those the champion
+        was trained on when there are any), and a new visitor.
         With pseudonymisation on the service knows no user's id, only keys: then
         only the new visitor."""
         visitor = f"visitor-{os.urandom(4).hex()}"
         if self.privacy.pseudonyms is not None:
             return SampleUsers(most_active=None, median=None, new_visitor=visitor)
         up, picked = self._call_redis(lambda: self.online.some_users(SAMPLE_USERS))
+        # Users the champion was trained on, when there are any: rows that callers'
+        # own events created (any id a client sent) make poor examples.
+        model = self.served.model
+        picked = [u for u in picked or [] if model.has_user_vector(u)] or picked
         if up and picked:
             up, lengths = self._call_redis(lambda: self.online.history_lengths(picked))
         ranked = (sorted(zip(lengths, picked, strict=True), key=lambda x: -x[0])

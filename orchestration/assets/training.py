@@ -165,6 +165,11 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
     metrics = {**_test_metrics(result, split, index), "cold_items_from_text": cold_filled,
                "search_seconds": result.search_seconds}
     params = {**result.model.config.to_dict(), **train_config.to_dict(),
+              # the recipe as configured (``logged_recipe`` reads it back), and what
+              # it chose for this catalogue
+              "sampled_negatives": config.sampled_negatives,
+              "sampled_softmax_min_items": config.sampled_softmax_min_items,
+              "softmax": "sampled" if train_config.sampled_negatives else "full",
               "training_rows": len(frame), "torch": torch.__version__,
               "stopped_by": result.stopped_by}
     context.log.info(f"training stopped by {result.stopped_by} after epoch "

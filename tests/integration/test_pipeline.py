@@ -122,6 +122,9 @@ def test_champion_registered_and_beats_popularity(pipeline):
     # The recipe reads back from the run's string params as it was given (the
     # cold-start evaluation retrains it), booleans included.
     assert logged_recipe(run.data.params) == EncoderTraining(epochs=EPOCHS)
+    # a catalogue below sampled_softmax_min_items trains with the full softmax
+    # (and its 6 epochs all ran: no budget or patience stopped them)
+    assert run.data.params["softmax"] == "full" and run.data.params["stopped_by"] == "epochs"
     assert logged_recipe({**run.data.params, "user_vectors": "False"}).user_vectors is False
     served = registry.load_version(uri, champion)
     assert run.data.params["n_users"] == str(len(served.user_index)) and served.user_index
