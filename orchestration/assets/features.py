@@ -97,6 +97,7 @@ def item_content_offline(state: RecsysState, mlflow: MlflowResource) -> Material
     })
     result = _write_table(settings, table, files.ITEM_CONTENT_FILE, "item_id")
     result.metadata["item_text_encoder_version"] = version
+    result.metadata["text_precision"] = encoder.precision
     return result
 
 

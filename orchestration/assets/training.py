@@ -26,8 +26,8 @@ from training.evaluate import ease_baseline, evaluate, popularity_scorer, warm_i
 from training.model import EncoderConfig
 from training.sequences import (
     ItemIndex,
+    evaluation_split,
     histories_from_training_set,
-    leave_one_out,
     training_targets,
 )
 from training.train import TrainConfig, model_scorer, train_encoder
@@ -152,7 +152,7 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
     events = read_validated_events(settings)
     items = pd.read_parquet(settings.items_path)
     frame = pd.read_parquet(settings.training_set_path)
-    split = leave_one_out(events)
+    split = evaluation_split(events, settings.evaluation_users)
     index = ItemIndex(items["item_id"].tolist())
     histories, users = histories_from_training_set(frame, index)
     model_config, train_config = config.configs(len(index), settings.recent_items)
@@ -171,6 +171,8 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
               "sampled_softmax_min_items": config.sampled_softmax_min_items,
               "softmax": "sampled" if train_config.sampled_negatives else "full",
               "training_rows": len(frame), "torch": torch.__version__,
+              # at most this many users validated and tested (a sample above it)
+              "evaluation_users": settings.evaluation_users,
               "stopped_by": result.stopped_by}
     context.log.info(f"training stopped by {result.stopped_by} after epoch "
                      f"{len(result.history)} ({result.train_seconds:.0f} s; budget "
@@ -282,7 +284,7 @@ def cold_start_evaluation(context: AssetExecutionContext, config: ColdStartEvalu
     events = read_validated_events(settings)
     items = pd.read_parquet(settings.items_path)
     index = ItemIndex(items["item_id"].tolist())
-    split = leave_one_out(events)
+    split = evaluation_split(events, settings.evaluation_users)
     histories, users = histories_from_training_set(
         pd.read_parquet(settings.training_set_path), index)
     model_config, train_config = logged_recipe(params).configs(len(index), int(params["max_len"]))

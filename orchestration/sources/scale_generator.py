@@ -9,7 +9,8 @@ histories at a time, picks items by binary search in per-genre popularity
 tables, and appends each chunk to the canonical files, so memory depends on the
 catalogue and the chunk, not on the number of users or events. Two departures
 from the built-in generator keep it vectorised: an item a user already saw is
-dropped (the user's history is a little shorter), not drawn again, and the
+dropped, not drawn again (each user's history is drawn with spare steps and cut
+to its length after the drop, so the set holds the events asked for), and the
 events file is in time order within each chunk of users, not globally (ingest
 orders events itself).
 """
@@ -42,6 +43,9 @@ class ScaleConfig:
     # would leave most of the catalogue without a single event.
     popularity_exponent: float = 0.9
     chunk_users: int = 50_000  # users drawn (and held) at once
+    # Steps drawn per user beyond its length, as a share of it (plus two): the
+    # spare that the drop of already-seen items uses up.
+    spare_steps: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -120,10 +124,12 @@ def _tastes(rng: np.random.Generator, users: int) -> np.ndarray:
 def _chunk_events(cfg: ScaleConfig, cat: Catalogue, picker: GenrePicker,
                   rng: np.random.Generator, first_user: int, per_user: np.ndarray,
                   ) -> pd.DataFrame:
-    """The events of users first_user.. (``per_user`` events each, before seen
-    items are dropped), in time order."""
+    """The events of users first_user.. (``per_user`` events each: fewer only for
+    a user whose spare steps all repeated seen items), in time order."""
     users = len(per_user)
     start, end = _tastes(rng, users), _tastes(rng, users)
+    wanted = per_user
+    per_user = wanted + np.ceil(wanted * cfg.spare_steps).astype(np.int64) + 2
     longest = int(per_user.max())
     items = np.full((users, longest), -1, dtype=np.int64)
     previous = np.full(users, -1, dtype=np.int64)
@@ -142,6 +148,7 @@ def _chunk_events(cfg: ScaleConfig, cat: Catalogue, picker: GenrePicker,
     user_of, step_of = np.nonzero(items >= 0)
     frame = pd.DataFrame({"user": user_of, "item": items[user_of, step_of], "step": step_of})
     frame = frame[~frame.duplicated(["user", "item"])]  # seen already: dropped
+    frame = frame[frame.groupby("user").cumcount().to_numpy() < wanted[frame["user"]]]
     n = len(frame)
     gaps = rng.exponential(3600 * 6, n).astype(np.int64) + 1
     begins = START + rng.integers(0, 86400 * 180, users)
@@ -166,7 +173,7 @@ def write_scale_set(cfg: ScaleConfig, directory: Path) -> dict[str, int]:
     cat.items.to_csv(directory / "items.csv", index=False, chunksize=200_000)
     picker = GenrePicker(cat)
     raw = rng.lognormal(mean=0.0, sigma=0.8, size=cfg.users)
-    per_user = np.maximum(5, np.round(raw / raw.sum() * cfg.events)).astype(np.int64)
+    per_user = np.maximum(5, np.ceil(raw / raw.sum() * cfg.events)).astype(np.int64)
     del raw
     written = 0
     with open(directory / "events.csv", "w", encoding="utf-8", newline="") as f:

@@ -312,7 +312,9 @@ def test_text_encoder_registered_and_cold_start_measured(pipeline):
     uri = pipeline.settings.tracking_uri()
     text_version = registry.alias_version(uri, registry.CHAMPION, registry.TEXT_MODEL_NAME)
     assert text_version == "1"
-    assert pipeline.metadata("item_content_offline")["item_text_encoder_version"] == "1"
+    content = pipeline.metadata("item_content_offline")
+    assert content["item_text_encoder_version"] == "1"
+    assert content["text_precision"] == TextEncoder().precision
     texts = ["Space Saga. Sci-Fi, Adventure. A crew far from home.", "A quiet romance."]
     pyfunc = mlflow.pyfunc.load_model(f"models:/{registry.TEXT_MODEL_NAME}/1")
     np.testing.assert_allclose(pyfunc.predict(pd.DataFrame({"text": texts})),

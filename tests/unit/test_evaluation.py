@@ -19,6 +19,7 @@ from training.registry import decide_promotion
 from training.sequences import (
     ItemIndex,
     Split,
+    evaluation_split,
     histories_from_training_set,
     join_windows,
     leave_one_out,
@@ -67,6 +68,19 @@ def test_leave_one_out_by_time_with_stable_ties():
     assert (split.validation["u1"], split.test["u1"]) == ("e", "f")
     assert split.train["u2"] == ["a", "b", "c"] and "u2" not in split.validation
     assert (split.validation["u3"], split.test["u3"]) == ("d", "e")
+
+
+def test_the_evaluation_split_is_a_fixed_sample_of_users_above_its_cap():
+    events = make_events()
+    whole = leave_one_out(events)
+    assert evaluation_split(events, 20_000) == whole
+    capped = evaluation_split(events, 1)
+    assert len(capped.validation) == len(capped.test) == 1 and capped.train == whole.train
+    (user,) = capped.validation
+    assert (capped.validation[user], capped.test[user]) == (whole.validation[user],
+                                                            whole.test[user])
+    # the seed is fixed: the same events give the same users in every call
+    assert evaluation_split(events.copy(), 1) == capped
 
 
 def test_training_targets_never_include_validation_or_test_items():
