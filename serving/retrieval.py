@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 import torch
 
@@ -53,7 +54,9 @@ class TwoStage:
         self.transition_candidates = transition_candidates
         self.index = ann.index
         self.n_items = ann.index.ntotal
-        self.index.hnsw.efSearch = max(ann.params.ef_search, ann_candidates)
+        # per search, not set on the index: the version's index may be shared
+        self.search_params = faiss.SearchParametersHNSW(
+            efSearch=max(ann.params.ef_search, ann_candidates))
         self.mean, self.second_moment = ann.mean, ann.second_moment
         transitions = model.transitions
         self.transitions = transitions
@@ -84,7 +87,8 @@ class TwoStage:
         if blended and transitions.weight:
             extra = transitions.sparse_scores(seq[0].numpy())
         if items is None:
-            _, found = self.index.search(u[None].astype(np.float32), self.ann_candidates)
+            _, found = self.index.search(u[None].astype(np.float32), self.ann_candidates,
+                                         params=self.search_params)
             parts = [found[0][found[0] >= 0] + 1, self.popular]
             if extra is not None and len(extra.items):
                 count = min(self.transition_candidates, len(extra.items))

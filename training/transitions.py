@@ -16,6 +16,7 @@ vector cannot carry how popular it is.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -57,9 +58,12 @@ class SparseScores:
 
     def at(self, items: np.ndarray) -> np.ndarray:
         """The scores of ``items`` (any model indices)."""
-        where = np.searchsorted(self.items, items).clip(max=max(len(self.items) - 1, 0))
-        found = (self.items[where] == items) if len(self.items) else np.zeros(len(items), bool)
-        return np.where(found, self.values[where] if len(self.items) else 0.0, 0.0)
+        out = np.zeros(len(items))
+        if len(self.items):
+            where = np.searchsorted(self.items, items).clip(max=len(self.items) - 1)
+            found = self.items[where] == items
+            out[found] = self.values[where[found]]
+        return out
 
 
 @dataclass(frozen=True)
@@ -112,17 +116,24 @@ class Transitions:
         return replace(self, borrowers=borrowers, lenders=lenders, shares=shares,
                        popularity=popularity)
 
+    def _rows(self, history: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(columns, values) of the row of each lag's item of one (T,) left-padded
+        history: what came ``lag`` positions after its ``lag``-th newest item."""
+        for lag, table in enumerate(self.lags, start=1):
+            if lag > len(history):
+                break
+            item = int(history[-lag])
+            if item == PAD or item > self.n_items:
+                continue
+            begin, end = table.indptr[item], table.indptr[item + 1]
+            yield table.indices[begin:end], table.values[begin:end]
+
     def scores(self, seq: np.ndarray) -> np.ndarray:
         """(B, T) left-padded item indices -> (B, N + 1) transition scores."""
         out = np.zeros((len(seq), self.n_items + 1), dtype=np.float32)
-        for lag, table in enumerate(self.lags, start=1):
-            if lag > seq.shape[1]:
-                break
-            for row, item in enumerate(seq[:, -lag]):
-                if item == PAD or item > self.n_items:
-                    continue
-                begin, end = table.indptr[item], table.indptr[item + 1]
-                out[row, table.indices[begin:end]] += table.values[begin:end]
+        for row, history in enumerate(seq):
+            for columns, values in self._rows(history):
+                out[row, columns] += values
         if self.borrowers is not None:
             out[:, self.borrowers] = np.einsum("bck,ck->bc", out[:, self.lenders], self.shares)
         return out
@@ -131,16 +142,8 @@ class Transitions:
         """The transition scores of one (T,) left-padded history, as ``scores``
         gives them, holding only the items with a score: the work grows with the
         rows read, not with the catalogue (for two-stage serving)."""
-        columns, values = [], []
-        for lag, table in enumerate(self.lags, start=1):
-            if lag > len(history):
-                break
-            item = int(history[-lag])
-            if item == PAD or item > self.n_items:
-                continue
-            begin, end = table.indptr[item], table.indptr[item + 1]
-            columns.append(table.indices[begin:end])
-            values.append(table.values[begin:end])
+        rows = list(self._rows(history))
+        columns, values = [c for c, _ in rows], [v for _, v in rows]
         if not columns:
             return SparseScores(np.empty(0, np.int64), np.empty(0, np.float64), self.n_items)
         items, where = np.unique(np.concatenate(columns), return_inverse=True)

@@ -34,15 +34,21 @@ START = 1_600_000_000  # 2020-09-13, unix seconds
 
 
 @dataclass(frozen=True)
-class GeneratorConfig:
-    users: int = 2000
-    items: int = 1000
-    events: int = 100_000
+class Structure:
+    """What makes generated behaviour learnable, shared by every generator."""
+
     seed: int = 7
     series_fraction: float = 0.3  # share of items that belong to a series
     series_continue: float = 0.7  # chance the next event continues an open series
     drift: float = 1.0  # how far tastes move from the first to the last event
     popularity_exponent: float = 1.4  # Zipf exponent of item popularity
+
+
+@dataclass(frozen=True)
+class GeneratorConfig(Structure):
+    users: int = 2000
+    items: int = 1000
+    events: int = 100_000
     start: int = START  # unix seconds; users start within 180 days after it
     # Variations on the same catalogue (for drift windows): behaviour drawn from
     # its own seed, popularity shuffled by its own seed, tastes limited to these genres.

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from orchestration.sources.generator import GENRE_VOCABULARY, GENRES, START
+from orchestration.sources.generator import GENRE_VOCABULARY, GENRES, START, Structure
 
 EVENT_TYPES = np.array(["view", "click", "rating", "add_to_cart", "purchase"])
 TYPE_SHARES = (0.45, 0.25, 0.2, 0.06, 0.04)
@@ -31,14 +31,10 @@ WORDS = np.array([list(GENRE_VOCABULARY[g]) for g in GENRES])  # (G, 8)
 
 
 @dataclass(frozen=True)
-class ScaleConfig:
+class ScaleConfig(Structure):
     users: int = 1_000_000
     items: int = 1_000_000
     events: int = 20_000_000
-    seed: int = 7
-    series_fraction: float = 0.3
-    series_continue: float = 0.7
-    drift: float = 1.0
     # Flatter than the built-in set's 1.4: over a million items a steeper curve
     # would leave most of the catalogue without a single event.
     popularity_exponent: float = 0.9
