@@ -28,6 +28,11 @@ def main() -> None:
             if path.exists():
                 document = json.loads(path.read_text())
                 document["tables"] = module.tables(document["results"])
+                if hasattr(module, "figures"):  # charts beside the tables, in docs/
+                    charts = module.figures(document["results"])
+                    for file_name, content in charts.items():
+                        (report.DOCS / file_name).write_bytes(content)
+                    document["figures"] = sorted(charts)
                 path.write_text(json.dumps(document, indent=2))
         for path in report.write_docs():
             print(f"written {path}")

@@ -17,14 +17,15 @@ DOCS = Path("docs")
 # Sections whose tables live in another page (the one that owns their meaning).
 ELSEWHERE = {"models": DOCS / "models.md"}
 ORDER = ("data", "features", "models", "serving", "serving_async", "serving_sync_default",
-         "serving_sync_final", "faults", "retrieval")
+         "serving_sync_final", "faults", "retrieval", "scale")
 TITLES = {"data": "Data", "features": "Features", "models": "Models", "serving": "Serving",
           # Runs of other code, kept beside the latest for a comparison (their command
           # says which code).
           "serving_async": "Serving handlers: sync or async (async def handlers)",
           "serving_sync_default": "Serving handlers: sync, Python's default GIL switch interval",
           "serving_sync_final": "Serving handlers: sync, as served (same length as the two above)",
-          "faults": "Faults", "retrieval": "Retrieval: exact against two-stage"}
+          "faults": "Faults", "retrieval": "Retrieval: exact against two-stage",
+          "scale": "Scale: the pipeline and the service at a product catalogue's size"}
 
 
 def table(title: str, columns: list[str], rows: list[list]) -> dict:
@@ -64,8 +65,9 @@ def markdown(tables: list[dict]) -> str:
 
 def _block(document: dict) -> str:
     notes = f"{document['notes']}\n\n" if document.get("notes") else ""
+    charts = "".join(f"![{name}]({name})\n\n" for name in document.get("figures", ()))
     return (f"Run {document['date']} on {document['machine']}: `{document['command']}`.\n\n"
-            + notes + markdown(document["tables"]))
+            + notes + markdown(document["tables"]) + ("\n" + charts if charts else ""))
 
 
 def write_docs(results_dir: Path = RESULTS_DIR, docs: Path = DOCS) -> list[Path]:

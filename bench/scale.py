@@ -317,3 +317,39 @@ def tables(results: dict) -> list[dict]:
               ["path", "items", "target req/s", "achieved", "p50 ms", "p95 ms", "p99 ms",
                "errors", "largest worker RSS GiB"], serving),
     ]
+
+
+def figures(results: dict) -> dict[str, bytes]:
+    """``scale_latency.svg``: /recommend p50 and p99 against catalogue size, each
+    path at each rate (the latency-against-size curve)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axis = pyplot.subplots(figsize=(7, 4))
+    lines = sorted({(r["path"], r["target_rps"]) for r in results["serving"]})
+    for path, rate in lines:
+        rows = sorted((r for r in results["serving"] if (r["path"], r["target_rps"])
+                       == (path, rate) and r.get("p99_ms") is not None),
+                      key=lambda r: r["items"])
+        sizes_ = [r["items"] for r in rows]
+        style = "-" if path == "two-stage" else "--"
+        drawn = axis.plot(sizes_, [r["p99_ms"] for r in rows], style, marker="o",
+                          label=f"{path}, {rate} req/s: p99")
+        axis.plot(sizes_, [r["p50_ms"] for r in rows], style, marker=".", alpha=0.5,
+                  color=drawn[0].get_color(), label=f"{path}, {rate} req/s: p50")
+    axis.axhline(10, color="grey", linewidth=0.8, linestyle=":")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("catalogue size (items)")
+    axis.set_ylabel("/recommend latency (ms)")
+    axis.set_title("Latency against catalogue size (dotted: the 10 ms p99 target)")
+    axis.legend(fontsize=7)
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+    pyplot.close(figure)
+    return {"scale_latency.svg": buffer.getvalue().encode()}
+

@@ -9,11 +9,15 @@ of just after that event (feature time = ``feature_times``, as for recent items)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from feature_repo.recent_items import feature_times
 from feature_repo.schema import GENRE_SEPARATOR
+from feature_repo.tables import CHUNK_ROWS, gather
 
 POPULARITY_WINDOWS_DAYS = (1, 7, 30)
 TOP_GENRES = 3
@@ -23,43 +27,102 @@ def _micros(times: pd.Series) -> np.ndarray:
     return times.astype("datetime64[us, UTC]").astype("int64").to_numpy()
 
 
-def user_profile_table(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
-    """``events`` in stable time order (validated events); ``items`` the catalogue."""
+def user_profile_schema(timestamp: pa.DataType) -> pa.Schema:
+    return pa.schema([("user_id", pa.string()), ("event_timestamp", timestamp),
+                      ("event_count", pa.int64()), ("last_event_us", pa.int64()),
+                      ("mean_rating", pa.float64()),
+                      ("top_genres", pa.list_(pa.string())),
+                      ("top_genre_shares", pa.list_(pa.float64()))])
+
+
+def user_profile_chunks(events: pd.DataFrame, items: pd.DataFrame,
+                        chunk_rows: int = CHUNK_ROWS) -> tuple[pa.Schema, Iterator[pa.Table]]:
+    """``user_profile_table``'s schema and rows as Arrow tables of at most
+    ``chunk_rows`` rows, in the events' order. ``events`` in stable time order
+    (validated events); ``items`` the catalogue."""
     events = events.reset_index(drop=True)
     stamps = feature_times(events)
-    by_user = events.groupby("user_id", sort=False)
-    rated = events["rating"].notna()
-    rating_sum = events["rating"].fillna(0.0).groupby(events["user_id"], sort=False).cumsum()
-    rating_n = rated.astype(int).groupby(events["user_id"], sort=False).cumsum()
-    # Genre affinity: cumulative genre counts per user over a one-hot item x genre matrix.
+    schema = user_profile_schema(pa.Array.from_pandas(stamps.iloc[:0]).type)
+    return schema, _profile_chunks(events, items, stamps, chunk_rows)
+
+
+def _top_genres(events: pd.DataFrame, items: pd.DataFrame, block: int,
+                ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Genre affinity after each event: the vocabulary, and per event its top
+    genres (columns of the vocabulary, by count, ties by name), their counts and
+    the event's genre total. Cumulative counts per user come from a one-hot item
+    x genre matrix, worked out ``block`` events of whole users at a time."""
     genres_of = items.set_index("item_id")["genres"].fillna("").str.split(GENRE_SEPARATOR)
     vocabulary = sorted({g for gs in genres_of for g in gs if g})
     column = {g: k for k, g in enumerate(vocabulary)}
     item_row = {item: k for k, item in enumerate(genres_of.index)}
-    one_hot = np.zeros((len(genres_of) + 1, max(1, len(vocabulary))), dtype=np.float32)
+    one_hot = np.zeros((len(genres_of) + 1, max(1, len(vocabulary))), dtype=np.int32)
     for item, gs in genres_of.items():
         for g in gs:
             if g:
-                one_hot[item_row[item], column[g]] = 1.0
+                one_hot[item_row[item], column[g]] = 1
     rows = events["item_id"].map(item_row).fillna(len(genres_of)).astype(int).to_numpy()
-    counts = pd.DataFrame(one_hot[rows]).groupby(events["user_id"].to_numpy(),
-                                                   sort=False).cumsum().to_numpy()
-    totals = counts.sum(axis=1, keepdims=True)
-    order = np.argsort(-counts, axis=1, kind="stable")[:, :TOP_GENRES]
-    top_names, top_shares = [], []
-    for r in range(len(events)):
-        picked = [c for c in order[r] if counts[r, c] > 0]
-        top_names.append([vocabulary[c] for c in picked])
-        top_shares.append([round(float(counts[r, c] / totals[r, 0]), 4) for c in picked])
-    return pd.DataFrame({
-        "user_id": events["user_id"],
-        "event_timestamp": stamps,
-        "event_count": by_user.cumcount().to_numpy() + 1,
-        "last_event_us": _micros(events["event_timestamp"]),
-        "mean_rating": np.where(rating_n > 0, rating_sum / rating_n.clip(lower=1), np.nan),
-        "top_genres": top_names,
-        "top_genre_shares": top_shares,
-    })
+    codes, _ = pd.factorize(events["user_id"].to_numpy())
+    grouped = np.argsort(codes, kind="stable")  # each user's events together, in time order
+    starts = np.flatnonzero(np.r_[True, codes[grouped][1:] != codes[grouped][:-1]])
+    width = min(TOP_GENRES, one_hot.shape[1])
+    top = np.zeros((len(events), width), dtype=np.int16)
+    top_counts = np.zeros((len(events), width), dtype=np.int32)
+    totals = np.zeros(len(events), dtype=np.int64)
+    # cut at the first user start after every ``block`` events
+    after = np.searchsorted(starts, np.arange(block, len(grouped), block))
+    cuts = np.unique(np.r_[0, np.where(after < len(starts),
+                                       starts[np.minimum(after, len(starts) - 1)],
+                                       len(grouped)), len(grouped)])
+    for at, stop in zip(cuts[:-1], cuts[1:], strict=True):
+        part = grouped[at:stop]
+        counts = np.cumsum(one_hot[rows[part]], axis=0)
+        first = starts[(starts >= at) & (starts < stop)] - at
+        before = np.zeros((len(first), counts.shape[1]), dtype=counts.dtype)
+        before[1:] = counts[first[1:] - 1]
+        counts -= np.repeat(before, np.diff(np.r_[first, len(part)]), axis=0)
+        order = np.argsort(-counts, axis=1, kind="stable")[:, :width]
+        top[part] = order
+        top_counts[part] = np.take_along_axis(counts, order, axis=1)
+        totals[part] = counts.sum(axis=1)
+    return vocabulary, top, top_counts, totals
+
+
+def _profile_chunks(events: pd.DataFrame, items: pd.DataFrame, stamps: pd.Series,
+                    chunk_rows: int) -> Iterator[pa.Table]:
+    by_user = events.groupby("user_id", sort=False)
+    rated = events["rating"].notna()
+    rating_sum = events["rating"].fillna(0.0).groupby(events["user_id"], sort=False).cumsum()
+    rating_n = rated.astype(int).groupby(events["user_id"], sort=False).cumsum()
+    mean_rating = np.where(rating_n > 0, rating_sum / rating_n.clip(lower=1), np.nan)
+    event_count = by_user.cumcount().to_numpy() + 1
+    last_event_us = _micros(events["event_timestamp"])
+    vocabulary, top, top_counts, totals = _top_genres(events, items, 4 * chunk_rows)
+    names = pa.array(vocabulary or [""], pa.string())
+    users = events["user_id"].to_numpy()
+    for at in range(0, len(events), chunk_rows):
+        rows = slice(at, at + chunk_rows)
+        counts = top_counts[rows]
+        kept = counts > 0  # positive counts come first: a prefix of each row
+        offsets = pa.array(np.r_[0, np.cumsum(kept.sum(axis=1))], pa.int32())
+        # the share as a float32 quotient, rounded to 4 decimals
+        shares = np.round((counts.astype(np.float32) / totals[rows, None].astype(np.float32)
+                           ).astype(np.float64), 4)
+        yield pa.table({
+            "user_id": pa.array(users[rows], pa.string()),
+            "event_timestamp": pa.Array.from_pandas(stamps.iloc[rows]),
+            "event_count": pa.array(event_count[rows], pa.int64()),
+            "last_event_us": pa.array(last_event_us[rows], pa.int64()),
+            "mean_rating": pa.array(mean_rating[rows], pa.float64(), from_pandas=True),
+            "top_genres": pa.ListArray.from_arrays(
+                offsets, names.take(top[rows][kept].astype(np.int64))),
+            "top_genre_shares": pa.ListArray.from_arrays(offsets, pa.array(shares[kept])),
+        })
+
+
+def user_profile_table(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """``events`` in stable time order (validated events); ``items`` the catalogue."""
+    return gather(*user_profile_chunks(events, items))
 
 
 def item_popularity_table(events: pd.DataFrame) -> pd.DataFrame:

@@ -8,8 +8,13 @@ reads reproduce the evaluation protocol's stable (timestamp, row order) order.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+
+from feature_repo.tables import CHUNK_ROWS, gather
 
 
 def feature_times(events: pd.DataFrame) -> pd.Series:
@@ -18,33 +23,61 @@ def feature_times(events: pd.DataFrame) -> pd.Series:
     return events["event_timestamp"] + pd.to_timedelta(tie_rank, unit="us")
 
 
+def recent_items_schema(timestamp: pa.DataType) -> pa.Schema:
+    return pa.schema([("user_id", pa.string()), ("event_timestamp", timestamp),
+                      ("recent_item_ids", pa.list_(pa.string())),
+                      ("recent_timestamps", pa.list_(pa.int64()))])
+
+
+def recent_items_chunks(events: pd.DataFrame, n: int,
+                        chunk_rows: int = CHUNK_ROWS) -> tuple[pa.Schema, Iterator[pa.Table]]:
+    """``recent_items_table``'s schema and rows, as Arrow tables of at most
+    ``chunk_rows`` rows in its order. Each row's lists are a slice of its
+    user's items in time order, gathered by index: no Python object is made per
+    item, and memory grows with the chunk, not with the events times ``n``."""
+    stamps = feature_times(events)
+    schema = recent_items_schema(pa.Array.from_pandas(stamps.iloc[:0]).type)
+    return schema, _recent_chunks(events, stamps, n, chunk_rows)
+
+
+def _recent_chunks(events: pd.DataFrame, stamps: pd.Series, n: int,
+                   chunk_rows: int) -> Iterator[pa.Table]:
+    micros = (stamps.astype("int64") // 1000).to_numpy()  # ns -> us
+    users = events["user_id"].to_numpy()
+    codes, _ = pd.factorize(users)
+    grouped = np.argsort(codes, kind="stable")  # each user's events together, in time order
+    first = np.r_[True, codes[grouped][1:] != codes[grouped][:-1]]
+    block_start = np.maximum.accumulate(np.where(first, np.arange(len(grouped)), 0))
+    position = np.empty(len(grouped), dtype=np.int64)
+    position[grouped] = np.arange(len(grouped))  # event -> its place in ``grouped``
+    end = position + 1
+    begin = np.maximum(block_start[position], end - n)
+    item_codes, item_names = pd.factorize(events["item_id"].to_numpy())
+    names = pa.array(np.asarray(item_names, dtype=object), pa.string())
+    item_codes, micros = item_codes[grouped], micros[grouped]
+    order = pd.DataFrame({"t": stamps.to_numpy(), "u": users}).sort_values(
+        ["t", "u"], kind="stable").index.to_numpy()
+    for at in range(0, len(order), chunk_rows):
+        rows = order[at:at + chunk_rows]
+        lo, lengths = begin[rows], end[rows] - begin[rows]
+        offsets = np.r_[0, np.cumsum(lengths)]
+        flat = np.arange(offsets[-1]) - np.repeat(offsets[:-1] - lo, lengths)
+        offsets = pa.array(offsets, pa.int32())
+        yield pa.table({
+            "user_id": pa.array(users[rows], pa.string()),
+            "event_timestamp": pa.Array.from_pandas(stamps.iloc[rows]),
+            "recent_item_ids": pa.ListArray.from_arrays(offsets, names.take(item_codes[flat])),
+            "recent_timestamps": pa.ListArray.from_arrays(offsets, pa.array(micros[flat])),
+        })
+
+
 def recent_items_table(events: pd.DataFrame, n: int) -> pd.DataFrame:
-    """One row per event: the user's last ``n`` items (and times) after that event.
+    """One row per event: the user's last ``n`` items (and times) after that event,
+    in (feature time, user) order.
 
     ``events`` must be in stable time order (as ``validated_events`` is).
     """
-    events = events.assign(feature_time=feature_times(events))
-    all_items = events["item_id"].to_numpy()
-    all_micros = (events["feature_time"].astype("int64") // 1000).to_numpy()  # ns -> us
-    all_stamps = events["feature_time"].to_numpy()
-    users, item_lists, time_lists, stamps = [], [], [], []
-    for user_id, index in events.groupby("user_id", sort=False).indices.items():
-        index = np.sort(index)
-        items = all_items[index].tolist()
-        times = all_micros[index].tolist()
-        for k in range(len(index)):
-            lo = max(0, k + 1 - n)
-            item_lists.append(items[lo:k + 1])
-            time_lists.append(times[lo:k + 1])
-        users.extend([user_id] * len(index))
-        stamps.append(all_stamps[index])
-    table = pd.DataFrame({
-        "user_id": users,
-        "event_timestamp": pd.to_datetime(np.concatenate(stamps), utc=True) if stamps else [],
-        "recent_item_ids": item_lists,
-        "recent_timestamps": time_lists,
-    })
-    return table.sort_values(["event_timestamp", "user_id"], kind="stable").reset_index(drop=True)
+    return gather(*recent_items_chunks(events, n))
 
 
 def merge_recent(item_ids: list[str], timestamps: list[int], new_items: list[str],

@@ -3,6 +3,7 @@
 
 
 import json
+from pathlib import Path
 
 import pandas as pd
 from dagster import AssetExecutionContext, Config, MaterializeResult, MetadataValue, asset
@@ -15,10 +16,11 @@ from feature_repo.feature_views import (
     USER_RECENT_ITEMS,
 )
 from feature_repo.materialize import materialize_view
-from feature_repo.profiles import item_popularity_table, user_profile_table
-from feature_repo.recent_items import recent_items_table
+from feature_repo.profiles import item_popularity_table, user_profile_chunks
+from feature_repo.recent_items import recent_items_chunks
 from feature_repo.schema import GENRE_SEPARATOR
 from feature_repo.store import apply_definitions
+from feature_repo.tables import write_chunks
 from infra.files import atomic_write_text
 from infra.settings import Settings
 from orchestration.offline import read_validated_events
@@ -34,27 +36,33 @@ def _write_table(settings: Settings, table: pd.DataFrame, file: str, key: str,
                  ) -> MaterializeResult:
     path = settings.offline_dir / file
     table.to_parquet(path, index=False)
+    return _written(path, len(table), table[key].nunique())
+
+
+def _written(path: Path, rows: int, entities: int) -> MaterializeResult:
     return MaterializeResult(metadata={
-        "row_count": len(table), "entities": int(table[key].nunique()),
-        "path": MetadataValue.path(str(path)),
-    })
+        "row_count": rows, "entities": int(entities), "path": MetadataValue.path(str(path))})
 
 
 @asset(group_name="features", deps=["validated_events"])
 def user_recent_items_offline(state: RecsysState) -> MaterializeResult:
     """Offline table of user_recent_items: one row per event (the last N items after it)."""
     settings = state.settings()
-    table = recent_items_table(read_validated_events(settings), settings.recent_items)
-    return _write_table(settings, table, files.USER_RECENT_ITEMS_FILE, "user_id")
+    events = read_validated_events(settings)
+    path = settings.offline_dir / files.USER_RECENT_ITEMS_FILE
+    rows = write_chunks(*recent_items_chunks(events, settings.recent_items), path)
+    return _written(path, rows, events["user_id"].nunique())
 
 
 @asset(group_name="features", deps=["validated_events", "item_catalogue"])
 def user_profile_offline(state: RecsysState) -> MaterializeResult:
     """Offline table of user_profile: one row per event (the profile after it)."""
     settings = state.settings()
-    items = pd.read_parquet(settings.items_path)
-    table = user_profile_table(read_validated_events(settings), items)
-    return _write_table(settings, table, files.USER_PROFILE_FILE, "user_id")
+    events = read_validated_events(settings)
+    path = settings.offline_dir / files.USER_PROFILE_FILE
+    rows = write_chunks(*user_profile_chunks(events, pd.read_parquet(settings.items_path)),
+                        path)
+    return _written(path, rows, events["user_id"].nunique())
 
 
 @asset(group_name="features", deps=["validated_events"])

@@ -1,11 +1,20 @@
-"""user_recent_items computed in batch and merged in real time, and the Feast
-connection string: plain functions on hand-written events."""
+"""user_recent_items and user_profile computed in batch (chunked, and the same
+whatever the chunks), recent items merged in real time, and the Feast
+connection string: plain functions on hand-written and generated events."""
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
-from feature_repo.recent_items import feature_times, merge_recent, recent_items_table
+from feature_repo.profiles import user_profile_chunks, user_profile_table
+from feature_repo.recent_items import (
+    feature_times,
+    merge_recent,
+    recent_items_chunks,
+    recent_items_table,
+)
 from feature_repo.store import feast_connection_string
+from feature_repo.tables import gather, write_chunks
 
 
 def events(rows):
@@ -32,9 +41,11 @@ def test_feature_times_spread_ties_by_arrival():
 def test_recent_items_table_exact_rows():
     table = recent_items_table(HAND, n=2)
     alice = table[table["user_id"] == "alice"]
-    assert alice["recent_item_ids"].tolist() == [["a"], ["a", "b"], ["b", "c"], ["c", "d"]]
-    assert alice["recent_timestamps"].iloc[2] == [1_600_000_100_000_000, 1_600_000_100_000_001]
-    assert table[table["user_id"] == "bob"]["recent_item_ids"].tolist() == [["x"]]
+    assert alice["recent_item_ids"].map(list).tolist() == [["a"], ["a", "b"], ["b", "c"],
+                                                           ["c", "d"]]
+    assert list(alice["recent_timestamps"].iloc[2]) == [1_600_000_100_000_000,
+                                                        1_600_000_100_000_001]
+    assert table[table["user_id"] == "bob"]["recent_item_ids"].map(list).tolist() == [["x"]]
 
 
 @pytest.mark.parametrize("old,new,n,expected", [
@@ -55,3 +66,62 @@ def test_feast_connection_string():
             == "h:7000,db=2,username=u,password=p@ss,ssl=true")
     with pytest.raises(ValueError, match="redis://"):
         feast_connection_string("http://h:1")
+
+
+@pytest.fixture(scope="module")
+def generated_events():
+    from orchestration.sources.generator import GeneratorConfig, generate
+
+    data = generate(GeneratorConfig(users=300, items=200, events=6_000, seed=5))
+    frame = data.events.assign(
+        event_timestamp=pd.to_datetime(data.events["timestamp"], unit="s", utc=True),
+        rating=pd.to_numeric(data.events["rating"], errors="coerce")).drop(columns="timestamp")
+    return frame.sort_values("event_timestamp", kind="stable").reset_index(drop=True), data.items
+
+
+def _frames_equal(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    assert list(a.columns) == list(b.columns) and len(a) == len(b)
+    for name in a.columns:
+        if a[name].dtype == object and not isinstance(a[name].iloc[0], str):
+            assert a[name].map(list).tolist() == b[name].map(list).tolist(), name
+        else:
+            pd.testing.assert_series_equal(a[name], b[name])
+
+
+@pytest.mark.parametrize("table", ["recent", "profile"])
+def test_per_event_tables_do_not_depend_on_their_chunks(generated_events, table, tmp_path):
+    events, items = generated_events
+
+    def chunks(rows):
+        if table == "recent":
+            return recent_items_chunks(events, 50, chunk_rows=rows)
+        return user_profile_chunks(events, items, chunk_rows=rows)
+    whole = gather(*chunks(10**9))
+    assert len(whole) == len(events)
+    _frames_equal(whole, gather(*chunks(997)))  # chunks cut through users' histories
+    path = tmp_path / "table.parquet"
+    assert write_chunks(*chunks(1_500), path) == len(events)
+    assert pq.ParquetFile(path).num_row_groups == -(-len(events) // 1_500)
+    _frames_equal(whole, pd.read_parquet(path))
+
+
+def test_profile_rows_by_hand():
+    events = HAND.assign(rating=[4.0, None, 2.0, None, 5.0])
+    items = pd.DataFrame({"item_id": ["a", "b", "c", "d", "x"],
+                          "genres": ["Drama", "Drama|War", "Comedy", "War", "Comedy"]})
+    alice = user_profile_table(events, items).query("user_id == 'alice'")
+    assert alice["event_count"].tolist() == [1, 2, 3, 4]
+    assert alice["mean_rating"].tolist() == pytest.approx([4.0, 3.0, 3.0, 11 / 3])  # c unrated
+    # a (Drama), b (Drama, War), c (Comedy), d (War): counts Drama 2, War 2, Comedy 1;
+    # equal counts rank by name
+    assert list(alice["top_genres"].iloc[3]) == ["Drama", "War", "Comedy"]
+    assert list(alice["top_genre_shares"].iloc[3]) == [0.4, 0.4, 0.2]
+    assert list(alice["top_genres"].iloc[0]) == ["Drama"]
+
+
+def test_an_empty_event_table_writes_an_empty_file_with_the_schema(tmp_path):
+    path = tmp_path / "empty.parquet"
+    assert write_chunks(*recent_items_chunks(HAND.iloc[:0], 50), path) == 0
+    read = pd.read_parquet(path)
+    assert len(read) == 0 and list(read.columns) == ["user_id", "event_timestamp",
+                                                     "recent_item_ids", "recent_timestamps"]
