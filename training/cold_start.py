@@ -27,24 +27,59 @@ from training.train import TrainConfig, model_scorer, train_encoder
 # validation events of held-out items (docs/experiments.md, Cold-start item vectors).
 NEIGHBOURS = 20
 CHUNK = 1024  # cold items whose (CHUNK, warm items) similarities are held at once
+# Beyond this many cold x warm pairs the neighbours come from an inverted file
+# (approximate): exact, a million-item catalogue's tens of thousands of cold items
+# would take a quarter of an hour.
+EXACT_PAIRS = 2_000_000_000
+IVF_PROBES = 32
+IVF_TRAIN_PER_LIST = 64
 
 
 def text_neighbours(text: np.ndarray, warm_text: np.ndarray, neighbours: int = NEIGHBOURS,
                     ) -> tuple[np.ndarray, np.ndarray]:
     """(n, T) unit text embeddings of cold items, (m, T) the warm items' ->
     (n, k) rows of the k nearest warm items and (n, k) their shares (text cosine
-    similarity, negative ones 0, summing to 1; all alike when none is positive)."""
+    similarity, negative ones 0, summing to 1; all alike when none is positive).
+    Exact up to EXACT_PAIRS cold x warm pairs, approximate (``_ivf_search``) above."""
     k = min(neighbours, len(warm_text))
-    nearest = np.empty((len(text), k), dtype=np.int64)
-    shares = np.empty((len(text), k), dtype=np.float32)
-    for start in range(0, len(text), CHUNK):
-        rows = slice(start, start + CHUNK)
-        similarity = text[rows] @ warm_text.T  # (chunk, m)
-        nearest[rows] = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-        weights = np.take_along_axis(similarity, nearest[rows], axis=1).clip(min=0)
-        weights[weights.sum(axis=1) == 0] = 1.0
-        shares[rows] = weights / weights.sum(axis=1, keepdims=True)
-    return nearest, shares
+    if len(text) * len(warm_text) > EXACT_PAIRS:
+        similarity, nearest = _ivf_search(text, warm_text, k)
+    else:
+        nearest = np.empty((len(text), k), dtype=np.int64)
+        similarity = np.empty((len(text), k), dtype=np.float32)
+        for start in range(0, len(text), CHUNK):
+            rows = slice(start, start + CHUNK)
+            every = text[rows] @ warm_text.T  # (chunk, m)
+            nearest[rows] = np.argpartition(-every, k - 1, axis=1)[:, :k]
+            similarity[rows] = np.take_along_axis(every, nearest[rows], axis=1)
+    weights = similarity.clip(min=0)
+    weights[weights.sum(axis=1) == 0] = 1.0
+    return nearest, (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _ivf_search(text: np.ndarray, warm_text: np.ndarray, k: int,
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The k warm items of highest cosine per cold item from an inverted file
+    (faiss IVF, sqrt(m) lists, IVF_PROBES of them searched): on a million-item
+    catalogue the exact search would compare every cold item with every warm
+    one. A neighbour missing from the probed lists (rare) is the first warm item
+    at similarity 0, so it takes no share."""
+    import faiss
+
+    warm_text = np.ascontiguousarray(warm_text, dtype=np.float32)
+    lists = max(1, int(np.sqrt(len(warm_text))))
+    quantiser = faiss.IndexFlatIP(warm_text.shape[1])
+    index = faiss.IndexIVFFlat(quantiser, warm_text.shape[1], lists,
+                               faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(0)
+    sample = rng.choice(len(warm_text), size=min(len(warm_text), IVF_TRAIN_PER_LIST * lists),
+                        replace=False)
+    index.train(warm_text[np.sort(sample)])
+    index.add(warm_text)
+    index.nprobe = min(IVF_PROBES, lists)
+    similarity, nearest = index.search(np.ascontiguousarray(text, dtype=np.float32), k)
+    missing = nearest < 0
+    return np.where(missing, 0.0, similarity).astype(np.float32), np.where(missing, 0, nearest)
 
 
 def neighbour_vectors(nearest: np.ndarray, shares: np.ndarray, warm_vectors: np.ndarray,

@@ -32,6 +32,26 @@ def test_a_cold_vector_is_the_weighted_direction_of_its_text_neighbours():
     np.testing.assert_allclose(got[2], got[0], rtol=1e-6)
 
 
+def test_above_the_exact_size_the_text_neighbours_come_from_an_inverted_file(monkeypatch):
+    """Clustered unit texts: the approximate neighbours are nearly the exact ones,
+    and their shares are shares."""
+    import training.cold_start as cold_start
+
+    rng = np.random.default_rng(4)
+    centres = rng.normal(size=(200, 32))
+    warm = centres[rng.integers(0, 200, 20_000)] + 0.3 * rng.normal(size=(20_000, 32))
+    cold = centres[rng.integers(0, 200, 300)] + 0.3 * rng.normal(size=(300, 32))
+    warm, cold = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (warm, cold))
+    exact, exact_shares = text_neighbours(cold, warm)
+    monkeypatch.setattr(cold_start, "EXACT_PAIRS", 1000)
+    found, shares = cold_start.text_neighbours(cold, warm)
+    assert found.shape == exact.shape == (300, 20)
+    recall = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(found, exact, strict=True)])
+    assert recall > 0.9
+    np.testing.assert_allclose(shares.sum(axis=1), 1.0, rtol=1e-5)
+    assert (shares >= 0).all() and not np.array_equal(found, exact)  # it did take the other path
+
+
 def test_an_item_with_text_only_gets_a_vector_near_its_text_neighbours():
     """Items 1-4 are warm in two clusters (text direction a or b); item 5 has no
     interactions and text like cluster a: it lands next to cluster a's items."""
