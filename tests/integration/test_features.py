@@ -3,16 +3,23 @@ thin reader and writer, against a real Redis, on hand-written events."""
 
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from feature_repo.data_sources import (
+    ITEM_CONTENT_FILE,
     ITEM_POPULARITY_FILE,
     USER_PROFILE_FILE,
     USER_RECENT_ITEMS_FILE,
 )
 from feature_repo.feature_services import BEHAVIOUR_ENCODER_SERVICE
-from feature_repo.feature_views import USER_PROFILE, USER_RECENT_ITEMS
+from feature_repo.feature_views import (
+    ITEM_CONTENT,
+    ITEM_POPULARITY,
+    USER_PROFILE,
+    USER_RECENT_ITEMS,
+)
 from feature_repo.materialize import materialize_view
 from feature_repo.profiles import item_popularity_table, user_profile_table
 from feature_repo.recent_items import feature_times, recent_items_table
@@ -78,34 +85,71 @@ def test_concurrent_writers_to_one_user_lose_nothing(home: Settings):
 
 
 def redis_dump(server) -> dict:
+    """Every key's content: a hash as its fields and values with its TTL (a hash
+    too large for a listpack is a hashtable, whose field order, and so its DUMP,
+    depends on the server's random hash seed), any other key as its DUMP."""
     client = server.client()
-    return {key: client.dump(key) for key in sorted(client.keys("*"))
-            if not key.startswith(b"recsys:lock")}
+    return {key: (client.hgetall(key), client.ttl(key) > 0) if client.type(key) == b"hash"
+            else client.dump(key)
+            for key in sorted(client.keys("*")) if not key.startswith(b"recsys:lock")}
+
+
+def _all_view_tables(events: pd.DataFrame, items: pd.DataFrame) -> dict:
+    """Each view's offline table (a hand-made item_content) and its join key."""
+    rng = np.random.default_rng(1)
+    content = pd.DataFrame({
+        "item_id": items["item_id"], "event_timestamp": pd.Timestamp(0, tz="UTC"),
+        "text_embedding": list(rng.normal(size=(len(items), 8)).astype(np.float32)),
+        "genres": [[g for g in gs.split("|") if g] for gs in items["genres"]]})
+    return {USER_RECENT_ITEMS: (recent_items_table(events, n=50), USER_RECENT_ITEMS_FILE,
+                                "user_id"),
+            USER_PROFILE: (user_profile_table(events, items), USER_PROFILE_FILE, "user_id"),
+            ITEM_POPULARITY: (item_popularity_table(events), ITEM_POPULARITY_FILE, "item_id"),
+            ITEM_CONTENT: (content, ITEM_CONTENT_FILE, "item_id")}
 
 
 def test_materialize_view_writes_what_feast_materialize_writes(home: Settings, tmp_path):
-    """Our range materialisation and Feast's own leave byte-identical Redis hashes."""
+    """Our range materialisation and Feast's own leave byte-identical Redis hashes,
+    for every view: lists, scalars, nulls (a user with no rating), empty lists (a
+    user whose one item has no genre), an item view without TTL."""
+    from orchestration.sources.generator import GeneratorConfig, generate
+
+    data = generate(GeneratorConfig(users=30, items=25, events=300, seed=3))
+    items = pd.concat([data.items, pd.DataFrame({"item_id": ["zz"], "title": ["Z"],
+                                                 "genres": [""], "description": [""]})])
+    events = pd.concat([data.events, pd.DataFrame({
+        "user_id": ["plain"], "item_id": ["zz"], "event_type": ["view"],
+        "timestamp": [int(data.events["timestamp"].max())], "rating": [""]})])
+    events = events.assign(
+        event_timestamp=pd.to_datetime(events.pop("timestamp"), unit="s", utc=True),
+        rating=pd.to_numeric(events["rating"], errors="coerce"),
+    ).sort_values("event_timestamp", kind="stable").reset_index(drop=True)
+    tables = _all_view_tables(events, items)
     # The reference: Feast's own materialize, reading its default file offline store.
     other = Settings(home=tmp_path / "feast_materialize", feast_offline_store='{"type": "file"}')
     try:
         dumps = []
         for settings, ours in ((home, True), (other, False)):
             settings.offline_dir.mkdir(parents=True)
-            path = settings.offline_dir / USER_RECENT_ITEMS_FILE
-            table = recent_items_table(HAND, n=50)
-            table.to_parquet(path)
             server = redis_server.ensure(settings)
             store = open_store(settings, server.url)
+            for table, file, _ in tables.values():
+                table.to_parquet(settings.offline_dir / file)
             apply_definitions(store, settings)
-            start = table["event_timestamp"].min().to_pydatetime()
-            end = (table["event_timestamp"].max() + pd.Timedelta(seconds=1)).to_pydatetime()
-            if ours:
-                stats = materialize_view(store, USER_RECENT_ITEMS, path, "user_id", start, end)
-                assert (stats.rows_in_range, stats.entities_written) == (5, 2)
-            else:
-                store.materialize(start_date=start, end_date=end, feature_views=[USER_RECENT_ITEMS])
+            for view, (table, file, key) in tables.items():
+                start = table["event_timestamp"].min().to_pydatetime()
+                end = (table["event_timestamp"].max() + pd.Timedelta(seconds=1)).to_pydatetime()
+                if ours:
+                    stats = materialize_view(store, view, settings.offline_dir / file, key,
+                                             start, end)
+                    assert (stats.rows_in_range, stats.entities_written) == (
+                        len(table), table[key].nunique())
+                else:
+                    store.materialize(start_date=start, end_date=end, feature_views=[view])
             dumps.append(redis_dump(server))
-        assert len(dumps[0]) == 2 and dumps[0] == dumps[1]
+        users, item_count = events["user_id"].nunique(), len(items)
+        assert len(dumps[0]) == users + item_count
+        assert dumps[0] == dumps[1]
     finally:
         redis_server.stop(other)
 
