@@ -161,9 +161,13 @@ class BehaviourEncoder(nn.Module):
             return nn.functional.cross_entropy(logits, wanted - 1,
                                                label_smoothing=label_smoothing)
         drawn = torch.randint(1, n_items + 1, (negatives,), device=table.device)  # (S,)
-        scaled, own = self._scaled(queries, table[wanted])
+        # Looked up, not indexed: with a sparse item embedding (training.train on
+        # large catalogues) the gradient holds only these rows.
+        sparse = self.item_embedding.sparse
+        scaled, own = self._scaled(queries, nn.functional.embedding(wanted, table, sparse=sparse))
         positive = (scaled * own).sum(dim=-1, keepdim=True)  # (M, 1)
-        negative = self.logits(queries, table[drawn]).masked_fill(
+        negative = self.logits(queries, nn.functional.embedding(
+            drawn, table, sparse=sparse)).masked_fill(
             drawn[None, :] == wanted[:, None], float("-inf"))  # (M, S)
         logits = torch.cat([positive, negative], dim=1)  # the target is class 0
         if not label_smoothing:

@@ -35,7 +35,8 @@ class TrainConfig:
     patience: int = 5
     seed: int = 42
     threads: int = 2
-    # Wall-clock budget: no epoch starts that would end past it (0: no budget).
+    # Wall-clock budget: no epoch starts that would end past it, and an epoch
+    # longer than the whole budget ends inside it (0: no budget).
     max_seconds: float = 0.0
     # 0: full softmax over the catalogue; > 0: sampled softmax with this many
     # uniformly drawn negatives per batch (for catalogues too large to score whole).
@@ -70,7 +71,8 @@ class TrainResult:
     validation: dict[str, float]
     train_seconds: float
     # What ended the epochs: "epochs" (all ran), "patience" (validation stopped
-    # improving) or "time budget" (the next epoch would have ended past it).
+    # improving) or "time budget" (the next epoch would have ended past it, or
+    # this one did).
     stopped_by: str = "epochs"
     search_seconds: float = 0.0  # the blend weights' search on validation
 
@@ -81,21 +83,81 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def ema_rate(decay: float, updates: int) -> float:
+    """The weight of the current weights in an exponential moving average after
+    ``updates`` earlier updates: its decay is min(decay, (1 + t) / (10 + t)), so a
+    short run is not averaged back towards its first, untrained weights."""
+    return 1 - min(decay, (1 + updates) / (10 + updates))
+
+
 def ema_with_warm_up(decay: float) -> Callable:
-    """An exponential moving average of the weights for ``AveragedModel``, whose
-    decay after t updates is min(decay, (1 + t) / (10 + t)): a short run is not
-    averaged back towards its first, untrained weights."""
+    """``ema_rate``'s moving average of the weights for ``AveragedModel``."""
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor],
                updates: torch.Tensor) -> None:
-        t = float(updates)
-        rate = 1 - min(decay, (1 + t) / (10 + t))
+        rate = ema_rate(decay, int(updates))
         if torch.is_floating_point(averaged[0]):
             torch._foreach_lerp_(averaged, current, rate)
         else:  # integer buffers are not averaged
             for old, new in zip(averaged, current, strict=True):
                 old.copy_(new)
     return update
+
+
+class DenseAverage:
+    """``ema_rate``'s moving average of the dense parameters only, for training
+    with sparse embedding tables: averaging a table of a million rows every step
+    would cost more than the step. The averaged model is the current one with
+    its dense parameters averaged."""
+
+    def __init__(self, model: BehaviourEncoder, skip: list[torch.nn.Parameter], decay: float):
+        self.model, self.decay, self.updates = model, decay, 0
+        self.names = [name for name, p in model.named_parameters()
+                      if all(p is not other for other in skip)]
+        found = dict(model.named_parameters())
+        self.current = [found[name] for name in self.names]
+        self.shadow = [p.detach().clone() for p in self.current]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        current = [p.detach() for p in self.current]
+        if self.updates == 0:
+            torch._foreach_copy_(self.shadow, current)
+        else:
+            torch._foreach_lerp_(self.shadow, current, ema_rate(self.decay, self.updates))
+        self.updates += 1
+
+    def averaged(self) -> BehaviourEncoder:
+        copied = copy.deepcopy(self.model)
+        found = dict(copied.named_parameters())
+        with torch.no_grad():
+            for name, value in zip(self.names, self.shadow, strict=True):
+                found[name].copy_(value)
+        return copied
+
+
+def optimisers(model: BehaviourEncoder, config: TrainConfig,
+               ) -> tuple[list[torch.optim.Optimizer], list[torch.nn.Parameter]]:
+    """AdamW over every parameter; with sampled softmax (large catalogues) the
+    item and user tables are sparse instead, updated by SparseAdam in the rows a
+    batch touched only: a dense update of a million-row table every step costs
+    more than everything else in the step. Returns the optimisers and the sparse
+    tables."""
+    tables = []
+    # (the forward pass falls back to the full softmax when the draws would cover
+    # the catalogue, and that scores the whole table)
+    if 0 < config.sampled_negatives < model.config.n_items:
+        for embedding in (model.item_embedding, model.user_embedding):
+            if embedding is not None:
+                embedding.sparse = True
+                tables.append(embedding.weight)
+    if not tables:
+        return [torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)], []
+    dense = [p for p in model.parameters() if all(p is not t for t in tables)]
+    return [torch.optim.SparseAdam(tables, lr=config.learning_rate),
+            torch.optim.AdamW(dense, lr=config.learning_rate,
+                              weight_decay=config.weight_decay)], tables
 
 
 def model_scorer(model: BehaviourEncoder) -> Scorer:
@@ -146,11 +208,13 @@ def train_encoder(histories: list[list[int]], split: Split, index: ItemIndex, ti
                                          offsets)
         return *next_item_pairs(windows, model_config.max_len), torch.tensor(rows)
 
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
-                                  weight_decay=config.weight_decay)
-    averaged = torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=ema_with_warm_up(config.ema_decay),
-        use_buffers=True) if config.ema_decay > 0 else None
+    steppers, tables = optimisers(model, config)
+    averaged, dense_average = None, None
+    if config.ema_decay > 0 and tables:
+        dense_average = DenseAverage(model, tables, config.ema_decay)
+    elif config.ema_decay > 0:
+        averaged = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=ema_with_warm_up(config.ema_decay), use_buffers=True)
     generator = torch.Generator().manual_seed(config.seed)
     watched = split.sample(config.validation_users, config.seed)
     history: list[dict[str, float]] = []
@@ -163,20 +227,28 @@ def train_encoder(histories: list[list[int]], split: Split, index: ItemIndex, ti
         if config.random_tiling and epoch > 1:
             inputs, targets, example_users = epoch_windows()
         order = torch.randperm(len(inputs), generator=generator)
-        total, batches = 0.0, 0
+        total, batches, cut = 0.0, 0, False
         for start in range(0, len(order), config.batch_size):
+            if config.max_seconds and time.perf_counter() - started > config.max_seconds:
+                cut = True  # an epoch longer than the budget ends inside it
+                break
             rows = order[start:start + config.batch_size]
             loss = model(inputs[rows], targets[rows], config.sampled_negatives,
                          config.label_smoothing,
                          example_users[rows] if user_ids else None)
-            optimiser.zero_grad()
+            for stepper in steppers:
+                stepper.zero_grad()
             loss.backward()
-            optimiser.step()
+            for stepper in steppers:
+                stepper.step()
             if averaged is not None:
                 averaged.update_parameters(model)
+            if dense_average is not None:
+                dense_average.update()
             total += loss.item()
             batches += 1
-        chosen = model if averaged is None else averaged.module
+        chosen = (averaged.module if averaged is not None
+                  else dense_average.averaged() if dense_average is not None else model)
         metrics = evaluate(model_scorer(chosen), watched, index, "validation")
         row = {"train_loss": total / max(1, batches),
                **{f"val_{k}": v for k, v in metrics.items()}}
@@ -192,10 +264,14 @@ def train_encoder(histories: list[list[int]], split: Split, index: ItemIndex, ti
                 stopped_by = "patience"
                 break
         elapsed = time.perf_counter() - started
-        if (config.max_seconds and epoch < config.epochs
-                and elapsed * (epoch + 1) / epoch > config.max_seconds):
-            stopped_by = "time budget"  # the next epoch would end past it
+        if cut or (config.max_seconds and epoch < config.epochs
+                   and elapsed * (epoch + 1) / epoch > config.max_seconds):
+            stopped_by = "time budget"  # this epoch or the next ends past it
             break
+    for table in tables:  # sparse only for the optimiser: the model is served dense
+        for embedding in (model.item_embedding, model.user_embedding):
+            if embedding is not None and embedding.weight is table:
+                embedding.sparse = False
     model.load_state_dict(best_state)
     model.eval()
     validation = history[best_epoch - 1]

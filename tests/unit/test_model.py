@@ -408,3 +408,67 @@ def test_the_weight_average_warms_up_then_decays_at_the_configured_rate():
         averaged, current = [torch.zeros(3)], [torch.ones(3)]
         update(averaged, current, torch.tensor(updates))
         assert torch.allclose(averaged[0], torch.full((3,), expected))
+
+
+def test_with_sampled_softmax_the_tables_are_sparse_and_only_touched_rows_move():
+    from training.train import optimisers
+
+    torch.manual_seed(0)
+    n = 500
+    model = BehaviourEncoder(EncoderConfig(n_items=n, max_len=6, hidden=8, n_users=40),
+                             [f"i{i}" for i in range(n)], [f"t{i}" for i in range(n)],
+                             [f"u{i}" for i in range(40)])
+    steppers, tables = optimisers(model, TrainConfig(sampled_negatives=20, learning_rate=0.1))
+    assert tables == [model.item_embedding.weight, model.user_embedding.weight]
+    assert [type(s).__name__ for s in steppers] == ["SparseAdam", "AdamW"]
+    before = model.item_embedding.weight.detach().clone()
+    seq = pad_left([[1, 2, 3, 4], [7, 8, 9]], 6)
+    targets = pad_left([[2, 3, 4, 5], [8, 9, 10]], 6)
+    loss = model(seq, targets, negatives=20, users=torch.tensor([1, 2]))
+    loss.backward()
+    grad = model.item_embedding.weight.grad
+    assert grad.is_sparse and model.user_embedding.weight.grad.is_sparse
+    touched = set(grad.coalesce().indices()[0].tolist())
+    for stepper in steppers:
+        stepper.step()
+    moved = set(torch.nonzero((model.item_embedding.weight != before).any(dim=1))[:, 0].tolist())
+    assert moved and moved <= touched and len(touched) <= 10 + 20
+    # a catalogue the draws would cover trains with the full softmax: dense
+    small = BehaviourEncoder(EncoderConfig(n_items=15, max_len=6, hidden=8),
+                             list("abcdefghijklmno"), list("ABCDEFGHIJKLMNO"))
+    assert optimisers(small, TrainConfig(sampled_negatives=20))[1] == []
+
+
+def test_the_dense_average_is_the_weight_average_of_the_dense_parameters():
+    from training.train import DenseAverage, ema_with_warm_up
+
+    torch.manual_seed(1)
+    model = BehaviourEncoder(EncoderConfig(n_items=30, max_len=6, hidden=8), list(range(30)),
+                             list(range(30)))
+    table = model.item_embedding.weight
+    full = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_with_warm_up(0.9),
+                                               use_buffers=True)
+    dense = DenseAverage(model, [table], 0.9)
+    for _ in range(6):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        full.update_parameters(model)
+        dense.update()
+    averaged = dict(dense.averaged().named_parameters())
+    for name, value in full.module.named_parameters():
+        if name == "item_embedding.weight":  # not averaged: the current table
+            assert torch.equal(averaged[name], table)
+            assert not torch.allclose(value, table)
+        else:
+            assert torch.allclose(averaged[name], value, atol=1e-6), name
+
+
+def test_an_epoch_longer_than_the_budget_ends_inside_it():
+    data, split, index, sequences = generated(300, 120, 12_000, 7, 21)
+    result = train_encoder(
+        sequences * 20, split, index, data.items["title"].tolist(),
+        EncoderConfig(n_items=len(index), max_len=20, hidden=16),
+        TrainConfig(epochs=5, batch_size=2, threads=1, max_seconds=1.0))
+    assert result.stopped_by == "time budget" and len(result.history) == 1
+    assert result.train_seconds < 10  # one second of batches, then one validation
