@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from urllib.parse import unquote, urlparse
 
+import numpy as np
+import pandas as pd
 import yaml
 from feast import FeatureStore
 
@@ -79,3 +81,25 @@ def apply_definitions(store: FeatureStore, settings: Settings) -> list[str]:
     objects = definitions(settings)
     store.apply(objects)
     return [o.name for o in objects]
+
+
+# Entity rows per point-in-time join (``historical_features``).
+ENTITY_ROWS_PER_JOIN = 200_000
+
+
+def historical_features(store: FeatureStore, entity: pd.DataFrame, service: str,
+                        join_key: str, rows_per_join: int = ENTITY_ROWS_PER_JOIN,
+                        ) -> tuple[pd.DataFrame, int]:
+    """``get_historical_features`` of the feature service for ``entity``, as blocks
+    of whole entities (``join_key``, in sorted order), each its own join, and how
+    many joins. A row's features do not depend on the other rows, so the result
+    is one join's; but a join holds every earlier feature row of its entities,
+    lists and all, which for a large history must fit in memory."""
+    features = store.get_feature_service(service)
+    keys = np.sort(entity[join_key].unique())
+    blocks = max(1, -(-len(entity) // rows_per_join))
+    block = np.searchsorted(keys, entity[join_key].to_numpy()) * blocks // max(1, len(keys))
+    frames = [store.get_historical_features(entity_df=entity[block == b],
+                                            features=features).to_df()
+              for b in range(blocks) if (block == b).any()]
+    return pd.concat(frames, ignore_index=True), blocks

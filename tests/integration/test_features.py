@@ -23,7 +23,7 @@ from feature_repo.feature_views import (
 from feature_repo.materialize import materialize_view
 from feature_repo.profiles import item_popularity_table, user_profile_table
 from feature_repo.recent_items import feature_times, recent_items_table
-from feature_repo.store import apply_definitions, open_store
+from feature_repo.store import apply_definitions, historical_features, open_store
 from infra import redis_server
 from infra.settings import Settings
 from serving.online import OnlineFeatures
@@ -51,6 +51,17 @@ def test_point_in_time_training_rows_through_feast(home: Settings):
     # exactly the events before it.
     assert frame["recent_item_ids"].map(lambda v: None if v is None else list(v)).tolist() == [
         None, ["a"], ["a", "b"], ["a", "b", "c", "d"]]
+    # in blocks of whole users, one join each: the same rows
+    both = pd.concat([entity, entity.assign(user_id="bob")], ignore_index=True)
+    whole, joins = historical_features(store, both, BEHAVIOUR_ENCODER_SERVICE, "user_id")
+    split, more = historical_features(store, both, BEHAVIOUR_ENCODER_SERVICE, "user_id",
+                                      rows_per_join=4)
+    assert (joins, more) == (1, 2)
+    key = ["user_id", "event_timestamp"]
+    pd.testing.assert_frame_equal(whole.sort_values(key).reset_index(drop=True),
+                                  split.sort_values(key).reset_index(drop=True))
+    # bob's one event (second 50) is before three of the four instants
+    assert split.loc[split["user_id"] == "bob", "recent_item_ids"].notna().sum() == 3
 
 
 def test_concurrent_writers_to_one_user_lose_nothing(home: Settings):
