@@ -25,7 +25,7 @@ from orchestration.ledger import Ledger
 from orchestration.offline import part_rows, read_validated_events
 from orchestration.resources import FeatureStoreResource, MlflowResource, RecsysState
 from training import registry
-from training.evaluate import evaluate
+from training.evaluate import evaluate, evaluated_users
 from training.sequences import ItemIndex, evaluation_split
 from training.train import model_scorer
 
@@ -133,7 +133,9 @@ def challenger_beats_champion(context: AssetCheckExecutionContext, config: Promo
     measured now on the same validation data, by more than ``min_margin``; when it
     does not, ``champion_model`` does not run and the champion stays."""
     settings = state.settings()
-    split = evaluation_split(read_validated_events(settings), settings.evaluation_users)
+    items = len(pd.read_parquet(settings.items_path, columns=["item_id"]))
+    split = evaluation_split(read_validated_events(settings),
+                             evaluated_users(settings.evaluation_users, items))
     uri = mlflow.tracking_uri
     challenger = registry.alias_version(uri, registry.CHALLENGER)
     champion = registry.alias_version(uri, registry.CHAMPION)

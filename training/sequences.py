@@ -54,9 +54,9 @@ EVALUATION_SEED = 0
 
 
 def evaluation_split(events: pd.DataFrame, users: int) -> Split:
-    """``leave_one_out`` evaluated on at most ``users`` of its users, drawn with a
-    fixed seed: every step of a run (checkpoint, test, baselines, the promotion
-    check) and every model on the same events sees the same users."""
+    """``leave_one_out`` evaluated on at most ``users`` of its users (0: all),
+    drawn with a fixed seed: every step of a run (checkpoint, test, baselines,
+    the promotion check) and every model on the same events sees the same users."""
     return leave_one_out(events).sample(users, EVALUATION_SEED)
 
 

@@ -14,12 +14,14 @@ import numpy as np
 import torch
 
 from training.evaluate import (
+    VALIDATION_CELLS,
     K,
     Scorer,
     evaluate,
     evaluation_batch,
     evaluation_rows,
     ndcg_at_k,
+    users_within,
 )
 from training.model import BehaviourEncoder, EncoderConfig
 from training.sequences import ItemIndex, Split, next_item_pairs, pad_left, tiles
@@ -216,7 +218,8 @@ def train_encoder(histories: list[list[int]], split: Split, index: ItemIndex, ti
         averaged = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=ema_with_warm_up(config.ema_decay), use_buffers=True)
     generator = torch.Generator().manual_seed(config.seed)
-    watched = split.sample(config.validation_users, config.seed)
+    watched = split.sample(users_within(config.validation_users, len(index), VALIDATION_CELLS),
+                           config.seed)
     history: list[dict[str, float]] = []
     best, best_state, best_epoch, stale = -1.0, None, 0, 0
     stopped_by = "epochs"

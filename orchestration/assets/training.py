@@ -23,7 +23,13 @@ from orchestration.offline import read_validated_events
 from orchestration.resources import FeatureStoreResource, MlflowResource, RecsysState
 from training import ann, registry
 from training.cold_start import evaluate_cold_start, fill_cold_items
-from training.evaluate import ease_baseline, evaluate, popularity_scorer, warm_items
+from training.evaluate import (
+    ease_baseline,
+    evaluate,
+    evaluated_users,
+    popularity_scorer,
+    warm_items,
+)
 from training.model import EncoderConfig
 from training.sequences import (
     ItemIndex,
@@ -152,8 +158,8 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
     events = read_validated_events(settings)
     items = pd.read_parquet(settings.items_path)
     frame = pd.read_parquet(settings.training_set_path)
-    split = evaluation_split(events, settings.evaluation_users)
     index = ItemIndex(items["item_id"].tolist())
+    split = evaluation_split(events, evaluated_users(settings.evaluation_users, len(index)))
     histories, users = histories_from_training_set(frame, index)
     model_config, train_config = config.configs(len(index), settings.recent_items)
     result = train_encoder(
@@ -172,7 +178,7 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
               "softmax": "sampled" if train_config.sampled_negatives else "full",
               "training_rows": len(frame), "torch": torch.__version__,
               # at most this many users validated and tested (a sample above it)
-              "evaluation_users": settings.evaluation_users,
+              "evaluation_users": evaluated_users(settings.evaluation_users, len(index)),
               "stopped_by": result.stopped_by}
     context.log.info(f"training stopped by {result.stopped_by} after epoch "
                      f"{len(result.history)} ({result.train_seconds:.0f} s; budget "
@@ -284,7 +290,7 @@ def cold_start_evaluation(context: AssetExecutionContext, config: ColdStartEvalu
     events = read_validated_events(settings)
     items = pd.read_parquet(settings.items_path)
     index = ItemIndex(items["item_id"].tolist())
-    split = evaluation_split(events, settings.evaluation_users)
+    split = evaluation_split(events, evaluated_users(settings.evaluation_users, len(index)))
     histories, users = histories_from_training_set(
         pd.read_parquet(settings.training_set_path), index)
     model_config, train_config = logged_recipe(params).configs(len(index), int(params["max_len"]))

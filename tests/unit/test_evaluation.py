@@ -8,9 +8,13 @@ import pytest
 
 from feature_repo.recent_items import feature_times
 from training.evaluate import (
+    LARGE_CATALOGUE,
+    K,
+    _rankable,
     ease_baseline,
     ease_scorer,
     evaluate,
+    evaluated_users,
     metrics_from_ranks,
     popularity_scorer,
     rank_of_targets,
@@ -200,3 +204,25 @@ def test_ease_over_the_warm_items_equals_ease_over_the_whole_catalogue():
     got = ease_scorer(split, index, 50.0)(histories)
     assert np.allclose(got, x @ weights, rtol=1e-4, atol=1e-6)
     assert np.all(got[:, 26:] == 0) and np.abs(got[:, 1:26]).max() > 0.01
+
+
+def test_evaluation_samples_fewer_users_only_where_the_catalogue_is_large():
+    from training.evaluate import EVALUATION_CELLS, MIN_EVALUATED_USERS, users_within
+
+    assert evaluated_users(20_000, 1_682) == 20_000  # MovieLens-size: the cap
+    assert evaluated_users(20_000, 1_000_000) == EVALUATION_CELLS // 1_000_001
+    assert evaluated_users(20_000, 10**9) == MIN_EVALUATED_USERS
+    assert users_within(0, 24_000, 10**9) == 10**9 // 24_001  # 0: no cap but the cells
+
+
+def test_large_catalogues_rank_the_same_top_k_through_torch():
+    rng = np.random.default_rng(2)
+    n = LARGE_CATALOGUE + 50
+    scores = rng.normal(size=(4, n + 1))  # no ties
+    targets = rng.integers(1, n, 4)
+    exclude = [list(rng.integers(1, n, 30)) for _ in range(4)]
+    ranks, top = rank_of_targets(scores, targets, exclude)
+    rankable = _rankable(scores, exclude)
+    expected = np.argsort(-rankable, axis=1, kind="stable")[:, :K]
+    np.testing.assert_array_equal(top, expected)
+    assert (ranks == (rankable > rankable[np.arange(4), targets][:, None]).sum(axis=1)).all()
