@@ -20,6 +20,7 @@ from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 MAX_TOKENS = 128
+LENGTH_SLICE = 10_000
 PRECISIONS = ("float32", "bfloat16")
 
 
@@ -69,8 +70,11 @@ class TextEncoder:
         masked: a text's vector does not depend on its batch beyond the rounding
         of the precision)."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        lengths = [len(ids) for ids in self.tokenizer(
-            list(texts), truncation=True, max_length=MAX_TOKENS)["input_ids"]]
+        lengths = []  # token counts, a slice at a time: a million texts' ids are GBs
+        for at in range(0, len(texts), LENGTH_SLICE):
+            lengths += [len(ids) for ids in self.tokenizer(
+                list(texts[at:at + LENGTH_SLICE]), truncation=True, max_length=MAX_TOKENS,
+                return_attention_mask=False, return_token_type_ids=False)["input_ids"]]
         order = np.argsort(lengths, kind="stable")
         for at in range(0, len(texts), batch_size):
             rows = order[at:at + batch_size]
