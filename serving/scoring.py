@@ -31,6 +31,10 @@ BECAUSE = 2  # recent items named as the reason for each recommended item
 BECAUSE_WINDOW = 20  # how many of the newest history items are candidates for it
 CONTENT_WEIGHT = 0.7  # share of content similarity in the cold-start blend
 POPULAR_RANKED = 1_000
+# Up to this catalogue size each worker holds every item's text embedding for the
+# no-history content blend; beyond it (a million items would be 1.5 GB a worker,
+# and a scan of them per request) the blend is left out and popularity answers.
+CONTENT_MAX_ITEMS = 200_000
 
 
 @dataclass(frozen=True)

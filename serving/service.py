@@ -34,6 +34,7 @@ from serving.intake import check_request
 from serving.online import OnlineFeatures
 from serving.privacy import PrivacyBoundary
 from serving.scoring import (
+    CONTENT_MAX_ITEMS,
     ServedModel,
     load_served_model,
     recommend,
@@ -242,10 +243,16 @@ class Recommender:
         cold starts; left out, with a warning, while Redis is unreachable)."""
         served = load_served_model(self.settings.tracking_uri(), quantize=self.settings.quantize,
                                    ann_min_items=self.settings.ann_min_items)
-        try:
-            served = with_content(served, self.online.item_embeddings(served.index.item_ids))
-        except redis.RedisError as error:
-            log.warning("item embeddings unavailable (%s): no content blend", type(error).__name__)
+        if len(served.index) > CONTENT_MAX_ITEMS:
+            log.warning("%d items: no content blend for users without history (more than "
+                        "%d)", len(served.index), CONTENT_MAX_ITEMS)
+        else:
+            try:
+                served = with_content(served,
+                                      self.online.item_embeddings(served.index.item_ids))
+            except redis.RedisError as error:
+                log.warning("item embeddings unavailable (%s): no content blend",
+                            type(error).__name__)
         # TorchScript's profiling executor specialises the traced encoder on its
         # first calls, each several times slower than a warm one: make them here,
         # before the version takes requests, not on the first users' requests.
