@@ -56,6 +56,10 @@ class TrainConfig:
     # Each epoch, tile every history from a random offset (``sequences.tiles``)
     # instead of the same windows every epoch.
     random_tiling: bool = False
+    # With sampled softmax and this many item + user table rows or more, the
+    # tables are sparse (``optimisers``): at 400,000 rows the dense AdamW step and
+    # weight average took most of each step; at 55,000 they cost little.
+    sparse_min_rows: int = 200_000
     # > 0: the checkpoint and the blend weights are chosen on this many validation
     # users, drawn once with the seed, and the chosen model is then validated on
     # every user once (0: every user each epoch).
@@ -140,15 +144,16 @@ class DenseAverage:
 
 def optimisers(model: BehaviourEncoder, config: TrainConfig,
                ) -> tuple[list[torch.optim.Optimizer], list[torch.nn.Parameter]]:
-    """AdamW over every parameter; with sampled softmax (large catalogues) the
-    item and user tables are sparse instead, updated by SparseAdam in the rows a
-    batch touched only: a dense update of a million-row table every step costs
-    more than everything else in the step. Returns the optimisers and the sparse
-    tables."""
+    """AdamW over every parameter; with sampled softmax and at least
+    ``sparse_min_rows`` item and user rows, the two tables are sparse instead,
+    updated by SparseAdam in the rows a batch touched only: a dense update of a
+    million-row table every step costs more than everything else in the step.
+    Returns the optimisers and the sparse tables."""
     tables = []
+    rows = model.config.n_items + model.config.n_users
     # (the forward pass falls back to the full softmax when the draws would cover
     # the catalogue, and that scores the whole table)
-    if 0 < config.sampled_negatives < model.config.n_items:
+    if 0 < config.sampled_negatives < model.config.n_items and rows >= config.sparse_min_rows:
         for embedding in (model.item_embedding, model.user_embedding):
             if embedding is not None:
                 embedding.sparse = True
