@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 DEFAULT_HOME = ".recsys"
+ENGINES = ("embedded", "ray")  # RECSYS_ENGINE (infra.engine)
 
 
 def _flag(env, name: str) -> bool:
@@ -63,6 +64,13 @@ class Settings:
     # model: each rank is over the whole catalogue, which at a million items costs
     # milliseconds a user. 20,000 users put NDCG@10's standard error near 0.002.
     evaluation_users: int = 20_000
+    # Where the offline work's blocks run (infra.engine): in the asset's process, or
+    # as Ray tasks on the cluster at ``ray_address`` (unset: a local Ray that the
+    # project starts and stops, with ``ray_cpus`` CPUs and ``ray_memory_mb`` MB).
+    engine: str = "embedded"
+    ray_address: str | None = None
+    ray_cpus: int = 2
+    ray_memory_mb: int = 4096
     # User ids become keyed hashes before anything is stored (feature_repo.privacy).
     pseudonymise: bool = False
     # The key itself is never serialised (``to_json`` leaves it out): it comes from
@@ -93,13 +101,19 @@ class Settings:
         deadline = given("RECSYS_DEADLINE_MS", "deadline_ms")
         ann_min_items = given("RECSYS_ANN_MIN_ITEMS", "ann_min_items")
         evaluation_users = given("RECSYS_EVALUATION_USERS", "evaluation_users")
+        engine = given("RECSYS_ENGINE", "engine").strip().lower()
+        if engine not in ENGINES:
+            raise ValueError(f"RECSYS_ENGINE must be one of {', '.join(ENGINES)}, got {engine!r}")
+        ray_cpus = given("RECSYS_RAY_CPUS", "ray_cpus")
+        ray_memory = given("RECSYS_RAY_MEMORY_MB", "ray_memory_mb")
         for name, value in (("RECSYS_RECENT_ITEMS", recent), ("RECSYS_SERVING_THREADS", threads),
                             ("RECSYS_MAX_BODY_BYTES", body), ("RECSYS_MODEL_POLL_S", poll),
                             ("RECSYS_SERVING_WORKERS", workers),
                             ("RECSYS_REDIS_TIMEOUT_MS", redis_timeout),
                             ("RECSYS_DEADLINE_MS", deadline),
                             ("RECSYS_ANN_MIN_ITEMS", ann_min_items),
-                            ("RECSYS_EVALUATION_USERS", evaluation_users)):
+                            ("RECSYS_EVALUATION_USERS", evaluation_users),
+                            ("RECSYS_RAY_CPUS", ray_cpus), ("RECSYS_RAY_MEMORY_MB", ray_memory)):
             if not value.isdigit() or int(value) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         return cls(
@@ -124,6 +138,10 @@ class Settings:
             deadline_ms=int(deadline),
             ann_min_items=int(ann_min_items),
             evaluation_users=int(evaluation_users),
+            engine=engine,
+            ray_address=env.get("RECSYS_RAY_ADDRESS") or None,
+            ray_cpus=int(ray_cpus),
+            ray_memory_mb=int(ray_memory),
             pseudonymise=_flag(env, "RECSYS_PSEUDONYMISE"),
             pseudonym_key=env.get("RECSYS_PSEUDONYM_KEY") or None,
             pseudonym_key_file=Path(env["RECSYS_PSEUDONYM_KEY_FILE"]).expanduser().resolve()

@@ -30,9 +30,13 @@ def test_settings_travel_whole_through_json(tmp_path):
     s = Settings.from_env({"RECSYS_HOME": str(tmp_path), "RECSYS_SOURCE": str(tmp_path / "src"),
                            "REDIS_URL": "redis://n1:7000", "RECSYS_REDIS_CLUSTER": "true",
                            "RECSYS_FEAST_OFFLINE_STORE": '{"type": "file"}',
-                           "RECSYS_RECENT_ITEMS": "7", "RECSYS_QUANTIZE": "1"})
+                           "RECSYS_RECENT_ITEMS": "7", "RECSYS_QUANTIZE": "1",
+                           "RECSYS_ENGINE": "Ray", "RECSYS_RAY_ADDRESS": "ray://head:10001",
+                           "RECSYS_RAY_CPUS": "8"})
     back = Settings.from_json(s.to_json())
     assert back == s and back.redis_cluster and back.recent_items == 7
+    assert (back.engine, back.ray_address, back.ray_cpus, back.ray_memory_mb) == (
+        "ray", "ray://head:10001", 8, 4096)
     assert isinstance(back.home, Path) and back.source == tmp_path / "src"
     with pytest.raises(ValueError, match="unknown settings"):
         Settings.from_json('{"home": "/x", "colour": "red"}')
@@ -45,3 +49,11 @@ def test_settings_reject_bad_numbers():
         assert "RECSYS_RECENT_ITEMS" in str(error)
     else:
         raise AssertionError("a non-numeric RECSYS_RECENT_ITEMS was accepted")
+
+
+@pytest.mark.parametrize("variable, value", [("RECSYS_ENGINE", "spark"),
+                                             ("RECSYS_RAY_CPUS", "0"),
+                                             ("RECSYS_RAY_MEMORY_MB", "4G")])
+def test_settings_reject_an_unknown_engine_and_bad_ray_bounds(variable, value):
+    with pytest.raises(ValueError, match=variable):
+        Settings.from_env({variable: value})
