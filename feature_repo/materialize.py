@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from feast import FeatureStore
 
 from feature_repo.online_rows import write_rows
+from infra.engine import Embedded, Ray
 
 WRITE_BATCH = 50_000  # rows per pipelined write: bounds memory
 
@@ -70,16 +71,27 @@ def latest_in_range(path: Path, join_key: str, start: datetime, end: datetime,
 
 
 def materialize_view(store: FeatureStore, view: str, path: Path, join_key: str,
-                     start: datetime, end: datetime) -> MaterializeStats:
-    """Write the latest row per entity in ``[start, end)`` of ``path`` to the online store."""
+                     start: datetime, end: datetime, engine: Embedded | Ray | None = None,
+                     ) -> MaterializeStats:
+    """Write the latest row per entity in ``[start, end)`` of ``path`` to the online
+    store: batches of ``WRITE_BATCH`` entities, each written by its own block on
+    ``engine`` (default: this process); an entity is in one batch only, so the
+    order the batches land in does not matter."""
     started = time.perf_counter()
     latest, in_range = latest_in_range(path, join_key, start, end)
-    online = store._get_provider().online_store  # Feast's Redis client: one node or a cluster
-    client = online._get_client(store.config.online_store)
-    definition = store.get_feature_view(view)
-    for at in range(0, len(latest), WRITE_BATCH):
-        write_rows(client, store.project, definition, join_key, latest.iloc[at:at + WRITE_BATCH],
-                   store.config.online_store.key_ttl_seconds)
+    batches = [(str(store.repo_path), view, join_key, latest.iloc[at:at + WRITE_BATCH])
+               for at in range(0, len(latest), WRITE_BATCH)]
+    for _ in (engine or Embedded()).map(write_batch, batches):
+        pass
     return MaterializeStats(view=view, start=start, end=end, rows_in_range=in_range,
                             entities_written=len(latest),
                             seconds=time.perf_counter() - started)
+
+
+def write_batch(repo_path: str, view: str, join_key: str, rows: pd.DataFrame) -> int:
+    """``write_rows`` of ``rows`` through the online store of the Feast repo at
+    ``repo_path``, opened where the batch runs (one Redis node or a cluster)."""
+    store = FeatureStore(repo_path=repo_path)
+    client = store._get_provider().online_store._get_client(store.config.online_store)
+    return write_rows(client, store.project, store.get_feature_view(view), join_key, rows,
+                      store.config.online_store.key_ttl_seconds)

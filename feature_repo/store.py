@@ -15,6 +15,7 @@ from feast import FeatureStore
 from feature_repo import feature_services, feature_views
 from feature_repo.data_sources import user_recent_items_push
 from feature_repo.entities import item, user
+from infra.engine import Embedded, Ray
 from infra.files import atomic_write_text
 from infra.settings import Settings
 
@@ -89,17 +90,25 @@ ENTITY_ROWS_PER_JOIN = 200_000
 
 def historical_features(store: FeatureStore, entity: pd.DataFrame, service: str,
                         join_key: str, rows_per_join: int = ENTITY_ROWS_PER_JOIN,
-                        ) -> tuple[pd.DataFrame, int]:
+                        engine: Embedded | Ray | None = None) -> tuple[pd.DataFrame, int]:
     """``get_historical_features`` of the feature service for ``entity``, as blocks
-    of whole entities (``join_key``, in sorted order), each its own join, and how
-    many joins. A row's features do not depend on the other rows, so the result
-    is one join's; but a join holds every earlier feature row of its entities,
-    lists and all, which for a large history must fit in memory."""
-    features = store.get_feature_service(service)
+    of whole entities (``join_key``, in sorted order), each its own join on
+    ``engine`` (default: this process), and how many joins. A row's features do
+    not depend on the other rows, so the result is one join's; but a join holds
+    every earlier feature row of its entities, lists and all, which for a large
+    history must fit in one process's memory."""
     keys = np.sort(entity[join_key].unique())
     blocks = max(1, -(-len(entity) // rows_per_join))
     block = np.searchsorted(keys, entity[join_key].to_numpy()) * blocks // max(1, len(keys))
-    frames = [store.get_historical_features(entity_df=entity[block == b],
-                                            features=features).to_df()
-              for b in range(blocks) if (block == b).any()]
+    parts = [(str(store.repo_path), entity[block == b], service)
+             for b in range(blocks) if (block == b).any()]
+    frames = list((engine or Embedded()).map(join_block, parts))
     return pd.concat(frames, ignore_index=True), blocks
+
+
+def join_block(repo_path: str, entity: pd.DataFrame, service: str) -> pd.DataFrame:
+    """One point-in-time join, with the store at ``repo_path`` opened where it runs
+    (a Ray task's process: a store does not travel)."""
+    store = FeatureStore(repo_path=repo_path)
+    return store.get_historical_features(
+        entity_df=entity, features=store.get_feature_service(service)).to_df()

@@ -21,6 +21,7 @@ from feature_repo.recent_items import recent_items_chunks
 from feature_repo.schema import GENRE_SEPARATOR
 from feature_repo.store import apply_definitions
 from feature_repo.tables import write_chunks
+from infra.engine import engine
 from infra.files import atomic_write_text
 from infra.settings import Settings
 from orchestration.offline import read_validated_events
@@ -133,23 +134,25 @@ def _materialize(context: AssetExecutionContext, settings: Settings,
     marks = settings.materialized_dir
     marks.mkdir(parents=True, exist_ok=True)
     store = feature_store.store()
-    metadata: dict = {"full_refresh": full_refresh}
-    for view, file, key in views:
-        path = settings.offline_dir / file
-        times = pd.read_parquet(path, columns=["event_timestamp"])["event_timestamp"]
-        end = times.max() + pd.Timedelta(microseconds=1)
-        mark = marks / f"{view}.json"
-        previous = json.loads(mark.read_text())["end"] if mark.exists() else None
-        start = times.min() if full_refresh or previous is None else pd.Timestamp(previous)
-        stats = materialize_view(store, view, path, key, start.to_pydatetime(),
-                                 end.to_pydatetime())
-        atomic_write_text(mark, json.dumps({"end": end.isoformat()}))
-        context.log.info(f"{view}: {stats.entities_written} entities from "
-                         f"{stats.rows_in_range} rows in [{start}, {end}) "
-                         f"in {stats.seconds:.1f} s")
-        metadata[view] = MetadataValue.json({
-            "entities_written": stats.entities_written, "rows_in_range": stats.rows_in_range,
-            "start": str(start), "end": str(end), "seconds": round(stats.seconds, 2)})
+    metadata: dict = {"full_refresh": full_refresh, "engine": settings.engine}
+    with engine(settings) as runner:
+        for view, file, key in views:
+            path = settings.offline_dir / file
+            times = pd.read_parquet(path, columns=["event_timestamp"])["event_timestamp"]
+            end = times.max() + pd.Timedelta(microseconds=1)
+            mark = marks / f"{view}.json"
+            previous = json.loads(mark.read_text())["end"] if mark.exists() else None
+            start = times.min() if full_refresh or previous is None else pd.Timestamp(previous)
+            stats = materialize_view(store, view, path, key, start.to_pydatetime(),
+                                     end.to_pydatetime(), engine=runner)
+            atomic_write_text(mark, json.dumps({"end": end.isoformat()}))
+            context.log.info(f"{view}: {stats.entities_written} entities from "
+                             f"{stats.rows_in_range} rows in [{start}, {end}) "
+                             f"in {stats.seconds:.1f} s")
+            metadata[view] = MetadataValue.json({
+                "entities_written": stats.entities_written,
+                "rows_in_range": stats.rows_in_range,
+                "start": str(start), "end": str(end), "seconds": round(stats.seconds, 2)})
     first = views[0][0]
     metadata["row_count"] = metadata[first].value["entities_written"]
     return MaterializeResult(metadata=metadata)

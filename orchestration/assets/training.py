@@ -18,6 +18,7 @@ from feature_repo.data_sources import ITEM_CONTENT_FILE
 from feature_repo.feature_services import BEHAVIOUR_ENCODER_SERVICE
 from feature_repo.recent_items import feature_times
 from feature_repo.store import historical_features
+from infra.engine import engine
 from infra.fingerprint import file_sha256, tree_sha256
 from orchestration.offline import read_validated_events
 from orchestration.resources import FeatureStoreResource, MlflowResource, RecsysState
@@ -47,14 +48,16 @@ def training_set(state: RecsysState, feature_store: FeatureStoreResource) -> Mat
     events = read_validated_events(settings)
     entity = training_targets(events, feature_times(events), max_len=settings.recent_items)
     store = feature_store.store()
-    frame, blocks = historical_features(store, entity, BEHAVIOUR_ENCODER_SERVICE, "user_id")
+    with engine(settings) as runner:
+        frame, blocks = historical_features(store, entity, BEHAVIOUR_ENCODER_SERVICE,
+                                            "user_id", engine=runner)
     frame = frame.sort_values(["user_id", "event_timestamp"]).reset_index(drop=True)
     frame.to_parquet(settings.training_set_path, index=False)
     return MaterializeResult(metadata={
         "row_count": len(frame), "users": int(frame["user_id"].nunique()),
         "feature_service": BEHAVIOUR_ENCODER_SERVICE,
         "rows_without_history": int(frame["recent_item_ids"].isna().sum()),
-        "joins": blocks,
+        "joins": blocks, "engine": settings.engine,
     })
 
 

@@ -105,7 +105,7 @@ def redis_dump(server) -> dict:
             for key in sorted(client.keys("*")) if not key.startswith(b"recsys:lock")}
 
 
-def _all_view_tables(events: pd.DataFrame, items: pd.DataFrame) -> dict:
+def all_view_tables(events: pd.DataFrame, items: pd.DataFrame) -> dict:
     """Each view's offline table (a hand-made item_content) and its join key."""
     rng = np.random.default_rng(1)
     content = pd.DataFrame({
@@ -119,10 +119,9 @@ def _all_view_tables(events: pd.DataFrame, items: pd.DataFrame) -> dict:
             ITEM_CONTENT: (content, ITEM_CONTENT_FILE, "item_id")}
 
 
-def test_materialize_view_writes_what_feast_materialize_writes(home: Settings, tmp_path):
-    """Our range materialisation and Feast's own leave byte-identical Redis hashes,
-    for every view: lists, scalars, nulls (a user with no rating), empty lists (a
-    user whose one item has no genre), an item view without TTL."""
+def edge_case_data() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Generated events and items plus a user with no rating whose one item has no
+    genre (nulls and empty lists in the feature rows)."""
     from orchestration.sources.generator import GeneratorConfig, generate
 
     data = generate(GeneratorConfig(users=30, items=25, events=300, seed=3))
@@ -135,7 +134,15 @@ def test_materialize_view_writes_what_feast_materialize_writes(home: Settings, t
         event_timestamp=pd.to_datetime(events.pop("timestamp"), unit="s", utc=True),
         rating=pd.to_numeric(events["rating"], errors="coerce"),
     ).sort_values("event_timestamp", kind="stable").reset_index(drop=True)
-    tables = _all_view_tables(events, items)
+    return events, items
+
+
+def test_materialize_view_writes_what_feast_materialize_writes(home: Settings, tmp_path):
+    """Our range materialisation and Feast's own leave byte-identical Redis hashes,
+    for every view: lists, scalars, nulls (a user with no rating), empty lists (a
+    user whose one item has no genre), an item view without TTL."""
+    events, items = edge_case_data()
+    tables = all_view_tables(events, items)
     # The reference: Feast's own materialize, reading its default file offline store.
     other = Settings(home=tmp_path / "feast_materialize", feast_offline_store='{"type": "file"}')
     try:

@@ -1,0 +1,106 @@
+"""The Ray engine (``RECSYS_ENGINE=ray``) against the embedded one on the same
+input, on a real local Ray started once for the module."""
+
+import pandas as pd
+import pytest
+
+from feature_repo import materialize
+from feature_repo.data_sources import USER_RECENT_ITEMS_FILE
+from feature_repo.feature_services import BEHAVIOUR_ENCODER_SERVICE
+from feature_repo.recent_items import feature_times, recent_items_table
+from feature_repo.store import apply_definitions, historical_features, open_store
+from infra import redis_server
+from infra.engine import engine
+from infra.settings import Settings
+from orchestration.offline import read_validated_events
+from tests.integration.test_features import all_view_tables, edge_case_data, redis_dump
+from tests.unit.test_feature_tables import HAND
+from training.sequences import training_targets
+
+KEY = ["user_id", "event_timestamp"]
+
+
+@pytest.fixture(scope="module")
+def ray_engine(tmp_path_factory):
+    import ray
+
+    settings = Settings(home=tmp_path_factory.mktemp("ray_home"), engine="ray", ray_cpus=2,
+                        ray_memory_mb=2048)
+    with engine(settings) as runner:
+        assert ray.cluster_resources()["CPU"] == 2  # the local Ray is bounded as set
+        yield runner
+    assert not ray.is_initialized()  # and stopped with the work
+
+
+def in_order(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values(KEY).reset_index(drop=True)
+
+
+def test_point_in_time_joins_on_ray_equal_the_embedded_ones_with_same_second_ties(
+        home: Settings, ray_engine):
+    """alice's b and c share a second: the instants between them must see b and not c
+    on both engines (an engine that truncated the entity times to seconds would not)."""
+    home.offline_dir.mkdir(parents=True)
+    recent_items_table(HAND, n=50).to_parquet(home.offline_dir / USER_RECENT_ITEMS_FILE)
+    store = open_store(home, redis_server.ensure(home).url)
+    apply_definitions(store, home)
+    micro = pd.Timedelta(microseconds=1)
+    t = feature_times(HAND)
+    assert t.iloc[2].floor("s") == t.iloc[3].floor("s")  # the tie
+    entity = pd.DataFrame({
+        "user_id": ["alice"] * 4 + ["bob"] * 4,
+        "event_timestamp": [t.iloc[2] - micro, t.iloc[3] - micro, t.iloc[3], t.iloc[4]] * 2})
+    embedded, _ = historical_features(store, entity, BEHAVIOUR_ENCODER_SERVICE, "user_id")
+    on_ray, joins = historical_features(store, entity, BEHAVIOUR_ENCODER_SERVICE, "user_id",
+                                        rows_per_join=4, engine=ray_engine)
+    assert joins == 2  # one task per user
+    pd.testing.assert_frame_equal(in_order(on_ray), in_order(embedded))
+    alice = in_order(on_ray).query("user_id == 'alice'")["recent_item_ids"].map(list).tolist()
+    assert alice == [["a"], ["a", "b"], ["a", "b", "c"], ["a", "b", "c", "d"]]
+
+
+def test_the_training_set_on_ray_equals_the_embedded_one_row_for_row(pipeline, ray_engine):
+    settings = pipeline.settings
+    events = read_validated_events(settings)
+    entity = training_targets(events, feature_times(events), max_len=settings.recent_items)
+    store = open_store(settings, redis_server.ensure(settings).url)
+    embedded, joins = historical_features(store, entity, BEHAVIOUR_ENCODER_SERVICE, "user_id")
+    on_ray, blocks = historical_features(store, entity, BEHAVIOUR_ENCODER_SERVICE, "user_id",
+                                         rows_per_join=-(-len(entity) // 5), engine=ray_engine)
+    assert (joins, blocks) == (1, 5)
+    assert len(embedded) == len(entity) and embedded["recent_item_ids"].notna().mean() > 0.9
+    pd.testing.assert_frame_equal(in_order(on_ray), in_order(embedded))
+    # and the asset's file (the embedded run of the pipeline) is that table
+    pd.testing.assert_frame_equal(pd.read_parquet(settings.training_set_path), in_order(embedded),
+                                  check_dtype=False)
+
+
+def test_materialisation_on_ray_leaves_the_redis_of_the_embedded_one(
+        home: Settings, tmp_path, ray_engine, monkeypatch):
+    """Every view (lists, nulls, empty lists, a view without TTL), written in
+    batches of 7 entities, each a Ray task with its own Redis client."""
+    monkeypatch.setattr(materialize, "WRITE_BATCH", 7)
+    events, items = edge_case_data()
+    tables = all_view_tables(events, items)
+    other = Settings(home=tmp_path / "embedded")
+    try:
+        dumps = []
+        for settings, runner in ((home, ray_engine), (other, None)):
+            settings.offline_dir.mkdir(parents=True)
+            server = redis_server.ensure(settings)
+            store = open_store(settings, server.url)
+            for table, file, _ in tables.values():
+                table.to_parquet(settings.offline_dir / file)
+            apply_definitions(store, settings)
+            for view, (table, file, key) in tables.items():
+                stats = materialize.materialize_view(
+                    store, view, settings.offline_dir / file, key,
+                    table["event_timestamp"].min().to_pydatetime(),
+                    (table["event_timestamp"].max() + pd.Timedelta(seconds=1)).to_pydatetime(),
+                    engine=runner)
+                assert stats.entities_written == table[key].nunique() > 7
+            dumps.append(redis_dump(server))
+        assert len(dumps[0]) == events["user_id"].nunique() + len(items)
+        assert dumps[0] == dumps[1]
+    finally:
+        redis_server.stop(other)
