@@ -162,9 +162,11 @@ class Transitions:
         begin, end = indptr[items], indptr[items + 1]
         if not (end > begin).any():
             return items, values
-        picks = np.concatenate([np.arange(b, e) for b, e in zip(begin, end, strict=True)
-                                if e > b])
-        weights = np.repeat(values, end - begin) * shares[picks]
+        # every lender's range of borrowers, gathered by index (no loop over items)
+        lengths = end - begin
+        starts = np.cumsum(lengths) - lengths
+        picks = np.arange(lengths.sum()) + np.repeat(begin - starts, lengths)
+        weights = np.repeat(values, lengths) * shares[picks]
         merged, where = np.unique(np.concatenate([items, borrowers[picks]]),
                                   return_inverse=True)
         summed = np.bincount(where, weights=np.concatenate([values, weights]))
