@@ -9,12 +9,14 @@ reads reproduce the evaluation protocol's stable (timestamp, row order) order.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from feature_repo.tables import CHUNK_ROWS, gather
+from feature_repo.tables import CHUNK_ROWS, entity_blocks, gather, write_blocks
+from infra.engine import Embedded, Ray
 
 
 def feature_times(events: pd.DataFrame) -> pd.Series:
@@ -35,9 +37,7 @@ def recent_items_chunks(events: pd.DataFrame, n: int,
     ``chunk_rows`` rows in its order. Each row's lists are a slice of its
     user's items in time order, gathered by index: no Python object is made per
     item, and memory grows with the chunk, not with the events times ``n``."""
-    stamps = feature_times(events)
-    schema = recent_items_schema(pa.Array.from_pandas(stamps.iloc[:0]).type)
-    return schema, _recent_chunks(events, stamps, n, chunk_rows)
+    return _recent_schema(events), _recent_chunks(events, feature_times(events), n, chunk_rows)
 
 
 def _recent_chunks(events: pd.DataFrame, stamps: pd.Series, n: int,
@@ -69,6 +69,25 @@ def _recent_chunks(events: pd.DataFrame, stamps: pd.Series, n: int,
             "recent_item_ids": pa.ListArray.from_arrays(offsets, names.take(item_codes[flat])),
             "recent_timestamps": pa.ListArray.from_arrays(offsets, pa.array(micros[flat])),
         })
+
+
+def _recent_schema(events: pd.DataFrame) -> pa.Schema:
+    return recent_items_schema(pa.Array.from_pandas(feature_times(events.iloc[:0])).type)
+
+
+def recent_items_block(events: pd.DataFrame, n: int) -> pa.Table:
+    """``recent_items_table`` of a block of whole users' events, as one table."""
+    schema, chunks = recent_items_chunks(events, n)
+    return pa.concat_tables([schema.empty_table(), *chunks])
+
+
+def write_recent_items(events: pd.DataFrame, n: int, path: Path,
+                       engine: Embedded | Ray | None = None) -> int:
+    """``recent_items_table`` into the parquet file at ``path``, computed in blocks
+    of whole users on ``engine`` (``tables.write_blocks``); the rows written."""
+    blocks = [(events.iloc[b],) for b in entity_blocks(events["user_id"].to_numpy())]
+    return write_blocks(_recent_schema(events), recent_items_block, blocks, path, engine,
+                        shared=(n,))
 
 
 def recent_items_table(events: pd.DataFrame, n: int) -> pd.DataFrame:

@@ -36,9 +36,11 @@ class Embedded:
     name = "embedded"
     parallelism = 1
 
-    def map(self, function: Callable[..., Any], blocks: Iterable[tuple]) -> Iterator[Any]:
+    def map(self, function: Callable[..., Any], blocks: Iterable[tuple],
+            shared: tuple = ()) -> Iterator[Any]:
+        """``function(*block, *shared)`` for each block, in block order."""
         for block in blocks:
-            yield function(*block)
+            yield function(*block, *shared)
 
 
 class Ray:
@@ -50,13 +52,17 @@ class Ray:
     def __init__(self, cpus: int):
         self.parallelism = max(1, cpus)
 
-    def map(self, function: Callable[..., Any], blocks: Iterable[tuple]) -> Iterator[Any]:
+    def map(self, function: Callable[..., Any], blocks: Iterable[tuple],
+            shared: tuple = ()) -> Iterator[Any]:
+        """``function(*block, *shared)`` for each block as a task, in block order;
+        ``shared`` goes into the object store once, not once a block."""
         import ray
 
         task = ray.remote(num_cpus=1, max_retries=1)(function)
+        refs = [ray.put(value) for value in shared]
         pending: deque = deque()
         for block in blocks:
-            pending.append(task.remote(*block))
+            pending.append(task.remote(*block, *refs))
             if len(pending) >= 2 * self.parallelism:
                 yield ray.get(pending.popleft())
         while pending:

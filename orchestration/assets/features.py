@@ -16,11 +16,10 @@ from feature_repo.feature_views import (
     USER_RECENT_ITEMS,
 )
 from feature_repo.materialize import materialize_view
-from feature_repo.profiles import item_popularity_table, user_profile_chunks
-from feature_repo.recent_items import recent_items_chunks
+from feature_repo.profiles import write_item_popularity, write_user_profile
+from feature_repo.recent_items import write_recent_items
 from feature_repo.schema import GENRE_SEPARATOR
 from feature_repo.store import apply_definitions
-from feature_repo.tables import write_chunks
 from infra.engine import engine
 from infra.files import atomic_write_text
 from infra.settings import Settings
@@ -45,33 +44,42 @@ def _written(path: Path, rows: int, entities: int) -> MaterializeResult:
         "row_count": rows, "entities": int(entities), "path": MetadataValue.path(str(path))})
 
 
+def _computed(settings: Settings, file: str, key: str, write) -> MaterializeResult:
+    """A per-event feature table written by ``write(events, path, engine)`` on the
+    configured engine, from the validated events."""
+    events = read_validated_events(settings)
+    path = settings.offline_dir / file
+    with engine(settings) as runner:
+        rows = write(events, path, runner)
+    result = _written(path, rows, events[key].nunique())
+    result.metadata["engine"] = settings.engine
+    return result
+
+
 @asset(group_name="features", deps=["validated_events"])
 def user_recent_items_offline(state: RecsysState) -> MaterializeResult:
     """Offline table of user_recent_items: one row per event (the last N items after it)."""
     settings = state.settings()
-    events = read_validated_events(settings)
-    path = settings.offline_dir / files.USER_RECENT_ITEMS_FILE
-    rows = write_chunks(*recent_items_chunks(events, settings.recent_items), path)
-    return _written(path, rows, events["user_id"].nunique())
+    return _computed(settings, files.USER_RECENT_ITEMS_FILE, "user_id",
+                     lambda events, path, runner: write_recent_items(
+                         events, settings.recent_items, path, runner))
 
 
 @asset(group_name="features", deps=["validated_events", "item_catalogue"])
 def user_profile_offline(state: RecsysState) -> MaterializeResult:
     """Offline table of user_profile: one row per event (the profile after it)."""
     settings = state.settings()
-    events = read_validated_events(settings)
-    path = settings.offline_dir / files.USER_PROFILE_FILE
-    rows = write_chunks(*user_profile_chunks(events, pd.read_parquet(settings.items_path)),
-                        path)
-    return _written(path, rows, events["user_id"].nunique())
+    items = pd.read_parquet(settings.items_path)
+    return _computed(settings, files.USER_PROFILE_FILE, "user_id",
+                     lambda events, path, runner: write_user_profile(events, items, path,
+                                                                     runner))
 
 
 @asset(group_name="features", deps=["validated_events"])
 def item_popularity_offline(state: RecsysState) -> MaterializeResult:
     """Offline table of item_popularity: one row per event (1/7/30-day counts at it)."""
-    settings = state.settings()
-    table = item_popularity_table(read_validated_events(settings))
-    return _write_table(settings, table, files.ITEM_POPULARITY_FILE, "item_id")
+    return _computed(state.settings(), files.ITEM_POPULARITY_FILE, "item_id",
+                     write_item_popularity)
 
 
 @asset(group_name="features")

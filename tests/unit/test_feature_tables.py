@@ -2,6 +2,7 @@
 whatever the chunks), recent items merged in real time, and the Feast
 connection string: plain functions on hand-written and generated events."""
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -14,7 +15,7 @@ from feature_repo.recent_items import (
     recent_items_table,
 )
 from feature_repo.store import feast_connection_string
-from feature_repo.tables import gather, write_chunks
+from feature_repo.tables import entity_blocks, gather, write_chunks
 
 
 def events(rows):
@@ -125,3 +126,16 @@ def test_an_empty_event_table_writes_an_empty_file_with_the_schema(tmp_path):
     read = pd.read_parquet(path)
     assert len(read) == 0 and list(read.columns) == ["user_id", "event_timestamp",
                                                      "recent_item_ids", "recent_timestamps"]
+
+
+def test_entity_blocks_hold_whole_entities_in_their_order():
+    keys = np.array(["b", "a", "b", "c", "a", "d", "d", "d", "e", "b"])
+    # first events: b at 0 (3 events), a at 3 (2), c at 5, d at 6 (3), e at 9: blocks of
+    # 3 by where an entity's events start in that order, each block's positions sorted
+    blocks = entity_blocks(keys, block_events=3)
+    assert [b.tolist() for b in blocks] == [[0, 2, 9], [1, 3, 4], [5, 6, 7], [8]]
+    # an entity with more events than a block is not cut
+    assert [b.tolist() for b in entity_blocks(np.array(["x"] * 5 + ["y"]), 2)] == [
+        [0, 1, 2, 3, 4], [5]]
+    assert entity_blocks(keys[:0]) == []
+    assert [b.tolist() for b in entity_blocks(keys)] == [list(range(len(keys)))]
