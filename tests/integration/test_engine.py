@@ -2,12 +2,19 @@
 input, on a real local Ray started once for the module."""
 
 import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
-from feature_repo import materialize
-from feature_repo.data_sources import USER_RECENT_ITEMS_FILE
+from feature_repo import materialize, tables
+from feature_repo.data_sources import (
+    ITEM_POPULARITY_FILE,
+    USER_PROFILE_FILE,
+    USER_RECENT_ITEMS_FILE,
+)
 from feature_repo.feature_services import BEHAVIOUR_ENCODER_SERVICE
-from feature_repo.recent_items import feature_times, recent_items_table
+from feature_repo.profiles import write_item_popularity, write_user_profile
+from feature_repo.recent_items import feature_times, recent_items_table, write_recent_items
 from feature_repo.store import apply_definitions, historical_features, open_store
 from infra import redis_server
 from infra.engine import engine
@@ -75,6 +82,38 @@ def test_the_training_set_on_ray_equals_the_embedded_one_row_for_row(pipeline, r
                                   check_dtype=False)
 
 
+def by_entity(table, key: str):
+    """Rows grouped by entity, each entity's rows in the order they had (a stable sort)."""
+    return table.take(pc.sort_indices(table, sort_keys=[(key, "ascending")]))
+
+
+def test_the_feature_tables_on_ray_equal_the_embedded_ones_row_for_row(
+        pipeline, ray_engine, tmp_path, monkeypatch):
+    """Each table cut into six blocks of whole entities, a Ray task each: the same
+    file as the embedded engine's; and the same rows per entity, in the same
+    order, as the pipeline's own table."""
+    settings = pipeline.settings
+    events = read_validated_events(settings)
+    items = pd.read_parquet(settings.items_path)
+    monkeypatch.setattr(tables, "BLOCK_EVENTS", -(-len(events) // 6))
+    writers = {
+        USER_RECENT_ITEMS_FILE: ("user_id", lambda path, runner: write_recent_items(
+            events, settings.recent_items, path, runner)),
+        USER_PROFILE_FILE: ("user_id", lambda path, runner: write_user_profile(
+            events, items, path, runner)),
+        ITEM_POPULARITY_FILE: ("item_id", lambda path, runner: write_item_popularity(
+            events, path, runner)),
+    }
+    for file, (key, write) in writers.items():
+        assert len(tables.entity_blocks(events[key].to_numpy())) >= 5, file
+        on_ray, embedded = tmp_path / f"ray_{file}", tmp_path / f"embedded_{file}"
+        assert write(on_ray, ray_engine) == write(embedded, None) == len(events)
+        got, want = pq.read_table(on_ray), pq.read_table(embedded)
+        assert got.schema == want.schema and got.equals(want), file
+        asset = pq.read_table(settings.offline_dir / file)
+        assert by_entity(got, key).equals(by_entity(asset, key)), file
+
+
 def test_materialisation_on_ray_leaves_the_redis_of_the_embedded_one(
         home: Settings, tmp_path, ray_engine, monkeypatch):
     """Every view (lists, nulls, empty lists, a view without TTL), written in
@@ -104,3 +143,37 @@ def test_materialisation_on_ray_leaves_the_redis_of_the_embedded_one(
         assert dumps[0] == dumps[1]
     finally:
         redis_server.stop(other)
+
+
+def test_the_whole_pipeline_on_ray_gives_the_embedded_tables_and_a_champion(
+        pipeline, ray_engine, tmp_path_factory):
+    """Every asset with ``engine="ray"`` on the embedded pipeline's generated data
+    (the assets find the module's Ray running and leave it running)."""
+    from dagster import materialize
+
+    from orchestration.definitions import ASSETS, CHECKS
+    from orchestration.lineage import instance_for
+    from orchestration.resources import resources_from_settings
+    from tests.conftest import EPOCHS, SMALL
+    from training import registry
+
+    settings = Settings(home=tmp_path_factory.mktemp("ray_pipeline"), engine="ray")
+    try:
+        result = materialize(
+            [*ASSETS, *CHECKS], resources=resources_from_settings(settings, **SMALL),
+            instance=instance_for(settings),
+            run_config={"ops": {"behaviour_encoder_version": {"config": {"epochs": EPOCHS}}}})
+        assert result.success
+        run = type(pipeline)(settings=settings, result=result)
+        for asset in ("user_recent_items_offline", "user_profile_offline",
+                      "item_popularity_offline", "training_set", "online_user_features",
+                      "online_item_features"):
+            assert run.metadata(asset)["engine"] == "ray", asset
+        for file in (USER_RECENT_ITEMS_FILE, USER_PROFILE_FILE, ITEM_POPULARITY_FILE):
+            assert pq.read_table(settings.offline_dir / file).equals(
+                pq.read_table(pipeline.settings.offline_dir / file)), file
+        pd.testing.assert_frame_equal(pd.read_parquet(settings.training_set_path),
+                                      pd.read_parquet(pipeline.settings.training_set_path))
+        assert registry.alias_version(settings.tracking_uri(), registry.CHAMPION) == "1"
+    finally:
+        redis_server.stop(settings)
