@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
+from training import parallel
 from training.evaluate import (
     VALIDATION_CELLS,
     K,
@@ -24,6 +25,7 @@ from training.evaluate import (
     users_within,
 )
 from training.model import BehaviourEncoder, EncoderConfig
+from training.parallel import Group
 from training.sequences import ItemIndex, Split, next_item_pairs, pad_left, tiles
 from training.transitions import POPULARITY_WEIGHTS, WEIGHTS, Transitions, standardised
 
@@ -64,6 +66,9 @@ class TrainConfig:
     # users, drawn once with the seed, and the chosen model is then validated on
     # every user once (0: every user each epoch).
     validation_users: int = 0
+    # > 1: this many processes train data-parallel (training.parallel), the global
+    # batch and the learning rate unchanged; the tables are then dense.
+    workers: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -153,7 +158,8 @@ def optimisers(model: BehaviourEncoder, config: TrainConfig,
     rows = model.config.n_items + model.config.n_users
     # (the forward pass falls back to the full softmax when the draws would cover
     # the catalogue, and that scores the whole table)
-    if 0 < config.sampled_negatives < model.config.n_items and rows >= config.sparse_min_rows:
+    if (0 < config.sampled_negatives < model.config.n_items and rows >= config.sparse_min_rows
+            and config.workers == 1):  # the processes average dense gradients only
         for embedding in (model.item_embedding, model.user_embedding):
             if embedding is not None:
                 embedding.sparse = True
@@ -194,12 +200,27 @@ def training_windows(histories: list[list[int]], users: list[int], max_len: int,
 def train_encoder(histories: list[list[int]], split: Split, index: ItemIndex, titles: list[str],
                   model_config: EncoderConfig, config: TrainConfig,
                   on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-                  users: list[str] | None = None) -> TrainResult:
+                  users: list[str] | None = None, group: Group | None = None,
+                  ) -> TrainResult | None:
     """``histories``: training histories as item indices, oldest first, cut into
     windows of ``model_config.max_len`` inputs (``sequences.tiles``); ``users``:
     each history's user id. With ``config.user_vectors`` the model learns a vector
     for each distinct user of ``users``: the trained model's ``config.n_users`` is
-    their number, whatever ``model_config.n_users`` says."""
+    their number, whatever ``model_config.n_users`` says. With ``config.workers``
+    > 1 the other processes are started here (``training.parallel``); ``group``
+    is set in those only, and they return None."""
+    if group is None and config.workers > 1:
+        group, helpers = parallel.launch(config.workers, train_encoder, (
+            histories, split, index, titles, model_config, config, None, users))
+        try:
+            result = train_encoder(histories, split, index, titles, model_config, config,
+                                   on_epoch, users, group)
+        except BaseException:
+            parallel.finish(group, helpers, failed=True)
+            raise
+        parallel.finish(group, helpers)
+        return result
+    group = group or Group()
     seed_everything(config.seed)
     torch.set_num_threads(config.threads)
     if config.user_vectors and users is None:
@@ -219,7 +240,7 @@ def train_encoder(histories: list[list[int]], split: Split, index: ItemIndex, ti
     averaged, dense_average = None, None
     if config.ema_decay > 0 and tables:
         dense_average = DenseAverage(model, tables, config.ema_decay)
-    elif config.ema_decay > 0:
+    elif config.ema_decay > 0 and group.rank == 0:  # the others do not validate
         averaged = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=ema_with_warm_up(config.ema_decay), use_buffers=True)
     generator = torch.Generator().manual_seed(config.seed)
@@ -237,45 +258,55 @@ def train_encoder(histories: list[list[int]], split: Split, index: ItemIndex, ti
         order = torch.randperm(len(inputs), generator=generator)
         total, batches, cut = 0.0, 0, False
         for start in range(0, len(order), config.batch_size):
-            if config.max_seconds and time.perf_counter() - started > config.max_seconds:
+            if group.any(config.max_seconds
+                         and time.perf_counter() - started > config.max_seconds):
                 cut = True  # an epoch longer than the budget ends inside it
                 break
-            rows = order[start:start + config.batch_size]
-            loss = model(inputs[rows], targets[rows], config.sampled_negatives,
-                         config.label_smoothing,
-                         example_users[rows] if user_ids else None)
+            rows = group.shard(order[start:start + config.batch_size])
             for stepper in steppers:
                 stepper.zero_grad()
-            loss.backward()
+            if len(rows):  # (a last batch smaller than the processes leaves some none)
+                loss = model(inputs[rows], targets[rows], config.sampled_negatives,
+                             config.label_smoothing,
+                             example_users[rows] if user_ids else None)
+                loss.backward()
+            group.average_gradients(model.parameters())
             for stepper in steppers:
                 stepper.step()
             if averaged is not None:
                 averaged.update_parameters(model)
             if dense_average is not None:
                 dense_average.update()
-            total += loss.item()
-            batches += 1
-        chosen = (averaged.module if averaged is not None
-                  else dense_average.averaged() if dense_average is not None else model)
-        metrics = evaluate(model_scorer(chosen), watched, index, "validation")
-        row = {"train_loss": total / max(1, batches),
-               **{f"val_{k}": v for k, v in metrics.items()}}
-        history.append(row)
-        if on_epoch:
-            on_epoch(epoch, row)
-        if metrics["ndcg_at_10"] > best:
-            best, best_epoch, stale = metrics["ndcg_at_10"], epoch, 0
-            best_state = copy.deepcopy(chosen.state_dict())
-        else:
-            stale += 1
-            if stale >= config.patience:
-                stopped_by = "patience"
-                break
-        elapsed = time.perf_counter() - started
-        if cut or (config.max_seconds and epoch < config.epochs
-                   and elapsed * (epoch + 1) / epoch > config.max_seconds):
-            stopped_by = "time budget"  # this epoch or the next ends past it
+            if len(rows):
+                total += loss.item()
+                batches += 1
+        stop = None
+        if group.rank == 0:
+            chosen = (averaged.module if averaged is not None
+                      else dense_average.averaged() if dense_average is not None else model)
+            metrics = evaluate(model_scorer(chosen), watched, index, "validation")
+            row = {"train_loss": total / max(1, batches),
+                   **{f"val_{k}": v for k, v in metrics.items()}}
+            history.append(row)
+            if on_epoch:
+                on_epoch(epoch, row)
+            if metrics["ndcg_at_10"] > best:
+                best, best_epoch, stale = metrics["ndcg_at_10"], epoch, 0
+                best_state = copy.deepcopy(chosen.state_dict())
+            else:
+                stale += 1
+                if stale >= config.patience:
+                    stop = "patience"
+            elapsed = time.perf_counter() - started
+            if stop is None and (cut or (config.max_seconds and epoch < config.epochs
+                                         and elapsed * (epoch + 1) / epoch > config.max_seconds)):
+                stop = "time budget"  # this epoch or the next ends past it
+        stop = group.decision(stop)
+        if stop is not None:
+            stopped_by = stop
             break
+    if group.rank:
+        return None
     for table in tables:  # sparse only for the optimiser: the model is served dense
         for embedding in (model.item_embedding, model.user_embedding):
             if embedding is not None and embedding.weight is table:

@@ -107,6 +107,9 @@ class EncoderTraining(Config):
     # users drawn once, then the chosen model on every user once; catalogues of
     # MovieLens size have fewer users, so all are validated each epoch.
     validation_users: int = 5000
+    # Processes training data-parallel on this machine (training.parallel): each
+    # takes its share of every batch of ``batch_size``, with ``threads`` threads.
+    workers: int = 1
 
     def configs(self, n_items: int, max_len: int) -> tuple[EncoderConfig, TrainConfig]:
         return (EncoderConfig(n_items=n_items, max_len=max_len, hidden=self.hidden,
@@ -122,7 +125,7 @@ class EncoderTraining(Config):
                             user_vectors=self.user_vectors,
                             transition_lags=self.transition_lags,
                             random_tiling=self.random_tiling,
-                            validation_users=self.validation_users))
+                            validation_users=self.validation_users, workers=self.workers))
 
 
 def logged_recipe(params: dict[str, str]) -> EncoderTraining:
