@@ -7,7 +7,9 @@ the learning rate are the single-process recipe's. The calling process is rank
 0 (it validates, chooses the checkpoint and returns the model); the others are
 started here and only train.
 
-The processes meet at ``127.0.0.1`` on a free port: one machine.
+The others are processes on this machine, or tasks on the running Ray
+(``RECSYS_ENGINE=ray``: with a cluster, other hosts); they reach rank 0 at its
+address and a free port.
 """
 
 from __future__ import annotations
@@ -70,23 +72,33 @@ class Group:
         return STOP_REASONS[int(value.item())]
 
 
-def free_address() -> str:
+def free_address(host: str = "127.0.0.1") -> str:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+        probe.bind(("", 0))
+        return f"tcp://{host}:{probe.getsockname()[1]}"
 
 
-def launch(world: int, target: Callable, args: tuple) -> tuple[Group, list]:
-    """Ranks 1..world-1 as new processes, each calling ``target(*args,
-    group=its Group)``; this process joins as rank 0. Returns its Group and the
-    processes (``finish`` them)."""
-    address = free_address()
-    context = multiprocessing.get_context("spawn")  # no forked copy of torch's threads
-    helpers = [context.Process(target=_helper, args=(target, args, rank, world, address),
-                               daemon=True, name=f"train-rank-{rank}")
-               for rank in range(1, world)]
-    for helper in helpers:
-        helper.start()
+def launch(world: int, target: Callable, args: tuple, on_ray: bool = False,
+           threads: int = 1) -> tuple[Group, list]:
+    """Ranks 1..world-1, each calling ``target(*args, group=its Group)``: new
+    processes on this machine, or (``on_ray``) Ray tasks of ``threads`` CPUs on
+    the running Ray, wherever it places them; this process joins as rank 0 and
+    the others reach it at this node's address. Returns its Group and the
+    others (``finish`` them)."""
+    if on_ray:
+        import ray
+
+        address = free_address(ray.util.get_node_ip_address())
+        task = ray.remote(num_cpus=threads, max_retries=0)(_helper)
+        helpers = [task.remote(target, args, rank, world, address) for rank in range(1, world)]
+    else:
+        address = free_address()
+        context = multiprocessing.get_context("spawn")  # no forked copy of torch's threads
+        helpers = [context.Process(target=_helper, args=(target, args, rank, world, address),
+                                   daemon=True, name=f"train-rank-{rank}")
+                   for rank in range(1, world)]
+        for helper in helpers:
+            helper.start()
     try:
         return Group.join(0, world, address), helpers
     except Exception:
@@ -95,9 +107,19 @@ def launch(world: int, target: Callable, args: tuple) -> tuple[Group, list]:
 
 
 def finish(group: Group | None, helpers: list, failed: bool = False) -> None:
-    """Leave the group and wait for the other processes (stopped, on a failure)."""
+    """Leave the group and wait for the others (stopped, on a failure); a failure
+    of one of them is raised here."""
     if group is not None:
         group.leave()
+    if helpers and not isinstance(helpers[0], multiprocessing.process.BaseProcess):
+        import ray
+
+        if failed:
+            for helper in helpers:
+                ray.cancel(helper, force=True)
+        else:
+            ray.get(helpers)
+        return
     for helper in helpers:
         if failed:
             helper.terminate()

@@ -69,6 +69,8 @@ class TrainConfig:
     # > 1: this many processes train data-parallel (training.parallel), the global
     # batch and the learning rate unchanged; the tables are then dense.
     workers: int = 1
+    # the other processes as tasks on the running Ray (else processes on this machine)
+    workers_on_ray: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -211,7 +213,8 @@ def train_encoder(histories: list[list[int]], split: Split, index: ItemIndex, ti
     is set in those only, and they return None."""
     if group is None and config.workers > 1:
         group, helpers = parallel.launch(config.workers, train_encoder, (
-            histories, split, index, titles, model_config, config, None, users))
+            histories, split, index, titles, model_config, config, None, users),
+            on_ray=config.workers_on_ray, threads=config.threads)
         try:
             result = train_encoder(histories, split, index, titles, model_config, config,
                                    on_epoch, users, group)

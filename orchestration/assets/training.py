@@ -2,6 +2,8 @@
 behaviour encoder trained and registered in MLflow, and the champion alias."""
 
 import time
+from contextlib import nullcontext
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -168,9 +170,13 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
     split = evaluation_split(events, evaluated_users(settings.evaluation_users, len(index)))
     histories, users = histories_from_training_set(frame, index)
     model_config, train_config = config.configs(len(index), settings.recent_items)
-    result = train_encoder(
-        histories, split, index, items["title"].tolist(), model_config, train_config,
-        on_epoch=lambda e, m: context.log.info(f"epoch {e}: {m}"), users=users)
+    # With RECSYS_ENGINE=ray the other training processes are Ray tasks.
+    on_ray = train_config.workers > 1 and settings.engine == "ray"
+    train_config = replace(train_config, workers_on_ray=on_ray)
+    with engine(settings) if on_ray else nullcontext():
+        result = train_encoder(
+            histories, split, index, items["title"].tolist(), model_config, train_config,
+            on_epoch=lambda e, m: context.log.info(f"epoch {e}: {m}"), users=users)
     # Items without training interactions get their vector from their text.
     cold_filled = fill_cold_items(result.model, item_text_table(settings, index),
                                   warm_items(split, index))

@@ -5,6 +5,7 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from feature_repo import materialize, tables
 from feature_repo.data_sources import (
@@ -22,6 +23,7 @@ from infra.settings import Settings
 from orchestration.offline import read_validated_events
 from tests.integration.test_features import all_view_tables, edge_case_data, redis_dump
 from tests.unit.test_feature_tables import HAND
+from tests.unit.test_parallel_training import run, training_data
 from training.sequences import training_targets
 
 KEY = ["user_id", "event_timestamp"]
@@ -162,7 +164,8 @@ def test_the_whole_pipeline_on_ray_gives_the_embedded_tables_and_a_champion(
         result = materialize(
             [*ASSETS, *CHECKS], resources=resources_from_settings(settings, **SMALL),
             instance=instance_for(settings),
-            run_config={"ops": {"behaviour_encoder_version": {"config": {"epochs": EPOCHS}}}})
+            run_config={"ops": {"behaviour_encoder_version": {"config": {
+                "epochs": EPOCHS, "workers": 2, "threads": 1}}}})
         assert result.success
         run = type(pipeline)(settings=settings, result=result)
         for asset in ("user_recent_items_offline", "user_profile_offline",
@@ -175,5 +178,21 @@ def test_the_whole_pipeline_on_ray_gives_the_embedded_tables_and_a_champion(
         pd.testing.assert_frame_equal(pd.read_parquet(settings.training_set_path),
                                       pd.read_parquet(pipeline.settings.training_set_path))
         assert registry.alias_version(settings.tracking_uri(), registry.CHAMPION) == "1"
+        mlflow = registry.client(settings.tracking_uri())
+        params = mlflow.get_run(mlflow.get_model_version(registry.MODEL_NAME, "1").run_id
+                                ).data.params
+        assert (params["workers"], params["workers_on_ray"]) == ("2", "True")
     finally:
         redis_server.stop(settings)
+
+
+def test_training_with_a_ray_task_as_the_second_process_takes_one_process_s_steps(
+        ray_engine):
+    """As ``test_parallel_training``'s exactness test, rank 1 a Ray task."""
+    data = training_data()
+    one, _ = run(data, 1, epochs=1, dropout=0.0)
+    two, _ = run(data, 2, epochs=1, dropout=0.0, workers_on_ray=True)
+    for (name, a), b in zip(one.model.state_dict().items(), two.model.state_dict().values(),
+                            strict=True):
+        if torch.is_floating_point(a):
+            assert torch.allclose(a, b, atol=1e-4), name

@@ -8,12 +8,16 @@ from training.model import EncoderConfig
 from training.train import TrainConfig, train_encoder
 
 
-@pytest.fixture(scope="module")
-def data():
+def training_data():
     data, split, index, sequences = generated(users=300, items=150, events=12_000, seed=3,
                                               length=21)
     full = [s for s in sequences if len(s) == 21]  # no padding: every row has 20 targets
     return split, index, data.items["title"].tolist(), full
+
+
+@pytest.fixture(scope="module")
+def data():
+    return training_data()
 
 
 def run(data, workers: int, **config):
