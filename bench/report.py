@@ -17,7 +17,7 @@ DOCS = Path("docs")
 # Sections whose tables live in another page (the one that owns their meaning).
 ELSEWHERE = {"models": DOCS / "models.md"}
 ORDER = ("data", "features", "models", "serving", "serving_async", "serving_sync_default",
-         "serving_sync_final", "faults", "retrieval", "scale")
+         "serving_sync_final", "faults", "retrieval", "engine", "scale")
 TITLES = {"data": "Data", "features": "Features", "models": "Models", "serving": "Serving",
           # Runs of other code, kept beside the latest for a comparison (their command
           # says which code).
@@ -25,6 +25,7 @@ TITLES = {"data": "Data", "features": "Features", "models": "Models", "serving":
           "serving_sync_default": "Serving handlers: sync, Python's default GIL switch interval",
           "serving_sync_final": "Serving handlers: sync, as served (same length as the two above)",
           "faults": "Faults", "retrieval": "Retrieval: exact against two-stage",
+          "engine": "Engines: the offline work embedded and on Ray",
           "scale": "Scale: the pipeline and the service at a product catalogue's size"}
 
 
