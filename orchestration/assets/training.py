@@ -109,8 +109,9 @@ class EncoderTraining(Config):
     # users drawn once, then the chosen model on every user once; catalogues of
     # MovieLens size have fewer users, so all are validated each epoch.
     validation_users: int = 5000
-    # Processes training data-parallel on this machine (training.parallel): each
-    # takes its share of every batch of ``batch_size``, with ``threads`` threads.
+    # Processes training data-parallel (training.parallel), on this machine or,
+    # with RECSYS_ENGINE=ray, the others as Ray tasks: each takes its share of
+    # every batch of ``batch_size``, with ``threads`` threads.
     workers: int = 1
 
     def configs(self, n_items: int, max_len: int) -> tuple[EncoderConfig, TrainConfig]:
