@@ -1,6 +1,8 @@
 """The Ray engine (``RECSYS_ENGINE=ray``) against the embedded one on the same
 input, on a real local Ray started once for the module."""
 
+import os
+
 import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -148,9 +150,17 @@ def test_materialisation_on_ray_leaves_the_redis_of_the_embedded_one(
 
 
 def test_the_whole_pipeline_on_ray_gives_the_embedded_tables_and_a_champion(
-        pipeline, ray_engine, tmp_path_factory):
+        pipeline, ray_engine, tmp_path_factory, monkeypatch):
     """Every asset with ``engine="ray"`` on the embedded pipeline's generated data
     (the assets find the module's Ray running and leave it running)."""
+    # mlflow.set_tracking_uri exports the URI to this process's environment: put
+    # back what it was, or the services later tests start would take this run's
+    # store for an external one
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        was = os.environ.get(name)
+        monkeypatch.setenv(name, was or "")  # (recorded, to be restored)
+        if was is None:
+            monkeypatch.delenv(name)
     from dagster import materialize
 
     from orchestration.definitions import ASSETS, CHECKS
