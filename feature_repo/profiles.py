@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from feature_repo.recent_items import feature_times
 from feature_repo.schema import GENRE_SEPARATOR
-from feature_repo.tables import CHUNK_ROWS, entity_blocks, gather, write_blocks
+from feature_repo.tables import CHUNK_ROWS, gather, write_blocks
 from infra.engine import Embedded, Ray
 
 POPULARITY_WINDOWS_DAYS = (1, 7, 30)
@@ -79,22 +79,19 @@ def _profile_schema(events: pd.DataFrame) -> pa.Schema:
     return user_profile_schema(pa.Array.from_pandas(feature_times(events.iloc[:0])).type)
 
 
-def user_profile_block(events: pd.DataFrame, rows: np.ndarray, genres: Genres) -> pa.Table:
-    """The profile rows of a block of whole users' ``events`` (``rows``: their
-    items' rows of ``genres.one_hot``), in the events' order, as one table."""
+def user_profile_block(events: pd.DataFrame, genres: Genres) -> pa.Table:
+    """The profile rows of a block of whole users' ``events``, in their order, as
+    one table."""
     return pa.concat_tables([_profile_schema(events).empty_table(), *_profile_chunks(
-        events.reset_index(drop=True), rows, genres, CHUNK_ROWS)])
+        events.reset_index(drop=True), genres.rows(events["item_id"]), genres, CHUNK_ROWS)])
 
 
 def write_user_profile(events: pd.DataFrame, items: pd.DataFrame, path: Path,
                        engine: Embedded | Ray | None = None) -> int:
     """``user_profile_table`` into the parquet file at ``path``, computed in blocks
     of whole users on ``engine`` (``tables.write_blocks``); the rows written."""
-    genres = Genres.of(items)
-    rows = genres.rows(events["item_id"])
-    blocks = [(events.iloc[b], rows[b]) for b in entity_blocks(events["user_id"].to_numpy())]
-    return write_blocks(_profile_schema(events), user_profile_block, blocks, path, engine,
-                        shared=(genres,))
+    return write_blocks(_profile_schema(events), user_profile_block, events, "user_id", path,
+                        engine, shared=(Genres.of(items),))
 
 
 def _top_genres(users: np.ndarray, rows: np.ndarray, one_hot: np.ndarray, block: int,
@@ -200,6 +197,5 @@ def write_item_popularity(events: pd.DataFrame, path: Path,
                           engine: Embedded | Ray | None = None) -> int:
     """``item_popularity_table`` into the parquet file at ``path``, computed in
     blocks of whole items on ``engine`` (``tables.write_blocks``); the rows written."""
-    schema = item_popularity_block(events.iloc[:0]).schema
-    blocks = [(events.iloc[b],) for b in entity_blocks(events["item_id"].to_numpy())]
-    return write_blocks(schema, item_popularity_block, blocks, path, engine)
+    return write_blocks(item_popularity_block(events.iloc[:0]).schema, item_popularity_block,
+                        events, "item_id", path, engine)

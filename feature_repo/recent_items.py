@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from feature_repo.tables import CHUNK_ROWS, entity_blocks, gather, write_blocks
+from feature_repo.tables import CHUNK_ROWS, gather, write_blocks
 from infra.engine import Embedded, Ray
 
 
@@ -85,9 +85,8 @@ def write_recent_items(events: pd.DataFrame, n: int, path: Path,
                        engine: Embedded | Ray | None = None) -> int:
     """``recent_items_table`` into the parquet file at ``path``, computed in blocks
     of whole users on ``engine`` (``tables.write_blocks``); the rows written."""
-    blocks = [(events.iloc[b],) for b in entity_blocks(events["user_id"].to_numpy())]
-    return write_blocks(_recent_schema(events), recent_items_block, blocks, path, engine,
-                        shared=(n,))
+    return write_blocks(_recent_schema(events), recent_items_block, events, "user_id", path,
+                        engine, shared=(n,))
 
 
 def recent_items_table(events: pd.DataFrame, n: int) -> pd.DataFrame:

@@ -44,11 +44,14 @@ def entity_blocks(keys: np.ndarray, block_events: int | None = None) -> list[np.
     return np.split(order, np.flatnonzero(np.diff(block[order])) + 1)
 
 
-def write_blocks(schema: pa.Schema, function: Callable[..., pa.Table], blocks: list[tuple],
-                 path: Path, engine: Embedded | Ray | None = None, shared: tuple = ()) -> int:
-    """``function(*block, *shared)``, one Arrow table, for each block on ``engine``
-    (default: this process), written into one parquet file at ``path`` in block
-    order; the rows written."""
+def write_blocks(schema: pa.Schema, function: Callable[..., pa.Table], events: pd.DataFrame,
+                 key: str, path: Path, engine: Embedded | Ray | None = None,
+                 shared: tuple = ()) -> int:
+    """``function(block, *shared)``, one Arrow table, for each block of whole
+    ``key`` entities of ``events`` (``entity_blocks``) on ``engine`` (default: this
+    process), written into one parquet file at ``path`` in block order; the rows
+    written."""
+    blocks = [(events.iloc[b],) for b in entity_blocks(events[key].to_numpy())]
     return write_chunks(schema, (engine or Embedded()).map(function, blocks, shared), path)
 
 

@@ -23,7 +23,12 @@ from infra import redis_server
 from infra.engine import engine
 from infra.settings import Settings
 from orchestration.offline import read_validated_events
-from tests.integration.test_features import all_view_tables, edge_case_data, redis_dump
+from tests.integration.test_features import (
+    all_view_tables,
+    edge_case_data,
+    redis_dump,
+    store_with_tables,
+)
 from tests.unit.test_feature_tables import HAND
 from tests.unit.test_parallel_training import run, training_data
 from training.sequences import training_targets
@@ -129,12 +134,7 @@ def test_materialisation_on_ray_leaves_the_redis_of_the_embedded_one(
     try:
         dumps = []
         for settings, runner in ((home, ray_engine), (other, None)):
-            settings.offline_dir.mkdir(parents=True)
-            server = redis_server.ensure(settings)
-            store = open_store(settings, server.url)
-            for table, file, _ in tables.values():
-                table.to_parquet(settings.offline_dir / file)
-            apply_definitions(store, settings)
+            server, store = store_with_tables(settings, tables)
             for view, (table, file, key) in tables.items():
                 stats = materialize.materialize_view(
                     store, view, settings.offline_dir / file, key,

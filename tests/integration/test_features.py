@@ -119,6 +119,18 @@ def all_view_tables(events: pd.DataFrame, items: pd.DataFrame) -> dict:
             ITEM_CONTENT: (content, ITEM_CONTENT_FILE, "item_id")}
 
 
+def store_with_tables(settings: Settings, tables: dict):
+    """``settings``'s embedded Redis and a Feast store over ``tables``
+    (``all_view_tables``) written as its offline files, definitions applied."""
+    settings.offline_dir.mkdir(parents=True)
+    server = redis_server.ensure(settings)
+    store = open_store(settings, server.url)
+    for table, file, _ in tables.values():
+        table.to_parquet(settings.offline_dir / file)
+    apply_definitions(store, settings)
+    return server, store
+
+
 def edge_case_data() -> tuple[pd.DataFrame, pd.DataFrame]:
     """Generated events and items plus a user with no rating whose one item has no
     genre (nulls and empty lists in the feature rows)."""
@@ -148,12 +160,7 @@ def test_materialize_view_writes_what_feast_materialize_writes(home: Settings, t
     try:
         dumps = []
         for settings, ours in ((home, True), (other, False)):
-            settings.offline_dir.mkdir(parents=True)
-            server = redis_server.ensure(settings)
-            store = open_store(settings, server.url)
-            for table, file, _ in tables.values():
-                table.to_parquet(settings.offline_dir / file)
-            apply_definitions(store, settings)
+            server, store = store_with_tables(settings, tables)
             for view, (table, file, key) in tables.items():
                 start = table["event_timestamp"].min().to_pydatetime()
                 end = (table["event_timestamp"].max() + pd.Timedelta(seconds=1)).to_pydatetime()
