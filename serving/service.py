@@ -269,11 +269,6 @@ class Recommender:
             current = registry.alias_version(self.settings.tracking_uri(), registry.CHAMPION)
             if current is not None and current != before:
                 self.served = self._load()
-                # As at start-up: the new model out of the collector's full passes,
-                # once the old one (frozen with it) is collected.
-                gc.unfreeze()
-                gc.collect()
-                gc.freeze()
                 self._report()
                 log.info("champion moved: v%s -> v%s", before, self.served.version)
             return before, self.served.version
