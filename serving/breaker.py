@@ -28,7 +28,11 @@ class CircuitBreaker:
         self._state = CLOSED
         self._opened_at: float | None = None
         self._stop = threading.Event()
-        self._prober: threading.Thread | None = None
+        # Whether a prober runs, set and cleared under the lock: a thread that has
+        # closed the breaker but not yet exited counts as gone, so failures that
+        # reopen it at that moment start a new prober instead of waiting on one that
+        # will never probe again.
+        self._probing = False
 
     @property
     def state(self) -> str:
@@ -51,10 +55,10 @@ class CircuitBreaker:
 
     def _open(self) -> None:
         self._state, self._opened_at = OPEN, time.monotonic()
-        if self._prober is None or not self._prober.is_alive():
-            self._prober = threading.Thread(target=self._probe_until_closed,
-                                            name=f"{self.name}-probe", daemon=True)
-            self._prober.start()
+        if not self._probing:
+            self._probing = True
+            threading.Thread(target=self._probe_until_closed, name=f"{self.name}-probe",
+                             daemon=True).start()
 
     def _probe_until_closed(self) -> None:
         while not self._stop.wait(self.probe_interval_s):
@@ -64,7 +68,10 @@ class CircuitBreaker:
                 continue
             with self._lock:
                 self._state, self._failures, self._opened_at = CLOSED, 0, None
+                self._probing = False
             return
+        with self._lock:
+            self._probing = False
 
     def open_for_s(self) -> float:
         """How long the breaker has been open (0 when closed)."""

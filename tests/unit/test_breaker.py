@@ -81,3 +81,24 @@ def test_one_prober_at_a_time():
 def test_needs_at_least_one_failure_to_open():
     with pytest.raises(ValueError, match="failures_to_open"):
         CircuitBreaker(probe=lambda: None, failures_to_open=0)
+
+
+def test_reopened_the_moment_its_prober_closed_it_it_still_closes_again():
+    """A dependency that flaps: failures reopen the breaker right after a probe
+    closed it, while that prober thread may still be finishing. Every reopening
+    has a prober, so once the dependency answers the breaker closes."""
+    import sys
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads interleave at almost every bytecode
+    try:
+        for _ in range(20):
+            breaker = CircuitBreaker(probe=lambda: None, failures_to_open=1,
+                                     probe_interval_s=0.0001)
+            end = time.monotonic() + 0.1
+            while time.monotonic() < end:  # failures as fast as they come
+                breaker.failed()
+            assert wait_for(lambda: breaker.state == CLOSED, timeout=1.0)
+            breaker.close()
+    finally:
+        sys.setswitchinterval(switch)
