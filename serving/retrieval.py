@@ -58,6 +58,7 @@ class TwoStage:
         self.search_params = faiss.SearchParametersHNSW(
             efSearch=max(ann.params.ef_search, ann_candidates))
         self.mean, self.second_moment = ann.mean, ann.second_moment
+        self.table = model.item_table().detach()  # (N + 1, D), rows as the model scores them
         transitions = model.transitions
         self.transitions = transitions
         self.popularity_z = None
@@ -96,7 +97,10 @@ class TwoStage:
                 parts.append(extra.items[top[extra.values[top] > 0]])
             items = np.unique(np.concatenate(parts))
         items = np.asarray(items, dtype=np.int64)
-        vectors = self.index.reconstruct_batch(items - 1).astype(np.float64)
+        # the model's own rows, not the index's: its storage may be compressed
+        vectors = self.table[items].numpy().astype(np.float64)
+        if self.model.config.temperature > 0:
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         values = vectors @ u
         if not blended:
             return CandidateScores(items, values)

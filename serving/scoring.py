@@ -47,8 +47,9 @@ class ServedModel:
     # layers' attention projections (for ``attention_rollout``): the traced
     # ``encode_explained``
     encoder: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-    table: torch.Tensor  # (N + 1, D) the item table the model scores against
-    unit_table: np.ndarray  # the same, rows at unit length (for "because")
+    # (N + 1, D) the item table the model scores against (the model's own storage,
+    # not a copy: at a million items each copy is a quarter GB a worker)
+    table: torch.Tensor
     rules: EventRules  # what a valid event of the training data is (for /events)
     content: np.ndarray | None = None  # (N + 1, D) unit text embeddings; row 0 and unknown = 0
     # Large catalogues: ANN candidates + exact re-ranking instead of scoring every item.
@@ -109,15 +110,14 @@ def serve(model: BehaviourEncoder, version: str, rules: EventRules, all_time: di
     this catalogue size on, two-stage retrieval (``serving.retrieval``) instead of
     scoring every item (None: never)."""
     index = ItemIndex(model.item_ids)
-    table = model.item_table().detach().clone()
-    unit = table.numpy() / np.maximum(np.linalg.norm(table.numpy(), axis=1, keepdims=True), 1e-12)
+    table = model.item_table().detach()
     retrieval = None
     if ann_min_items is not None and model.config.n_items >= ann_min_items:
         retrieval = TwoStage(model, _version_index(model, version))
     popularity = popularity_scores(index, recent, all_time)
     return ServedModel(version=version, model=model, index=index, popularity=popularity,
                        popular=_most_popular(popularity),
-                       encoder=traced_encoder(model), table=table, unit_table=unit,
+                       encoder=traced_encoder(model), table=table,
                        rules=rules, retrieval=retrieval)
 
 
@@ -212,17 +212,22 @@ def model_scores(served: ServedModel, encoded: list[int], explain: bool = False,
     return scores, flow[0, config.max_len - len(window):]
 
 
-def _because(unit: np.ndarray, picked: list[int], history: list[int],
+def _unit_rows(table: np.ndarray | torch.Tensor, rows: list[int]) -> np.ndarray:
+    vectors = np.asarray(table[rows], dtype=np.float64)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def _because(table: np.ndarray | torch.Tensor, picked: list[int], history: list[int],
              attention: np.ndarray | None = None) -> list[list[int]]:
     """Per picked item, its reason: among the newest BECAUSE_WINDOW distinct
-    history items, those with the largest attention x cosine similarity (``unit``:
-    an item table with rows at unit length) to it. ``attention``: the encoder's
-    share of each of the last ``len(attention)`` history positions (summed over
-    an item's repeats); without it, similarity alone."""
+    history items, those with the largest attention x cosine similarity (rows of
+    ``table``, an item table) to it. ``attention``: the encoder's share of each
+    of the last ``len(attention)`` history positions (summed over an item's
+    repeats); without it, similarity alone."""
     recent = list(dict.fromkeys(reversed(history)))[:BECAUSE_WINDOW]
     if not picked or not recent:
         return [[] for _ in picked]
-    relevance = unit[picked] @ unit[recent].T  # (k, R)
+    relevance = _unit_rows(table, picked) @ _unit_rows(table, recent).T  # (k, R)
     if attention is not None:
         weight = dict.fromkeys(recent, 0.0)
         for item, share in zip(history[len(history) - len(attention):], attention, strict=True):
@@ -279,7 +284,7 @@ def recommend(served: ServedModel, history: list[str], k: int, exclude_seen: boo
                                                          user_id=user_id)
         ranked = _top(scores, k, exclude)
         if reason is None:
-            because = _because(served.unit_table, [i for i, _ in ranked], encoded, attention)
+            because = _because(served.table, [i for i, _ in ranked], encoded, attention)
     else:
         blend = _content_blend(served, given)
         if blend is None:
