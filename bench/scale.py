@@ -54,7 +54,8 @@ STAGES = (
     ("item text embeddings", "item_text_encoder,item_content_offline"),
     ("feature tables", "user_recent_items_offline,user_profile_offline,"
                        "item_popularity_offline,feast_definitions"),
-    ("online materialisation", "online_user_features,online_item_features"),
+    ("online materialisation: users", "online_user_features"),
+    ("online materialisation: items", "online_item_features"),
     ("point-in-time training set", "training_set"),
     ("training, registration, promotion", "behaviour_encoder_version,champion_model"),
 )
