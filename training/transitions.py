@@ -25,6 +25,14 @@ import torch
 
 from training.model import PAD
 
+# Successors kept per item and lag: the most frequent ones. A request reads the
+# rows of its newest items, and on a Zipf-popular catalogue the rows of popular
+# items grow with it (tens of thousands of distinct successors at a million
+# items), so an unbounded row makes the served request's cost grow with the
+# catalogue. The longest row of ML-100K is about a quarter of this: on catalogues
+# of that size nothing is cut (docs/experiments.md).
+ROW_LIMIT = 1_000
+
 # The blend weights tried on validation (0: the encoder alone), for the
 # transitions and for popularity.
 WEIGHTS = (0.0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25)
@@ -82,8 +90,10 @@ class Transitions:
     shares: np.ndarray | None = None
 
     @classmethod
-    def count(cls, sequences: list[list[int]], n_items: int, lags: int) -> Transitions:
-        """Counts over ``sequences`` (item indices 1..n_items, oldest first)."""
+    def count(cls, sequences: list[list[int]], n_items: int, lags: int,
+              row_limit: int = ROW_LIMIT) -> Transitions:
+        """Counts over ``sequences`` (item indices 1..n_items, oldest first), each
+        row cut to its ``row_limit`` largest counts (ties: the lower item index)."""
         size = n_items + 1
         occurrences = np.bincount(np.concatenate([np.asarray(seq, dtype=np.int64)
                                                   for seq in sequences] or [np.empty(0, int)]),
@@ -95,6 +105,7 @@ class Transitions:
             codes, counts = np.unique(np.concatenate(pairs) if pairs else np.empty(0, np.int64),
                                       return_counts=True)
             rows, cols = np.divmod(codes, size)
+            rows, cols, counts = _largest_per_row(rows, cols, counts, row_limit)
             indptr = np.zeros(size + 1, dtype=np.int64)
             np.add.at(indptr, rows + 1, 1)
             tables.append(Lag(indptr=np.cumsum(indptr), indices=cols.astype(np.int32),
@@ -208,6 +219,18 @@ class Transitions:
         """(1, N) z(popularity) over the catalogue: the same for every history, so
         worked out once per model, not per request."""
         return standardised(torch.from_numpy(self.popularity[None, 1:]))
+
+
+def _largest_per_row(rows: np.ndarray, cols: np.ndarray, counts: np.ndarray, limit: int,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Of entries sorted by (row, col), each row's ``limit`` largest counts (ties:
+    the lower col), still sorted by (row, col)."""
+    if not len(rows) or np.bincount(rows).max() <= limit:
+        return rows, cols, counts
+    order = np.lexsort((cols, -counts, rows))  # per row: largest count first
+    rank = np.arange(len(order)) - np.searchsorted(rows, rows[order])
+    keep = np.sort(order[rank < limit])  # back to (row, col) order
+    return rows[keep], cols[keep], counts[keep]
 
 
 def standardised(scores: torch.Tensor) -> torch.Tensor:

@@ -161,3 +161,23 @@ def test_the_weight_search_ranks_equal_a_full_pass_per_pair_ties_and_exclusions_
         full = target_ranks(scores.numpy(), targets.numpy() + 1, exclude)
         assert fast[j].tolist() == np.minimum(full, K).tolist()
     assert (fast < K).mean() > 0.1 and len(set(map(tuple, fast))) > 5  # ranks vary by pair
+
+
+def test_each_row_keeps_its_most_frequent_successors_up_to_the_limit():
+    # item 1 is followed by 2 (3 times), 3 (twice), 4 and 5 (once each)
+    sequences = [[1, 2]] * 3 + [[1, 3]] * 2 + [[1, 4], [1, 5], [6, 2]]
+    cut = Transitions.count(sequences, n_items=6, lags=1, row_limit=3)
+    whole = Transitions.count(sequences, n_items=6, lags=1, row_limit=10)
+    lag, full = cut.lags[0], whole.lags[0]
+    row = slice(lag.indptr[1], lag.indptr[2])
+    # the three largest of item 1's row; of the tied 4 and 5, the lower index
+    assert lag.indices[row].tolist() == [2, 3, 4]
+    assert np.allclose(lag.values[row], np.log1p([3, 2, 1]))
+    assert full.indices[full.indptr[1]:full.indptr[2]].tolist() == [2, 3, 4, 5]
+    # rows within the limit are untouched; the served scores read the cut rows
+    assert lag.indices[lag.indptr[6]:lag.indptr[7]].tolist() == [2]
+    seq = np.array([0, 0, 1])
+    assert cut.scores(seq[None])[0, 5] == 0 and whole.scores(seq[None])[0, 5] > 0
+    sparse = cut.sparse_scores(seq)
+    assert sparse.items.tolist() == [2, 3, 4]
+    assert np.array_equal(whole.popularity, cut.popularity)  # occurrences are not cut
