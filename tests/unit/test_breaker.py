@@ -98,7 +98,7 @@ def test_reopened_the_moment_its_prober_closed_it_it_still_closes_again():
             end = time.monotonic() + 0.1
             while time.monotonic() < end:  # failures as fast as they come
                 breaker.failed()
-            assert wait_for(lambda: breaker.state == CLOSED, timeout=1.0)
+            assert wait_for(lambda b=breaker: b.state == CLOSED, timeout=1.0)
             breaker.close()
     finally:
         sys.setswitchinterval(switch)
