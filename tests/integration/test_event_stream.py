@@ -92,14 +92,16 @@ def test_the_stream_is_trimmed_only_below_what_every_group_acknowledged(home, st
 
 
 def test_the_consumer_killed_mid_batch_loses_and_doubles_nothing(home, stream):
-    """A real ``recsys consume`` process, SIGKILLed while it drains, restarted."""
+    """A real consumer process (what ``recsys consume`` runs in the foreground),
+    SIGKILLed while it drains, restarted with ``recsys consume --once``."""
     total = 40_000
     for start in range(0, total, 5000):
         event_stream.publish(stream, events(5000, start=start))
     env = {**os.environ, "RECSYS_HOME": str(home.home)}
-    argv = [sys.executable, "-m", "orchestration.cli", "consume", "--name", "c1"]
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    # The consumer itself, not the CLI that supervises it: a SIGKILLed CLI cannot
+    # pass the signal on, and its consumer would drain on.
+    process = subprocess.Popen([sys.executable, "-m", "orchestration.consume", "c1"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     path = home.event_log_dir / "events-c1.jsonl"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (path.exists() and path.stat().st_size > 0):
@@ -108,7 +110,8 @@ def test_the_consumer_killed_mid_batch_loses_and_doubles_nothing(home, stream):
     process.wait()
     before = sum(logged(home).values())
     assert 0 < before < total  # killed mid-drain
-    subprocess.run([*argv, "--once"], env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "orchestration.cli", "consume", "--name", "c1",
+                    "--once"], env=env, check=True, capture_output=True)
     counts = logged(home)
     assert len(counts) == total and set(counts.values()) == {1}
     assert event_stream.length(stream) == 0
