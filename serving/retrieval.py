@@ -24,13 +24,12 @@ import faiss
 import numpy as np
 import torch
 
-from training.ann import AnnIndex
+from training.ann import AnnIndex, scored_items
 from training.model import BehaviourEncoder
 
 ANN_CANDIDATES = 100  # nearest items by the encoder's score
 TRANSITION_CANDIDATES = 100  # items with the largest transition scores
 POPULAR_CANDIDATES = 50  # the most popular items (the blend's popularity term)
-
 
 @dataclass(frozen=True)
 class CandidateScores:
@@ -38,7 +37,6 @@ class CandidateScores:
 
     items: np.ndarray  # (C,) int64
     values: np.ndarray  # (C,) float64
-
 
 class TwoStage:
     """``ann``: the model version's index (``training.ann``), built from its item
@@ -58,7 +56,6 @@ class TwoStage:
         self.search_params = faiss.SearchParametersHNSW(
             efSearch=max(ann.params.ef_search, ann_candidates))
         self.mean, self.second_moment = ann.mean, ann.second_moment
-        self.table = model.item_table().detach()  # (N + 1, D), rows as the model scores them
         transitions = model.transitions
         self.transitions = transitions
         self.popularity_z = None
@@ -98,10 +95,7 @@ class TwoStage:
             items = np.unique(np.concatenate(parts))
         items = np.asarray(items, dtype=np.int64)
         # the model's own rows, not the index's: its storage may be compressed
-        vectors = self.table[items].numpy().astype(np.float64)
-        if self.model.config.temperature > 0:
-            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        values = vectors @ u
+        values = scored_items(self.model, items).astype(np.float64) @ u
         if not blended:
             return CandidateScores(items, values)
         mean = float(u @ self.mean)

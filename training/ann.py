@@ -54,10 +54,12 @@ class AnnIndex:
     params: AnnParams
 
 
-def scored_items(model: BehaviourEncoder) -> np.ndarray:
+def scored_items(model: BehaviourEncoder, items: np.ndarray | None = None) -> np.ndarray:
     """(N, D) float32 item vectors whose dot products with the scaled user vector
-    are the encoder's scores (unit rows when the model scores cosine similarities)."""
-    items = model.item_table()[1:].detach().float()
+    are the encoder's scores (unit rows when the model scores cosine similarities);
+    with ``items`` (model indices 1..N), those rows only."""
+    table = model.item_table().detach()
+    items = (table[1:] if items is None else table[torch.from_numpy(items)]).float()
     if model.config.temperature > 0:
         items = torch.nn.functional.normalize(items, dim=-1)
     return np.ascontiguousarray(items.numpy(), dtype=np.float32)
