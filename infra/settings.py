@@ -59,6 +59,8 @@ class Settings:
     # and re-ranks them exactly, instead of scoring every item (docs/benchmarks.md,
     # Retrieval, shows where the two paths cross).
     ann_min_items: int = 10_000
+    # Query embeddings each service worker keeps (LRU): 1.5 KB each.
+    query_cache: int = 10_000
     # Validation and test (the evaluation protocol of DESIGN.md) on at most this
     # many users, drawn once with a fixed seed, so that the same users judge every
     # model: each rank is over the whole catalogue, which at a million items costs
@@ -101,6 +103,7 @@ class Settings:
         deadline = given("RECSYS_DEADLINE_MS", "deadline_ms")
         ann_min_items = given("RECSYS_ANN_MIN_ITEMS", "ann_min_items")
         evaluation_users = given("RECSYS_EVALUATION_USERS", "evaluation_users")
+        query_cache = given("RECSYS_QUERY_CACHE", "query_cache")
         engine = given("RECSYS_ENGINE", "engine").strip().lower()
         if engine not in ENGINES:
             raise ValueError(f"RECSYS_ENGINE must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -113,6 +116,7 @@ class Settings:
                             ("RECSYS_DEADLINE_MS", deadline),
                             ("RECSYS_ANN_MIN_ITEMS", ann_min_items),
                             ("RECSYS_EVALUATION_USERS", evaluation_users),
+                            ("RECSYS_QUERY_CACHE", query_cache),
                             ("RECSYS_RAY_CPUS", ray_cpus), ("RECSYS_RAY_MEMORY_MB", ray_memory)):
             if not value.isdigit() or int(value) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -138,6 +142,7 @@ class Settings:
             deadline_ms=int(deadline),
             ann_min_items=int(ann_min_items),
             evaluation_users=int(evaluation_users),
+            query_cache=int(query_cache),
             engine=engine,
             ray_address=env.get("RECSYS_RAY_ADDRESS") or None,
             ray_cpus=int(ray_cpus),

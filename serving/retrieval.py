@@ -75,23 +75,29 @@ class TwoStage:
         return u.numpy().astype(np.float64)
 
     def scores(self, user: torch.Tensor, seq: torch.Tensor,
-               items: np.ndarray | None = None) -> CandidateScores:
-        """The exact blended scores of ``items`` (default: the candidates) for the
-        encoder's ``user`` vector (1, D) of the (1, T) history ``seq``."""
+               items: np.ndarray | None = None, standardise: bool = False,
+               extra: np.ndarray | None = None) -> CandidateScores:
+        """The exact blended scores of ``items`` (default: the candidates, with
+        ``extra`` items among them) for the encoder's ``user`` vector (1, D) of the
+        (1, T) history ``seq``; ``standardise``: the encoder's term standardised
+        even when the model blends nothing (as a query blend needs it)."""
         u = self._user(user)
         transitions = self.transitions
-        blended = transitions is not None and (transitions.weight or transitions.popularity_weight)
-        extra = None
-        if blended and transitions.weight:
-            extra = transitions.sparse_scores(seq[0].numpy())
+        blended = standardise or (transitions is not None and bool(
+            transitions.weight or transitions.popularity_weight))
+        follow = None
+        if transitions is not None and transitions.weight:
+            follow = transitions.sparse_scores(seq[0].numpy())
         if items is None:
             _, found = self.index.search(u[None].astype(np.float32), self.ann_candidates,
                                          params=self.search_params)
             parts = [found[0][found[0] >= 0] + 1, self.popular]
-            if extra is not None and len(extra.items):
-                count = min(self.transition_candidates, len(extra.items))
-                top = np.argpartition(-extra.values, count - 1)[:count]
-                parts.append(extra.items[top[extra.values[top] > 0]])
+            if extra is not None:
+                parts.append(np.asarray(extra, dtype=np.int64))
+            if follow is not None and len(follow.items):
+                count = min(self.transition_candidates, len(follow.items))
+                top = np.argpartition(-follow.values, count - 1)[:count]
+                parts.append(follow.items[top[follow.values[top] > 0]])
             items = np.unique(np.concatenate(parts))
         items = np.asarray(items, dtype=np.int64)
         # the model's own rows, not the index's: its storage may be compressed
@@ -101,9 +107,9 @@ class TwoStage:
         mean = float(u @ self.mean)
         spread = float(np.sqrt(max(u @ self.second_moment @ u - mean * mean, 0.0)))
         values = (values - mean) / (spread if spread > 0 else 1.0)
-        if extra is not None:
-            mean, spread = extra.mean_and_spread()
-            values += transitions.weight * (extra.at(items) - mean) / (
+        if follow is not None:
+            mean, spread = follow.mean_and_spread()
+            values += transitions.weight * (follow.at(items) - mean) / (
                 spread if spread > 0 else 1.0)
         if self.popularity_z is not None:
             values += transitions.popularity_weight * self.popularity_z[items - 1]

@@ -4,7 +4,8 @@ Every answer says where it came from: the model (with, per item, the recent item
 that contributed most to it: the encoder's attention to each, times its
 similarity to the item), or a fallback with its reason:
 - no usable history: recent popularity, blended with content similarity to the
-  items given in the request when there are any;
+  items given in the request when there are any, or with the query's relevance
+  when the request has a query;
 - the model raised or returned non-finite scores: recent popularity.
 """
 
@@ -19,10 +20,20 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from feature_repo.event_rules import EventRules
+from serving.query import QueryEncoder
 from serving.retrieval import CandidateScores, TwoStage
 from training import ann, registry
 from training.inference import attention_rollout, quantized, traced_encoder
 from training.model import PAD, BehaviourEncoder
+from training.query import (
+    DEFAULT_BLEND,
+    QueryBlend,
+    TextMoments,
+    behaviour_base,
+    model_blends,
+    popularity_relevance,
+    relevance,
+)
 from training.sequences import ItemIndex, pad_left
 
 log = logging.getLogger("recsys.serving")
@@ -35,6 +46,9 @@ POPULAR_RANKED = 1_000
 # no-history content blend; beyond it (a million items would be 1.5 GB a worker,
 # and a scan of them per request) the blend is left out and popularity answers.
 CONTENT_MAX_ITEMS = 200_000
+# With two-stage retrieval, the items of highest text relevance to a query join
+# the candidates (the behaviour index cannot find what only the query asks for).
+QUERY_CANDIDATES = 100
 
 
 @dataclass(frozen=True)
@@ -57,12 +71,18 @@ class ServedModel:
     # The POPULAR_RANKED most popular items, best first: what a no-history answer
     # reads instead of the whole catalogue's popularity.
     popular: CandidateScores | None = None
+    # The query path: the text encoder for what users type, the version's blend
+    # weights, and the item text embeddings' moments (``content``'s).
+    queries: QueryEncoder | None = None
+    query_blend: QueryBlend = DEFAULT_BLEND
+    text_moments: TextMoments | None = None
 
 
 @dataclass(frozen=True)
 class Ranked:
     items: list[tuple[str, float, str, list[str]]]  # item id, score, title, because (ids)
     reason: str | None  # None when the model answered
+    query: str | None = None  # the query that steered the answer, if any
 
 
 def popularity_scores(index: ItemIndex, recent: dict[str, int], all_time: dict[str, int],
@@ -164,7 +184,21 @@ def with_content(served: ServedModel, content: dict[str, np.ndarray]) -> ServedM
     for item, vector in content.items():
         if item in served.index.index:
             table[served.index.index[item]] = vector
-    return replace(served, content=table)
+    return replace(served, content=table, text_moments=TextMoments.of(table))
+
+
+def with_queries(served: ServedModel, queries: QueryEncoder, blend: QueryBlend) -> ServedModel:
+    """The query path, where the item text embeddings are held (``with_content``)."""
+    if served.content is None or served.content.shape[1] != queries.dim:
+        return served
+    return replace(served, queries=queries, query_blend=blend)
+
+
+def query_vector(served: ServedModel, query: str | None) -> np.ndarray | None:
+    """A cleaned query's embedding; None without a query or a query path."""
+    if query is None or served.queries is None:
+        return None
+    return served.queries.vector(query)
 
 
 def _top(scores: np.ndarray | CandidateScores, k: int, exclude: list[int],
@@ -185,24 +219,31 @@ def _top(scores: np.ndarray | CandidateScores, k: int, exclude: list[int],
 
 def model_scores(served: ServedModel, encoded: list[int], explain: bool = False,
                  user_id: str | None = None, items: list[int] | None = None,
+                 query: np.ndarray | None = None,
                  ) -> tuple[np.ndarray | CandidateScores, np.ndarray | None]:
     """(N + 1,) scores for one history (and the user's learned vector, when the
     model has one for ``user_id``), and with ``explain`` the encoder's attention
     rollout over its last max_len items (oldest first, summing to 1; else None);
     raises when the model fails or returns non-finite scores for catalogue items.
     With two-stage retrieval: the same scores for the candidates only (or for
-    ``items``, when given)."""
+    ``items``, when given). With a ``query`` embedding: the behaviour blend plus
+    the query's relevance at the version's weight (``training.query``)."""
     config = served.model.config
     window = encoded[-config.max_len:]
     seq = pad_left([window], config.max_len)
+    given = None if items is None else np.asarray(items, dtype=np.int64)
     with torch.inference_mode():
         user, projections = served.encoder(seq, served.model.user_rows([user_id]))
         if served.retrieval is not None:
-            scores = served.retrieval.scores(user, seq, None if items is None
-                                             else np.asarray(items, dtype=np.int64))
+            scores = served.retrieval.scores(
+                user, seq, given, standardise=query is not None,
+                extra=None if query is None or given is not None
+                else _most_relevant(served, query))
         else:
             scores = served.model.blend_transitions(served.model.logits(user, served.table),
                                                     seq)[0].numpy()
+    if query is not None:
+        scores = _with_query(served, scores, query)
     finite = scores.values if isinstance(scores, CandidateScores) else scores[1:]
     if not np.isfinite(finite).all():
         raise FloatingPointError("the model returned non-finite scores")
@@ -210,6 +251,31 @@ def model_scores(served: ServedModel, encoded: list[int], explain: bool = False,
         return scores, None
     flow = attention_rollout(projections.numpy(), seq.numpy() != PAD, config.heads)
     return scores, flow[0, config.max_len - len(window):]
+
+
+def _most_relevant(served: ServedModel, query: np.ndarray) -> np.ndarray:
+    """The QUERY_CANDIDATES items (indices 1..N) of highest text cosine to ``query``."""
+    cosines = served.content[1:] @ query
+    count = min(QUERY_CANDIDATES, len(cosines))
+    return np.argpartition(-cosines, count - 1)[:count] + 1
+
+
+def _with_query(served: ServedModel, scores: np.ndarray | CandidateScores, query: np.ndarray,
+                ) -> np.ndarray | CandidateScores:
+    """Behaviour scores (standardised already for candidates) plus the weighted
+    relevance of ``query``."""
+    weight = served.query_blend.weight
+    if isinstance(scores, CandidateScores):
+        return CandidateScores(scores.items, scores.values + weight * served.text_moments.
+                               relevance_at(served.content, query, scores.items))
+    base = behaviour_base(scores[None], model_blends(served.model))[0]
+    return base + weight * relevance(served.content, query[None])[0]
+
+
+def _query_alone(served: ServedModel, query: np.ndarray) -> np.ndarray:
+    """No history: the query's relevance plus weighted z(log popularity)."""
+    return (relevance(served.content, query[None])[0] + served.query_blend.popularity_weight
+            * popularity_relevance(served.popularity))
 
 
 def _unit_rows(table: np.ndarray | torch.Tensor, rows: list[int]) -> np.ndarray:
@@ -256,11 +322,12 @@ def _content_blend(served: ServedModel, given: list[int]) -> np.ndarray | None:
 
 def scores_or_popularity(served: ServedModel, encoded: list[int], explain: bool = False,
                          user_id: str | None = None, items: list[int] | None = None,
+                         query: np.ndarray | None = None,
                          ) -> tuple[np.ndarray | CandidateScores, np.ndarray | None, str | None]:
     """The model's scores for a history (and with ``explain`` its attention
     rollout), or, when the model fails, popularity and the reason."""
     try:
-        return *model_scores(served, encoded, explain, user_id, items), None
+        return *model_scores(served, encoded, explain, user_id, items, query), None
     except Exception as error:  # any model failure: answer from popularity
         log.warning("model v%s failed (%s: %s); answering from popularity",
                     served.version, type(error).__name__, error)
@@ -268,23 +335,32 @@ def scores_or_popularity(served: ServedModel, encoded: list[int], explain: bool 
 
 
 def recommend(served: ServedModel, history: list[str], k: int, exclude_seen: bool,
-              context: list[str] = (), user_id: str | None = None) -> Ranked:
+              context: list[str] = (), user_id: str | None = None,
+              query: str | None = None) -> Ranked:
     """Top-k, best first, for a user's online history (item ids, oldest first) and
     the items given in the request (``context``, newest last). With an online
     history the model reads both (and the user's learned vector, if the model
     has one for ``user_id``); without one, popularity answers, blended with
-    content similarity to the given items when there are any."""
+    content similarity to the given items when there are any. A ``query``
+    (cleaned: ``training.query.clean_query``) joins either blend where the
+    worker has the query path (``with_queries``)."""
     known = served.index.encode(history)
     given = served.index.encode(list(context))
     encoded = known + given if known else []
     exclude = (encoded or given) if exclude_seen else []
     because = None
+    vector = query_vector(served, query)
     if encoded:
         scores, attention, reason = scores_or_popularity(served, encoded, explain=True,
-                                                         user_id=user_id)
+                                                         user_id=user_id, query=vector)
         ranked = _top(scores, k, exclude)
         if reason is None:
             because = _because(served.table, [i for i, _ in ranked], encoded, attention)
+        else:
+            vector = None
+    elif vector is not None:
+        reason = "no history for this user: the query's text relevance, with popularity"
+        ranked = _top(_query_alone(served, vector), k, exclude)
     else:
         blend = _content_blend(served, given)
         if blend is None:
@@ -299,7 +375,7 @@ def recommend(served: ServedModel, history: list[str], k: int, exclude_seen: boo
     because = because or [[] for _ in ranked]
     return Ranked(items=[(ids[i - 1], s, titles[i - 1], [ids[j - 1] for j in why])
                          for (i, s), why in zip(ranked, because, strict=True)],
-                  reason=reason)
+                  reason=reason, query=query if vector is not None else None)
 
 
 def score_items(served: ServedModel, history: list[str], item_ids: list[str],

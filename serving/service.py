@@ -18,7 +18,16 @@ import bentoml
 import redis
 import torch
 from fastapi import FastAPI, Path, Query
-from pydantic import BaseModel, Field, PlainValidator, StrictBool, StrictInt, WithJsonSchema
+from mlflow.exceptions import MlflowException
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictInt,
+    WithJsonSchema,
+)
 from starlette.responses import JSONResponse
 
 from feature_repo.event_rules import is_id
@@ -33,6 +42,7 @@ from serving.guard import Guard, arrival
 from serving.intake import check_request
 from serving.online import OnlineFeatures
 from serving.privacy import PrivacyBoundary
+from serving.query import QueryEncoder
 from serving.scoring import (
     CONTENT_MAX_ITEMS,
     ServedModel,
@@ -40,10 +50,12 @@ from serving.scoring import (
     recommend,
     score_items,
     with_content,
+    with_queries,
 )
 from serving.web_page import WebPage
 from serving.workers import REPORT_S, Fleet
 from training import registry
+from training.query import DEFAULT_BLEND, QUERY_MAX_CHARS, QueryBlend, clean_query
 
 log = logging.getLogger("recsys.serving")
 T = TypeVar("T")
@@ -76,6 +88,15 @@ IdLike = Annotated[str | int, PlainValidator(_as_id), WithJsonSchema({
                                     "minLength": 1, "maxLength": ID_MAX_LENGTH}],
     "description": "A user or item id (string or integer)."})]
 
+# Checked by the model (too long, blank) so a bad query is a 400 with clean_query's
+# message; "" is no query.
+QueryText = Annotated[str, AfterValidator(lambda text: clean_query(text) or ""), Field(
+    max_length=QUERY_MAX_CHARS, description=(
+        "What the user typed (at most 200 characters; empty: no query). With a history "
+        "it steers the personalised list towards items whose text matches it; without "
+        "one it ranks alone, with popularity."))]
+
+
 class Because(BaseModel):
     item_id: str = Field(description="A recent item of the user's.")
     title: str = Field(description="Its title.")
@@ -100,6 +121,9 @@ class Recommendation(BaseModel):
     model_version: str = Field(description="behaviour_encoder registry version that answered.")
     degraded: bool = Field(description="True when a fallback answered instead of the model.")
     reason: str | None = Field(description="Why the answer is degraded, else null.")
+    query: str | None = Field(default=None, description=(
+        "The query that steered the answer (whitespace collapsed); null without one, or "
+        "where the service has no item text to match it against."))
 
 
 class Rejected(BaseModel):
@@ -226,6 +250,7 @@ class Recommender:
         self.board = Fleet(self.redis_writes)
         self.privacy = PrivacyBoundary(settings)
         self._reload_token = self._fleet_token()
+        self.queries = self._query_encoder()
         self.served = self._load()
         self._report()
         self.future_tolerance_s = settings.future_tolerance_s  # as in batch validation
@@ -238,14 +263,37 @@ class Recommender:
         log.info("serving behaviour_encoder version %s from %s", self.served.version,
                  settings.home)
 
+    def _query_encoder(self) -> QueryEncoder | None:
+        """The ``item_text_encoder`` champion for queries; None (queries are then
+        not applied, and answers say so) when none is registered."""
+        uri = self.settings.tracking_uri()
+        try:
+            version = registry.alias_version(uri, registry.CHAMPION, registry.TEXT_MODEL_NAME)
+            if version is None:
+                raise LookupError(f"no {registry.TEXT_MODEL_NAME} champion")
+            return QueryEncoder(registry.text_encoder_dir(uri, version),
+                                self.settings.query_cache)
+        except (LookupError, MlflowException, OSError) as error:
+            log.warning("no query path (%s: %s)", type(error).__name__, error)
+            return None
+
+    def _query_blend(self, version: str) -> QueryBlend:
+        """The version's query weights (the defaults for one registered without)."""
+        try:
+            return QueryBlend.from_dict(registry.load_document(
+                self.settings.tracking_uri(), version, registry.QUERY_BLEND_DOCUMENT))
+        except (MlflowException, OSError, KeyError):
+            return DEFAULT_BLEND
+
     def _load(self) -> ServedModel:
         """The champion, with the item text embeddings from the online store (for
-        cold starts; left out, with a warning, while Redis is unreachable)."""
+        cold starts and queries; left out, with a warning, while Redis is
+        unreachable)."""
         served = load_served_model(self.settings.tracking_uri(), quantize=self.settings.quantize,
                                    ann_min_items=self.settings.ann_min_items)
         if len(served.index) > CONTENT_MAX_ITEMS:
-            log.warning("%d items: no content blend for users without history (more than "
-                        "%d)", len(served.index), CONTENT_MAX_ITEMS)
+            log.warning("%d items: no content blend for users without history and no "
+                        "queries (more than %d)", len(served.index), CONTENT_MAX_ITEMS)
         else:
             try:
                 served = with_content(served,
@@ -253,12 +301,15 @@ class Recommender:
             except redis.RedisError as error:
                 log.warning("item embeddings unavailable (%s): no content blend",
                             type(error).__name__)
+        if self.queries is not None:
+            served = with_queries(served, self.queries, self._query_blend(served.version))
         # TorchScript's profiling executor specialises the traced encoder on its
         # first calls, each several times slower than a warm one: make them here,
         # before the version takes requests, not on the first users' requests.
         history = served.index.item_ids[:3]
         for _ in range(WARM_UP_CALLS):
             recommend(served, history, 10, True, user_id=None)
+            recommend(served, history, 10, True, user_id=None, query="warm up")
         return served
 
     def _swap_if_moved(self) -> tuple[str, str]:
@@ -393,6 +444,7 @@ class Recommender:
                           "to /events (e.g. an anonymous session). With an online history "
                           "the model reads them after it; without one they steer the "
                           "fallback by content similarity."))] = [],  # noqa: B006
+                  query: QueryText = "",
                   ctx: bentoml.Context = None,
                   ) -> Recommendation:
         """Top-k items for a user from the champion model over online features."""
@@ -401,12 +453,13 @@ class Recommender:
         key = self._key(user_id, served)
         history, unavailable = self._history(key, ctx)
         ranked = recommend(served, history or [], k, exclude_seen,
-                           [str(i) for i in context_item_ids], self._vector_user(key))
+                           [str(i) for i in context_item_ids], self._vector_user(key),
+                           query or None)
         reason = unavailable or ranked.reason
         titles, position = served.model.titles, served.index.index
         return Recommendation(
             user_id=user, model_version=served.version, degraded=reason is not None,
-            reason=reason, items=[RecommendedItem(
+            reason=reason, query=ranked.query, items=[RecommendedItem(
                 item_id=i, score=s, title=t,
                 because=[Because(item_id=b, title=titles[position[b] - 1]) for b in why])
                 for i, s, t, why in ranked.items],

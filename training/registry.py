@@ -32,6 +32,8 @@ RECENT_POPULARITY_DAYS = 30
 # What a valid event of the training data is (feature_repo.event_rules): the
 # service checks /events against the rules of the data its champion learned from.
 EVENT_RULES_DOCUMENT = "event_rules.json"
+# The query blend's weights chosen on validation (training.query.QueryBlend).
+QUERY_BLEND_DOCUMENT = "query_blend.json"
 # Run and version tag: the newest event time in the training data (the drift reference).
 TRAINED_UNTIL_TAG = "training_events_until"
 # The pyfunc's code file ("models from code": MLflow stores the file, no pickle).

@@ -34,12 +34,14 @@ from training.evaluate import (
     warm_items,
 )
 from training.model import EncoderConfig
+from training.query import evaluate_query, genre_query, model_blends
 from training.sequences import (
     ItemIndex,
     evaluation_split,
     histories_from_training_set,
     training_targets,
 )
+from training.text_encoder import TextEncoder
 from training.train import TrainConfig, model_scorer, train_encoder
 
 
@@ -179,10 +181,14 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
             histories, split, index, items["title"].tolist(), model_config, train_config,
             on_epoch=lambda e, m: context.log.info(f"epoch {e}: {m}"), users=users)
     # Items without training interactions get their vector from their text.
-    cold_filled = fill_cold_items(result.model, item_text_table(settings, index),
-                                  warm_items(split, index))
-    metrics = {**_test_metrics(result, split, index), "cold_items_from_text": cold_filled,
-               "search_seconds": result.search_seconds}
+    content = item_text_table(settings, index)
+    cold_filled = fill_cold_items(result.model, content, warm_items(split, index))
+    query_started = time.perf_counter()
+    query_blend, query_metrics = _query_evaluation(mlflow.tracking_uri, result.model, split,
+                                                   index, items, content)
+    metrics = {**_test_metrics(result, split, index), **query_metrics,
+               "query_seconds": time.perf_counter() - query_started,
+               "cold_items_from_text": cold_filled, "search_seconds": result.search_seconds}
     params = {**result.model.config.to_dict(), **train_config.to_dict(),
               # the recipe as configured (``logged_recipe`` reads it back), and what
               # it chose for this catalogue
@@ -206,7 +212,8 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
     registered = registry.log_and_register(
         mlflow.tracking_uri, mlflow.artifact_location, result.model, params, result.history,
         metrics, _lineage_tags(context, settings, events), documents={
-            **_popularity(events), registry.EVENT_RULES_DOCUMENT:
+            **_popularity(events), registry.QUERY_BLEND_DOCUMENT: query_blend.to_dict(),
+            registry.EVENT_RULES_DOCUMENT:
             state.open_source().rules(settings.future_tolerance_s,
                                      settings.pseudonymise).to_dict()},
         inputs=[(events.drop(columns=["source_file", "source_row", "event_key"]),
@@ -242,6 +249,19 @@ def _test_metrics(result, split, index: ItemIndex) -> dict[str, float]:
         "transition_weight": getattr(result.model.transitions, "weight", 0.0),
         "popularity_weight": getattr(result.model.transitions, "popularity_weight", 0.0),
     }
+
+
+def _query_evaluation(tracking_uri: str, model, split, index: ItemIndex, items: pd.DataFrame,
+                      content: np.ndarray):
+    """The query blend chosen on validation and its three-way test metrics
+    (``training.query.evaluate_query``), queries embedded by the registered
+    ``item_text_encoder``."""
+    version = registry.alias_version(tracking_uri, registry.CHAMPION, registry.TEXT_MODEL_NAME)
+    encoder = TextEncoder(registry.text_encoder_dir(tracking_uri, version))
+    queries = dict(zip(items["item_id"], items["genres"].map(genre_query), strict=True))
+    counts = popularity_scorer(split, index)([[]], None)[0]
+    return evaluate_query(model_scorer(model), model_blends(model), split, index, content,
+                          encoder.encode, queries, counts)
 
 
 def _lineage_tags(context: AssetExecutionContext, settings, events: pd.DataFrame,

@@ -306,6 +306,24 @@ def test_lineage_resolves_to_the_exact_raw_files(pipeline, monkeypatch, capsys):
     assert main(["lineage", "99"]) == 1
 
 
+def test_the_query_blend_is_chosen_on_validation_and_beats_both_parts_on_test(pipeline):
+    """Genre queries of the targets: the blend at the weights chosen on validation
+    beats behaviour alone and the query alone on test, and the weights travel
+    with the version (the service reads them)."""
+    uri = pipeline.settings.tracking_uri()
+    champion = registry.alias_version(uri, registry.CHAMPION)
+    m = registry.version_run(uri, champion).data.metrics
+    assert m["query_events"] == m["evaluated_users"]  # every generated item has genres
+    assert m["query_behaviour_ndcg_at_10"] == pytest.approx(m["ndcg_at_10"])
+    assert m["query_blend_ndcg_at_10"] > max(m["query_behaviour_ndcg_at_10"],
+                                             m["query_only_ndcg_at_10"])
+    assert m["query_blend_hr_at_10"] > m["query_behaviour_hr_at_10"]
+    blend = registry.load_document(uri, champion, registry.QUERY_BLEND_DOCUMENT)
+    assert blend == {"weight": m["query_weight"],
+                     "popularity_weight": m["query_popularity_weight"]}
+    assert blend["weight"] > 0
+
+
 def test_text_encoder_registered_and_cold_start_measured(pipeline):
     """item_text_encoder is in the registry and feeds item_content; the cold-start
     evaluation (10% of items held out of training) beats a random ranking."""

@@ -77,6 +77,56 @@ def test_a_new_user_with_given_items_gets_content_similar_items(pipeline, servic
     assert [i["item_id"] for i in plain["items"]] != got
 
 
+def _primary_genre(pipeline) -> pd.Series:
+    items = pd.read_parquet(pipeline.settings.items_path)
+    return pd.Series(items["genres"].str.split("|").str[0].values, index=items["item_id"])
+
+
+def _share(genre: pd.Series, body: dict, wanted: str) -> float:
+    return float(np.mean([genre[i["item_id"]] == wanted for i in body["items"]]))
+
+
+def test_a_query_turns_a_one_genre_history_towards_the_queried_genre(pipeline, service):
+    """Two new users, each with a history of one genre, ask for "comedy": both get
+    mostly comedies, which their histories alone do not give them, and not the
+    same comedies (the list is still theirs)."""
+    genre = _primary_genre(pipeline)
+    lists = {}
+    for user, taste in (("query-horror-fan", "Horror"), ("query-scifi-fan", "SciFi")):
+        liked = genre.index[genre == taste][:12].tolist()
+        accepted = post(service, "/events", {"events": [
+            {"user_id": user, "item_id": i, "event_type": "click"} for i in liked]}).json()
+        assert accepted["accepted"] == len(liked)
+        plain = post(service, "/recommend", {"user_id": user, "k": 10}).json()
+        asked = post(service, "/recommend", {"user_id": user, "k": 10,
+                                             "query": "  comedy  "}).json()
+        assert asked["degraded"] is False and asked["query"] == "comedy"
+        assert plain["query"] is None
+        assert _share(genre, asked, "Comedy") >= 0.7 > _share(genre, plain, "Comedy") + 0.3
+        assert not {i["item_id"] for i in asked["items"]} & set(liked)
+        lists[user] = [i["item_id"] for i in asked["items"]]
+    assert lists["query-horror-fan"] != lists["query-scifi-fan"]
+
+
+def test_a_new_users_query_ranks_alone_and_an_empty_one_is_no_query(pipeline, service):
+    genre = _primary_genre(pipeline)
+    asked = post(service, "/recommend", {"user_id": "query-newcomer", "query": "western"})
+    body = asked.json()
+    assert asked.status_code == 200 and body["degraded"] is True
+    assert body["reason"] == "no history for this user: the query's text relevance, with popularity"
+    assert body["query"] == "western" and _share(genre, body, "Western") >= 0.8
+    for user in ("query-newcomer", "u00001"):
+        empty = post(service, "/recommend", {"user_id": user, "query": ""}).json()
+        none = post(service, "/recommend", {"user_id": user}).json()
+        assert empty == none and empty["query"] is None
+
+
+def test_an_over_long_or_blank_query_is_a_400_with_the_reason(service):
+    for query, reason in (("x" * 201, "200"), (" \t ", "blank")):
+        answer = post(service, "/recommend", {"user_id": "u00001", "query": query})
+        assert answer.status_code == 400 and reason in answer.text
+
+
 def test_event_then_recommend_excludes_the_new_item(pipeline, service):
     user = "u00002"
     before = post(service, "/recommend", {"user_id": user, "k": 5}).json()

@@ -1,0 +1,47 @@
+"""The query path of a serving worker: what a user types, embedded at request
+time by the served ``item_text_encoder`` (int8, one thread: a short text costs a
+few milliseconds) and kept in a bounded LRU cache, so a repeated query (a
+popular search, a page refresh) costs a dictionary lookup."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from training.text_encoder import TextEncoder
+
+QUERY_PRECISION = "int8"
+
+
+class QueryEncoder:
+    def __init__(self, model_dir: Path, cache_size: int, precision: str = QUERY_PRECISION):
+        self.encoder = TextEncoder(model_dir, precision=precision)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # handler threads share the cache
+        self.hits = self.misses = 0
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    def vector(self, query: str) -> np.ndarray:
+        """(T,) unit float32 embedding of a cleaned query (``training.query.clean_query``)."""
+        with self._lock:
+            found = self._cache.get(query)
+            if found is not None:
+                self._cache.move_to_end(query)
+                self.hits += 1
+                return found
+        vector = self.encoder.encode([query])[0]
+        vector.setflags(write=False)  # shared by every request that asks the same
+        with self._lock:
+            self.misses += 1
+            if self.cache_size > 0:
+                self._cache[query] = vector
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return vector
