@@ -14,6 +14,10 @@
    ``MAX_IN_FLIGHT`` requests are outstanding; a request over that is an error.
 4. Event-to-visible: ``/events`` with an item, then ``/recommend`` no longer
    offers it; the time from sending the event to that answer.
+5. Queries: the query encoder's cost per precision in process (one short text,
+   one thread) with its agreement with float32 on the served catalogue; then
+   ``/recommend`` at ``QUERY_RATE`` with no query, with a distinct (never
+   cached) query in every request, and with queries from a small warmed pool.
 """
 
 import asyncio
@@ -22,6 +26,7 @@ import random
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +35,7 @@ import numpy as np
 import uvloop
 
 from bench.features import percentiles, print_latency_table, timed
+from bench.report import markdown as report_markdown
 from bench.report import table
 from infra import redis_server
 from infra.processes import free_port
@@ -44,6 +50,20 @@ MAX_IN_FLIGHT = 256
 # A worker's share of 200 req/s over the default two workers.
 PACED_RATE = 100
 API_KEY = "bench"
+QUERY_RATE = 100
+QUERY_WORDS = ("comedy", "horror", "romance", "war", "space", "western", "family", "crime",
+               "musical", "animated", "documentary", "thriller", "funny", "dark", "classic",
+               "film", "about", "love", "story", "adventure")
+QUERY_POOL = 50  # the distinct queries of the cached scenario
+
+
+def query_text(i: int, distinct: bool) -> str:
+    """Three words of QUERY_WORDS picked by ``i`` (a pool of QUERY_POOL when not
+    ``distinct``), plus ``i`` itself when distinct, so no two requests share one."""
+    n = len(QUERY_WORDS)
+    j = i if distinct else i % QUERY_POOL
+    words = [QUERY_WORDS[(j * 7) % n], QUERY_WORDS[(j * 3 + 1) % n], QUERY_WORDS[(j + 5) % n]]
+    return " ".join(words) + (f" {i}" if distinct else "")
 
 
 def prepare(settings: Settings) -> None:
@@ -109,16 +129,18 @@ class Sample:
 
 
 async def drive(port: int, users: list[str], rate: float, seconds: float,
-                timeout_s: float = 10.0, api_key: str = API_KEY) -> list[Sample]:
+                timeout_s: float = 10.0, api_key: str = API_KEY,
+                query: Callable[[int], str] | None = None) -> list[Sample]:
     """``/recommend`` for random users on a fixed schedule (open loop), ``rate`` per
-    second for ``seconds``: every request's sample, in schedule order."""
+    second for ``seconds``: every request's sample, in schedule order; with
+    ``query``, request i asks ``query(i)``."""
     clock = time.perf_counter  # not loop.time(): uvloop's has millisecond resolution
     samples: list[Sample] = []
     idle: list[Connection] = []
     opened: list[Connection] = []
     in_flight = 0
 
-    async def one(sample: Sample, user: str) -> None:
+    async def one(sample: Sample, user: str, asked: str | None) -> None:
         nonlocal in_flight
         in_flight += 1
         connection = idle.pop() if idle else None
@@ -129,7 +151,8 @@ async def drive(port: int, users: list[str], rate: float, seconds: float,
             if connection is None:
                 connection = await Connection.open("127.0.0.1", port, api_key)
                 opened.append(connection)
-            body = f'{{"user_id": "{user}", "k": 10}}'.encode()
+            body = (f'{{"user_id": "{user}", "k": 10}}' if asked is None else
+                    f'{{"user_id": "{user}", "k": 10, "query": "{asked}"}}').encode()
             sample.sent = clock()
             sample.status, sample.body = await asyncio.wait_for(
                 connection.post("/recommend", body), timeout_s)
@@ -151,7 +174,8 @@ async def drive(port: int, users: list[str], rate: float, seconds: float,
         if in_flight >= MAX_IN_FLIGHT:
             sample.error = "over_in_flight"
         else:
-            tasks.append(asyncio.create_task(one(sample, random.choice(users))))
+            asked = None if query is None else query(len(samples))
+            tasks.append(asyncio.create_task(one(sample, random.choice(users), asked)))
 
     def pace() -> None:
         # The event loop's timers have millisecond resolution (epoll's timeout, and
@@ -175,9 +199,10 @@ async def drive(port: int, users: list[str], rate: float, seconds: float,
     return samples
 
 
-async def open_loop(port: int, users: list[str], rate: float, seconds: float) -> dict:
+async def open_loop(port: int, users: list[str], rate: float, seconds: float,
+                    query: Callable[[int], str] | None = None) -> dict:
     """``drive``, summarised: achieved rate, latency percentiles of the 200s, errors."""
-    samples = await drive(port, users, rate, seconds)
+    samples = await drive(port, users, rate, seconds, query=query)
     ok = [x for x in samples if x.status == 200]
     errors = {"status": sum(x.status not in (None, 200) for x in samples)}
     for x in samples:
@@ -244,6 +269,61 @@ def in_process_floor(settings: Settings, users: list[str]) -> dict:
     return out
 
 
+def query_encoder_cost(settings: Settings, repeat: int = 300) -> dict:
+    """Per precision of the text encoder: the time to embed one distinct short
+    query (one thread), and against float32 the cosine of its embeddings and the
+    overlap of the top 10 items it ranks on the served catalogue."""
+    import torch
+
+    from orchestration.assets.training import item_text_table
+    from training.sequences import ItemIndex
+    from training.text_encoder import TextEncoder, native_bfloat16
+
+    torch.set_num_threads(1)
+    uri = settings.tracking_uri()
+    directory = registry.text_encoder_dir(uri, registry.alias_version(
+        uri, registry.CHAMPION, registry.TEXT_MODEL_NAME))
+    model = registry.load_version(uri, registry.alias_version(uri, registry.CHAMPION))
+    content = item_text_table(settings, ItemIndex(model.item_ids))
+    texts = [query_text(i, distinct=True) for i in range(repeat)]
+    precisions = ["float32", "int8"] + (["bfloat16"] if native_bfloat16() else [])
+    out, exact = {}, None
+    for precision in precisions:
+        encoder = TextEncoder(directory, precision=precision)
+        for text in texts[:20]:  # warm-up
+            encoder.encode([text])
+        times, vectors = [], []
+        for text in texts:
+            started = time.perf_counter()
+            vectors.append(encoder.encode([text])[0])
+            times.append(time.perf_counter() - started)
+        vectors = np.stack(vectors)
+        exact = vectors if exact is None else exact
+        top = [np.argsort(-(v @ content.T))[:10] for v in (exact, vectors)]
+        overlap = [len(set(a) & set(b)) / 10 for a, b in zip(*top, strict=True)]
+        cosine = (exact * vectors).sum(axis=1)
+        out[precision] = {**percentiles(times), "cosine_mean": round(float(cosine.mean()), 4),
+                          "cosine_min": round(float(cosine.min()), 4),
+                          "top10_overlap": round(float(np.mean(overlap)), 3)}
+    return out
+
+
+async def query_load(port: int, users: list[str], seconds: float) -> list[dict]:
+    """``/recommend`` at QUERY_RATE: without a query, with a distinct query in every
+    request, and with queries of a warmed pool of QUERY_POOL (cached by now in
+    every worker)."""
+    for i in range(QUERY_POOL * 8):  # both workers see each pool query
+        await drive(port, users[:1], 1000, 0.001, query=lambda _, i=i: query_text(i, False))
+    rows = []
+    for label, query in (("no query", None),
+                         ("distinct query, never cached", lambda i: query_text(i, True)),
+                         (f"pool of {QUERY_POOL} queries, cached",
+                          lambda i: query_text(i, False))):
+        rows.append({"scenario": label,
+                     **await open_loop(port, users, QUERY_RATE, seconds, query=query)})
+    return rows
+
+
 def paced(fn, users: list[str], rate: float, repeat: int) -> list[float]:
     """``timed`` at a fixed rate, the process asleep between calls: what a
     service worker's requests meet (caches cooled and cores idled by the other
@@ -303,6 +383,7 @@ def benchmark() -> dict:
     users = read_validated_events(settings, columns=["user_id"])["user_id"].unique().tolist()
     seconds = float(os.environ.get("BENCH_SERVING_SECONDS", "30"))
     results: dict = {"in_process_floor": in_process_floor(settings, users),
+                     "query_encoder": query_encoder_cost(settings),
                      "handlers": handler_kind(), "seconds_per_rate": seconds}
     port = free_port()
     process = start_service(settings, port, settings.home / "bench_serve.log",
@@ -316,6 +397,7 @@ def benchmark() -> dict:
         uvloop.run(open_loop(port, users, 50, 5))  # warm-up, not reported
         results["load"] = [uvloop.run(open_loop(port, users, rate, seconds)) for rate in RATES]
         results["event_to_visible"] = event_to_visible(url, users)
+        results["query_load"] = uvloop.run(query_load(port, users, seconds))
     finally:
         stop_service(settings)
     floor = results["in_process_floor"]
@@ -338,9 +420,26 @@ def benchmark() -> dict:
             print("p50 at 200 req/s against the floor's p50: " + ", ".join(
                 f"{row['p50_ms'] / floor[name]['p50_ms']:.2f}x {label}" for name, label in (
                     ("float32", "back to back"), ("float32_paced", f"paced {PACED_RATE}/s"))))
+    print(report_markdown(query_tables(results)))
     if not os.environ.get("BENCH_HOME"):
         redis_server.stop(settings)
     return results
+
+
+def query_tables(results: dict) -> list[dict]:
+    if "query_encoder" not in results:  # runs from before the query path
+        return []
+    encoder = [[name, r["p50_ms"], r["p99_ms"], r["cosine_mean"], r["cosine_min"],
+                r["top10_overlap"]] for name, r in results["query_encoder"].items()]
+    load = [[r["scenario"], r["achieved_rps"], r.get("p50_ms"), r.get("p95_ms"),
+             r.get("p99_ms"), r["errors"]] for r in results["query_load"]]
+    return [
+        table("Query encoder, one short query, one thread (agreement with float32)",
+              ["precision", "p50 ms", "p99 ms", "cosine mean", "cosine min",
+               "top-10 overlap"], encoder),
+        table(f"/recommend with queries at {QUERY_RATE} req/s",
+              ["requests", "achieved", "p50 ms", "p95 ms", "p99 ms", "errors"], load),
+    ]
 
 
 def tables(results: dict) -> list[dict]:
@@ -358,4 +457,5 @@ def tables(results: dict) -> list[dict]:
               f"{results['seconds_per_rate']:g} s per rate)",
               ["target req/s", "achieved", "p50 ms", "p95 ms", "p99 ms", "errors", "degraded"],
               load),
+        *query_tables(results),
     ]

@@ -47,6 +47,52 @@ def test_two_stage_equals_exact_when_the_candidates_cover_the_catalogue():
                            [want_scores[j] for j in (0, 1, 3)], atol=1e-4)
 
 
+def _with_query_path(served, content: np.ndarray, queries):
+    from serving.scoring import with_content, with_queries
+    from training.query import QueryBlend
+
+    ids = served.index.item_ids
+    served = with_content(served, {item: content[j] for j, item in enumerate(ids)})
+    return with_queries(served, queries, QueryBlend(weight=2.0, popularity_weight=0.25))
+
+
+def test_with_a_query_two_stage_equals_exact_and_finds_what_only_the_query_asks_for():
+    """The query's relevance on the candidates is exact (from the text moments),
+    and an item that only the query points at reaches a two-stage answer through
+    the query's own candidates."""
+    from serving.query import QueryEncoder
+    from training.text_encoder import default_model_dir
+
+    model = structured_model(300, 12)
+    exact, two_stage = served_pair(model)
+    queries = QueryEncoder(default_model_dir(), cache_size=8)
+    asked = "haunted house at night"
+    vector = queries.vector(asked)
+    rng = np.random.default_rng(3)
+    content = rng.normal(size=(300, queries.dim)).astype(np.float32)
+    content /= np.linalg.norm(content, axis=1, keepdims=True)
+    content[123] = vector  # i123 is exactly what the query asks for
+    exact = _with_query_path(exact, content, queries)
+    wide = _with_query_path(replace(two_stage, retrieval=TwoStage(
+        model, ann.build(model), ann_candidates=300)), content, queries)
+    narrow = _with_query_path(replace(two_stage, retrieval=TwoStage(
+        model, ann.build(model), ann_candidates=5, transition_candidates=0,
+        popular_candidates=0)), content, queries)
+    for history in histories(300, 20):
+        if "i123" in history:
+            continue
+        want = recommend(exact, history, 10, True, query=asked)
+        got = recommend(wide, history, 10, True, query=asked)
+        assert want.query == got.query == asked
+        assert [i for i, *_ in got.items] == [i for i, *_ in want.items]
+        assert np.allclose([s for _, s, *_ in got.items], [s for _, s, *_ in want.items],
+                           atol=1e-4)
+        assert "i123" in [i for i, *_ in want.items]
+        assert "i123" in [i for i, *_ in recommend(narrow, history, 10, True, query=asked).items]
+        assert "i123" not in [i for i, *_ in recommend(narrow, history, 10, True).items]
+    assert queries.hits >= 40 and queries.misses == 1  # one embedding, then the cache
+
+
 def test_recall_at_10_of_two_stage_on_a_50k_item_model():
     model = structured_model(50_000, 500)
     exact, two_stage = served_pair(model)
