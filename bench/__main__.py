@@ -1,8 +1,8 @@
 """``make bench``: figures on this machine, printed as tables and written to
 ``bench_results/<section>.json``. Sections: ``data`` (bench/data.py), ``features``
 (bench/features.py), ``models`` (bench/models.py), ``serving`` (bench/serving.py),
-``faults`` (bench/faults.py), ``retrieval`` (bench/retrieval.py), ``query``
-(bench/query.py); not run by
+``faults`` (bench/faults.py), ``retrieval`` (bench/retrieval.py), ``text``
+(bench/text.py); not run by
 default, they take from tens of minutes to hours: ``engine`` (bench/engine.py)
 and ``scale`` (bench/scale.py).
 ``python -m bench --docs`` regenerates docs/benchmarks.md from the JSON.
@@ -18,15 +18,15 @@ from bench import (
     faults,
     features,
     models,
-    query,
     report,
     retrieval,
     scale,
     serving,
+    text,
 )
 
 SECTIONS = {"data": data, "features": features, "models": models, "serving": serving,
-            "faults": faults, "retrieval": retrieval, "query": query, "engine": engine,
+            "faults": faults, "retrieval": retrieval, "text": text, "engine": engine,
             "scale": scale}
 # Not by default: each takes from tens of minutes to hours.
 DEFAULT = [name for name in SECTIONS if name not in ("engine", "scale")]

@@ -24,8 +24,14 @@ from bench.serving import ML100K, prepare
 from infra.settings import Settings
 from orchestration.assets.training import EncoderTraining, item_text_table
 from orchestration.offline import read_validated_events
-from training.cold_start import evaluate_cold_start, fill_cold_items
-from training.evaluate import ease_baseline, evaluate, popularity_scorer, warm_items
+from training.cold_start import cold_start_draw, fill_cold_items, pooled_metrics
+from training.evaluate import (
+    ease_baseline,
+    evaluate,
+    interaction_counts,
+    popularity_scorer,
+    warm_items,
+)
 from training.inference import quantized
 from training.sequences import ItemIndex, histories_from_training_set, leave_one_out
 from training.train import model_scorer, train_encoder
@@ -64,7 +70,8 @@ def benchmark() -> dict:
             len(index), settings.recent_items)
         result = train_encoder(histories, split, index, titles, model_config, train_config,
                                users=users)
-        fill_cold_items(result.model, text, warm_items(split, index))
+        fill_cold_items(result.model, text, warm_items(split, index),
+                        interaction_counts(split, index))
         rows[f"encoder seed {seed}"] = {
             **evaluate(model_scorer(result.model), split, index, "test"),
             "train_seconds": result.train_seconds, "best_epoch": result.best_epoch,
@@ -74,11 +81,12 @@ def benchmark() -> dict:
             model_scorer(quantized(result.model)), split, index, "test")
         print(f"seed {seed}: {rows[f'encoder seed {seed}']}", flush=True)
         if not cold:  # the first seed's recipe, on several draws of held-out items
-            for draw in COLD_START_DRAWS:
-                cold[draw] = evaluate_cold_start(histories, users, split, index, titles, text,
-                                                 model_config, train_config, fraction=0.1,
-                                                 seed=draw)
-                print(f"cold start, draw {draw}: {cold[draw]}", flush=True)
+            draws = [cold_start_draw(histories, users, split, index, titles, text,
+                                     model_config, train_config, fraction=0.1, seed=draw)
+                     for draw in COLD_START_DRAWS]
+            cold = {**{d.seed: pooled_metrics([d]) for d in draws},
+                    "pooled": pooled_metrics(draws)}
+            print(f"cold start: {cold}", flush=True)
     summary = {}
     for name in ("encoder", "encoder int8"):
         runs = [rows[f"{name} seed {s}"] for s in seeds]
@@ -114,12 +122,20 @@ def tables(results: dict) -> list[dict]:
               stats["train_seconds"][0] if "train_seconds" in stats else None, ""]
              for name, stats in results["summary"].items()]
     cold = [[draw, r.get("cold_start_users"), r.get("cold_start_hr_at_10"),
-             r.get("cold_start_random_hr_at_10"), r.get("cold_start_lift")]
-            for draw, r in results["cold_start"].items()]
+             r.get("cold_start_random_hr_at_10"), r.get("cold_start_lift"),
+             _interval(r)] for draw, r in results["cold_start"].items()]
     return [
         table("MovieLens-100K, test split (seeds " + ", ".join(map(str, results["seeds"])) + ")",
               ["model", "NDCG@10", "HR@10", "MRR", "coverage@10", "train s",
                "weights w / p"], rows),
         table("Cold start: 10% of the items held out of training (HR@10 on their test events)",
-              ["draw", "test users", "HR@10", "random HR@10", "lift"], cold),
+              ["draw", "test users", "HR@10", "random HR@10", "lift", "lift 95% interval"],
+              cold),
     ]
+
+
+def _interval(row: dict) -> str:
+    """The lift's bootstrap interval (runs from before it was measured have none)."""
+    if "cold_start_lift_low" not in row:
+        return ""
+    return f"{row['cold_start_lift_low']:.1f}-{row['cold_start_lift_high']:.1f}"

@@ -15,10 +15,10 @@ from pathlib import Path
 RESULTS_DIR = Path("bench_results")
 DOCS = Path("docs")
 # Sections whose tables live in another page (the one that owns their meaning).
-ELSEWHERE = {"models": DOCS / "models.md", "query": DOCS / "models.md"}
-ANCHORS = {"models": "results", "query": "queries"}  # their section in that page
+ELSEWHERE = {"models": DOCS / "models.md", "text": DOCS / "models.md"}
+ANCHORS = {"models": "results", "text": "queries-and-cold-start"}  # their section in that page
 ORDER = ("data", "features", "models", "serving", "serving_async", "serving_sync_default",
-         "serving_sync_final", "faults", "retrieval", "query", "engine", "scale")
+         "serving_sync_final", "faults", "retrieval", "text", "engine", "scale")
 TITLES = {"data": "Data", "features": "Features", "models": "Models", "serving": "Serving",
           # Runs of other code, kept beside the latest for a comparison (their command
           # says which code).
@@ -26,7 +26,7 @@ TITLES = {"data": "Data", "features": "Features", "models": "Models", "serving":
           "serving_sync_default": "Serving handlers: sync, Python's default GIL switch interval",
           "serving_sync_final": "Serving handlers: sync, as served (same length as the two above)",
           "faults": "Faults", "retrieval": "Retrieval: exact against two-stage",
-          "query": "Queries: behaviour, the query and the blend",
+          "text": "Text: queries and cold start",
           "engine": "Engines: the offline work embedded and on Ray",
           "scale": "Scale: the pipeline and the service at a product catalogue's size"}
 

@@ -5,7 +5,11 @@ An item without training interactions gets the similarity-weighted mean
 direction of the ``NEIGHBOURS`` items with interactions whose text
 (``item_text_encoder``, the ``item_content`` view) is nearest its own, at the
 mean length of those items' vectors, so the model can recommend it and read it
-in a history.
+in a history. The neighbours are drawn from items with at least
+``LENDER_MIN_INTERACTIONS`` training interactions: an item seen a few times has
+a vector trained mostly as a negative, pointing away from every user, and on a
+large sparse catalogue most items are such (a new item lent their directions
+ranks below random).
 
 The cold-start evaluation holds out a share of the catalogue from the training
 interactions (the items stay in the catalogue, with their text), trains on the
@@ -15,10 +19,12 @@ the rate of a random ranking.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from training.evaluate import K, evaluate, warm_items
+from training.evaluate import K, evaluation_rows, interaction_counts, stage_ranks, warm_items
 from training.model import BehaviourEncoder, EncoderConfig
 from training.sequences import ItemIndex, Split
 from training.train import TrainConfig, model_scorer, train_encoder
@@ -31,8 +37,13 @@ CHUNK = 1024  # cold items whose (CHUNK, warm items) similarities are held at on
 # (approximate): exact, a million-item catalogue's tens of thousands of cold items
 # would take a quarter of an hour.
 EXACT_PAIRS = 2_000_000_000
+# Items that lend their vectors to cold ones, chosen on the validation events of
+# held-out items of two sets (docs/experiments.md, Cold-start item vectors); all
+# items with interactions when fewer than NEIGHBOURS have this many.
+LENDER_MIN_INTERACTIONS = 20
 IVF_PROBES = 32
 IVF_TRAIN_PER_LIST = 64
+BOOTSTRAP = 2000  # resamples of the users for the lift's interval
 
 
 def text_neighbours(text: np.ndarray, warm_text: np.ndarray, neighbours: int = NEIGHBOURS,
@@ -94,18 +105,33 @@ def neighbour_vectors(nearest: np.ndarray, shares: np.ndarray, warm_vectors: np.
     return (mixed * lengths.mean()).astype(np.float32)
 
 
-def fill_cold_items(model: BehaviourEncoder, text: np.ndarray, warm: np.ndarray) -> int:
+def lenders(warm: np.ndarray, counts: np.ndarray | None) -> np.ndarray:
+    """Of ``warm`` (model indices), those that lend their vectors to cold items:
+    at least LENDER_MIN_INTERACTIONS in ``counts`` ((N + 1,) training
+    interactions; None: every warm item), or all of them when fewer than
+    NEIGHBOURS qualify."""
+    if counts is None:
+        return warm
+    kept = warm[counts[warm] >= LENDER_MIN_INTERACTIONS]
+    return kept if len(kept) >= NEIGHBOURS else warm
+
+
+def fill_cold_items(model: BehaviourEncoder, text: np.ndarray, warm: np.ndarray,
+                    counts: np.ndarray | None = None) -> int:
     """Give every catalogue item outside ``warm`` (model indices with training
-    interactions) a vector from its text neighbours among the warm items, in
-    place, and, when the model has item transitions, the neighbours' transition
-    scores too (nothing followed a cold item in training). ``text``: (N + 1, T),
-    row i = model index i, zero rows for items without text (left as they are).
-    Returns how many items were filled."""
+    interactions) a vector from its text neighbours among the lending warm items
+    (``lenders``, from the (N + 1,) interaction ``counts``), in place, and, when
+    the model has item transitions, the neighbours' transition scores too
+    (nothing followed a cold item in training). ``text``: (N + 1, T), row i =
+    model index i, zero rows for items without text (left as they are). Returns
+    how many items were filled."""
     has_text = np.linalg.norm(text, axis=1) > 0
     warm_mask = np.zeros(len(text), dtype=bool)
     warm_mask[warm] = True
     warm_mask[0] = False
-    fit_rows = np.flatnonzero(warm_mask & has_text)
+    lending = np.zeros(len(text), dtype=bool)
+    lending[lenders(np.asarray(warm), counts)] = True
+    fit_rows = np.flatnonzero(lending & warm_mask & has_text)
     cold_rows = np.flatnonzero(~warm_mask & has_text)
     cold_rows = cold_rows[cold_rows > 0]
     if len(fit_rows) == 0 or len(cold_rows) == 0:
@@ -150,43 +176,95 @@ def cold_split(split: Split, held_out: set[str]) -> tuple[Split, Split]:
     return fit, measure
 
 
-def random_hit_rate(split: Split, index: ItemIndex) -> float:
-    """HR@10 of a uniformly random ranking on the test stage: per user, 10 / the
-    number of rankable items (the catalogue minus the excluded history)."""
+def random_hit_rates(split: Split, index: ItemIndex) -> np.ndarray:
+    """Per test user (``evaluation_rows`` order), the HR@10 of a uniformly random
+    ranking: 10 / the number of rankable items (the catalogue minus the
+    excluded history)."""
+    _, _, users = evaluation_rows(split, index, "test")
     rates = []
-    for user in split.test:
+    for user in users:
         excluded = len(set(index.encode(split.train[user] + [split.validation[user]])))
         rankable = max(1, len(index) - excluded)
         rates.append(min(K, rankable) / rankable)
-    return float(np.mean(rates)) if rates else float("nan")
+    return np.asarray(rates, dtype=np.float64)
 
 
-def cold_start_metrics(scorer, measure: Split, index: ItemIndex) -> dict[str, float]:
-    if not measure.test:
-        return {"cold_start_users": 0}
-    hr = evaluate(scorer, measure, index, "test")["hr_at_10"]
-    random = random_hit_rate(measure, index)
-    return {"cold_start_hr_at_10": hr, "cold_start_random_hr_at_10": random,
-            "cold_start_lift": hr / random, "cold_start_users": len(measure.test)}
+def random_hit_rate(split: Split, index: ItemIndex) -> float:
+    rates = random_hit_rates(split, index)
+    return float(rates.mean()) if len(rates) else float("nan")
 
 
+@dataclass(frozen=True)
+class ColdStartDraw:
+    """One draw of held-out items: per test user whose target was held out,
+    whether it was in the top 10, and a random ranking's chance of that."""
 
-def evaluate_cold_start(histories: list[list[int]], users: list[str], split: Split,
-                        index: ItemIndex, titles: list[str], text: np.ndarray,
-                        model_config: EncoderConfig, train_config: TrainConfig,
-                        fraction: float, seed: int) -> dict[str, float]:
-    """Train with ``fraction`` of the items held out of the training interactions
-    (early stopping on the validation events of the other items), give the
-    held-out items their text-mapped vectors, and measure HR@10 on the test
-    events of those items against a random ranking."""
+    seed: int
+    held_out_items: int
+    hits: np.ndarray  # (U,) bool
+    random_rates: np.ndarray  # (U,) float
+    train_seconds: float
+    epochs: int
+
+
+def lift_interval(hits: np.ndarray, rates: np.ndarray, resamples: int = BOOTSTRAP,
+                  seed: int = 0) -> tuple[float, float]:
+    """A 95% interval of the lift (hit rate / random rate) from resampling the
+    users with replacement (percentile bootstrap)."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(hits), size=(resamples, len(hits)))
+    lifts = hits[picks].mean(axis=1) / rates[picks].mean(axis=1)
+    low, high = np.percentile(lifts, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def pooled_metrics(draws: list[ColdStartDraw]) -> dict[str, float]:
+    """HR@10 and lift over the test users of every draw together, the lift's 95%
+    interval, and the random ranking's expected hits (below a few, no lift can
+    be told from luck)."""
+    hits = np.concatenate([d.hits for d in draws]).astype(np.float64)
+    rates = np.concatenate([d.random_rates for d in draws])
+    out = {"cold_start_draws": len(draws), "cold_start_users": len(hits),
+           "cold_start_held_out_items": int(np.mean([d.held_out_items for d in draws])),
+           # its own training steps: how long, and how many epochs their budgets allowed
+           "cold_start_train_seconds": float(sum(d.train_seconds for d in draws)),
+           "cold_start_epochs": float(np.mean([d.epochs for d in draws]))}
+    if not len(hits):
+        return out
+    hr, random = float(hits.mean()), float(rates.mean())
+    low, high = lift_interval(hits, rates)
+    return {**out, "cold_start_hr_at_10": hr, "cold_start_random_hr_at_10": random,
+            "cold_start_lift": hr / random, "cold_start_lift_low": low,
+            "cold_start_lift_high": high, "cold_start_hits": float(hits.sum()),
+            "cold_start_random_hits": float(rates.sum())}
+
+
+def cold_start_draw(histories: list[list[int]], users: list[str], split: Split,
+                    index: ItemIndex, titles: list[str], text: np.ndarray,
+                    model_config: EncoderConfig, train_config: TrainConfig,
+                    fraction: float, seed: int) -> ColdStartDraw:
+    """Train with ``fraction`` of the items (drawn with ``seed``) held out of the
+    training interactions (early stopping on the validation events of the other
+    items), give the held-out items their text-mapped vectors, and rank each
+    test event of those items."""
     held_out = hold_out_items(index, fraction, seed)
     fit, measure = cold_split(split, held_out)
     histories, users = without_items(histories, users, set(index.encode(sorted(held_out))))
     result = train_encoder(histories, fit, index, titles, model_config, train_config,
                            users=users)
-    fill_cold_items(result.model, text, warm_items(fit, index))
-    return {**cold_start_metrics(model_scorer(result.model), measure, index),
-            "cold_start_held_out_items": len(held_out),
-            # its own training step: how long, and how many epochs its budget allowed
-            "cold_start_train_seconds": result.train_seconds,
-            "cold_start_epochs": len(result.history)}
+    fill_cold_items(result.model, text, warm_items(fit, index),
+                    interaction_counts(fit, index))
+    ranks, _ = stage_ranks(model_scorer(result.model), measure, index, "test")
+    return ColdStartDraw(seed=seed, held_out_items=len(held_out), hits=ranks < K,
+                         random_rates=random_hit_rates(measure, index),
+                         train_seconds=result.train_seconds, epochs=len(result.history))
+
+
+def evaluate_cold_start(histories: list[list[int]], users: list[str], split: Split,
+                        index: ItemIndex, titles: list[str], text: np.ndarray,
+                        model_config: EncoderConfig, train_config: TrainConfig,
+                        fraction: float, seeds: tuple[int, ...]) -> dict[str, float]:
+    """``cold_start_draw`` for each of ``seeds``, pooled (``pooled_metrics``)."""
+    return pooled_metrics([cold_start_draw(histories, users, split, index, titles, text,
+                                           model_config, train_config, fraction, seed)
+                           for seed in seeds])

@@ -131,29 +131,42 @@ def evaluation_rows(split: Split, index: ItemIndex, stage: str,
     return histories, targets, evaluated
 
 
-def evaluate(scorer: Scorer, split: Split, index: ItemIndex, stage: str,
-             batch: int | None = None) -> dict[str, float]:
-    """The protocol's metrics of ``stage`` (``evaluation_rows``), ``batch`` users
-    scored at once (default: ``evaluation_batch``)."""
+def stage_ranks(scorer: Scorer, split: Split, index: ItemIndex, stage: str,
+                batch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each evaluated user's target rank and top K of ``stage``
+    (``evaluation_rows``, in its order), ``batch`` users scored at once
+    (default: ``evaluation_batch``)."""
     histories, targets, evaluated = evaluation_rows(split, index, stage)
     batch = batch or evaluation_batch(len(index))
-    ranks, tops = [], []
+    ranks, tops = [np.empty(0, np.int64)], [np.empty((0, K), np.int64)]
     for start in range(0, len(histories), batch):
         chunk = histories[start:start + batch]
         scores = scorer(chunk, evaluated[start:start + batch])
         r, t = rank_of_targets(scores, np.asarray(targets[start:start + batch]), chunk)
         ranks.append(r)
         tops.append(t)
-    return metrics_from_ranks(np.concatenate(ranks), np.concatenate(tops), len(index))
+    return np.concatenate(ranks), np.concatenate(tops)
 
 
-def popularity_scorer(split: Split, index: ItemIndex) -> Scorer:
-    """Training interaction counts as scores, the same for every user."""
+def evaluate(scorer: Scorer, split: Split, index: ItemIndex, stage: str,
+             batch: int | None = None) -> dict[str, float]:
+    """The protocol's metrics of ``stage`` (``stage_ranks``)."""
+    return metrics_from_ranks(*stage_ranks(scorer, split, index, stage, batch), len(index))
+
+
+def interaction_counts(split: Split, index: ItemIndex) -> np.ndarray:
+    """(N + 1,) training interactions per model index (0 for padding)."""
     counts = Counter(i for items in split.train.values() for i in items)
     row = np.zeros(len(index) + 1)
     for item, count in counts.items():
         if item in index.index:
             row[index.index[item]] = count
+    return row
+
+
+def popularity_scorer(split: Split, index: ItemIndex) -> Scorer:
+    """Training interaction counts as scores, the same for every user."""
+    row = interaction_counts(split, index)
     return lambda histories, users=None: np.tile(row, (len(histories), 1))
 
 

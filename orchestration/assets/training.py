@@ -30,6 +30,7 @@ from training.evaluate import (
     ease_baseline,
     evaluate,
     evaluated_users,
+    interaction_counts,
     popularity_scorer,
     warm_items,
 )
@@ -182,7 +183,8 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
             on_epoch=lambda e, m: context.log.info(f"epoch {e}: {m}"), users=users)
     # Items without training interactions get their vector from their text.
     content = item_text_table(settings, index)
-    cold_filled = fill_cold_items(result.model, content, warm_items(split, index))
+    cold_filled = fill_cold_items(result.model, content, warm_items(split, index),
+                                  interaction_counts(split, index))
     query_started = time.perf_counter()
     query_blend, query_metrics = _query_evaluation(mlflow.tracking_uri, result.model, split,
                                                    index, items, content)
@@ -259,7 +261,7 @@ def _query_evaluation(tracking_uri: str, model, split, index: ItemIndex, items: 
     version = registry.alias_version(tracking_uri, registry.CHAMPION, registry.TEXT_MODEL_NAME)
     encoder = TextEncoder(registry.text_encoder_dir(tracking_uri, version))
     queries = dict(zip(items["item_id"], items["genres"].map(genre_query), strict=True))
-    counts = popularity_scorer(split, index)([[]], None)[0]
+    counts = interaction_counts(split, index)
     return evaluate_query(model_scorer(model), model_blends(model), split, index, content,
                           encoder.encode, queries, counts)
 
@@ -302,10 +304,33 @@ def champion_model(context: AssetExecutionContext, mlflow: MlflowResource) -> Ma
 
 
 class ColdStartEvaluation(Config):
-    """Share of the catalogue held out of the training interactions, and its seed."""
+    """Share of the catalogue held out of the training interactions, and the
+    draws: ``draws`` of them, seeds ``seed``, ``seed + 1``, ... (each trains the
+    recipe again; pooled, with the lift's interval)."""
 
     held_out_fraction: float = 0.1
     seed: int = 7
+    draws: int = 1
+
+
+def cold_start_of_recipe(settings, params: dict[str, str], fraction: float,
+                         seeds: tuple[int, ...], max_train_seconds: float | None = None,
+                         ) -> dict[str, float]:
+    """``evaluate_cold_start`` of the recipe a run logged (``params``) on the
+    pipeline's state, optionally with another training budget."""
+    events = read_validated_events(settings)
+    items = pd.read_parquet(settings.items_path)
+    index = ItemIndex(items["item_id"].tolist())
+    split = evaluation_split(events, evaluated_users(settings.evaluation_users, len(index)))
+    histories, users = histories_from_training_set(
+        pd.read_parquet(settings.training_set_path), index)
+    recipe = logged_recipe(params)
+    if max_train_seconds is not None:
+        recipe = EncoderTraining(**{**recipe.__dict__, "max_train_seconds": max_train_seconds})
+    model_config, train_config = recipe.configs(len(index), int(params["max_len"]))
+    return evaluate_cold_start(histories, users, split, index, items["title"].tolist(),
+                               item_text_table(settings, index), model_config, train_config,
+                               fraction, seeds)
 
 
 @asset(group_name="training", deps=["behaviour_encoder_version"])
@@ -315,21 +340,11 @@ def cold_start_evaluation(context: AssetExecutionContext, config: ColdStartEvalu
     trained with ``held_out_fraction`` of the items held out of the training
     interactions (kept in the catalogue with their text); HR@10 on the test events
     of those items against a random ranking, logged on the challenger's run."""
-    settings = state.settings()
     uri = mlflow.tracking_uri
     version = registry.alias_version(uri, registry.CHALLENGER)
     run = registry.version_run(uri, version)
-    params = run.data.params
-    events = read_validated_events(settings)
-    items = pd.read_parquet(settings.items_path)
-    index = ItemIndex(items["item_id"].tolist())
-    split = evaluation_split(events, evaluated_users(settings.evaluation_users, len(index)))
-    histories, users = histories_from_training_set(
-        pd.read_parquet(settings.training_set_path), index)
-    model_config, train_config = logged_recipe(params).configs(len(index), int(params["max_len"]))
-    metrics = evaluate_cold_start(histories, users, split, index, items["title"].tolist(),
-                                  item_text_table(settings, index), model_config,
-                                  train_config, config.held_out_fraction, config.seed)
+    metrics = cold_start_of_recipe(state.settings(), run.data.params, config.held_out_fraction,
+                                   tuple(range(config.seed, config.seed + config.draws)))
     context.log.info(f"cold start: {metrics}")
     registry.log_metrics_to_run(uri, run.info.run_id, metrics)
     return MaterializeResult(metadata={

@@ -5,10 +5,16 @@ import pytest
 import torch
 
 from training.cold_start import (
+    LENDER_MIN_INTERACTIONS,
+    NEIGHBOURS,
+    ColdStartDraw,
     cold_split,
     fill_cold_items,
     hold_out_items,
+    lenders,
+    lift_interval,
     neighbour_vectors,
+    pooled_metrics,
     random_hit_rate,
     text_neighbours,
     without_items,
@@ -113,3 +119,60 @@ def test_held_out_items_leave_training_but_stay_in_the_catalogue():
     assert measure.train["u"] == split.train["u"]  # the protocol's history, as in the test
     # 20 items, u's history (4 items + validation) excluded: 10 of 15 rankable.
     assert random_hit_rate(measure, index) == 10 / 15
+
+
+def test_only_items_seen_often_enough_lend_their_vectors_unless_too_few_are():
+    warm = np.arange(1, 101)
+    counts = np.zeros(101)
+    counts[1:] = np.arange(1, 101)  # item i seen i times
+    kept = lenders(warm, counts)
+    assert kept.tolist() == list(range(LENDER_MIN_INTERACTIONS, 101))
+    few = np.where(np.arange(101) >= 95, counts, 1.0)  # 6 items qualify: fewer than NEIGHBOURS
+    assert 6 < NEIGHBOURS and lenders(warm, few).tolist() == warm.tolist()
+    assert lenders(warm, None) is warm
+
+
+def test_a_lent_vector_comes_from_well_seen_neighbours_not_the_nearest_rarely_seen_ones():
+    """25 items seen once, nearest in text, point one way; 25 seen often, a little
+    further in text, the other: the cold item takes the well-seen direction, and
+    without counts (every warm item lends) the rarely-seen one."""
+    n = 51  # items 1..25 rarely seen, 26..50 often, 51 cold
+    text = np.zeros((n + 1, 3), dtype=np.float32)
+    text[1:26] = [1.0, 0.1, 0.0]
+    text[26:51] = [1.0, 0.0, 0.4]
+    text[51] = [1.0, 0.0, 0.0]
+    text[1:] /= np.linalg.norm(text[1:], axis=1, keepdims=True)
+    counts = np.zeros(n + 1)
+    counts[1:26], counts[26:51] = 1, 2 * LENDER_MIN_INTERACTIONS
+    config = EncoderConfig(n_items=n, max_len=4, hidden=2, layers=1, heads=1)
+    ids = [f"i{j}" for j in range(1, n + 1)]
+    directions = {}
+    for name, given in (("lenders", counts), ("every warm item", None)):
+        model = BehaviourEncoder(config, ids, ids)
+        with torch.no_grad():
+            model.item_embedding.weight[1:26] = torch.tensor([-1.0, 0.0])
+            model.item_embedding.weight[26:51] = torch.tensor([0.0, 1.0])
+        assert fill_cold_items(model, text, np.arange(1, 51), given) == 1
+        vector = model.item_embedding.weight[51].detach().numpy()
+        directions[name] = vector / np.linalg.norm(vector)
+    np.testing.assert_allclose(directions["lenders"], [0.0, 1.0], atol=1e-5)
+    np.testing.assert_allclose(directions["every warm item"], [-1.0, 0.0], atol=1e-5)
+
+
+def test_the_pooled_lift_and_its_interval():
+    rng = np.random.default_rng(0)
+    draws = [ColdStartDraw(seed=s, held_out_items=10, hits=rng.random(400) < 0.05,
+                           random_rates=np.full(400, 0.005), train_seconds=1.0, epochs=2)
+             for s in (1, 2)]
+    m = pooled_metrics(draws)
+    hits = np.concatenate([d.hits for d in draws])
+    assert m["cold_start_users"] == 800 and m["cold_start_draws"] == 2
+    assert m["cold_start_hits"] == hits.sum() and m["cold_start_random_hits"] == pytest.approx(4)
+    assert m["cold_start_lift"] == pytest.approx(hits.mean() / 0.005)
+    assert m["cold_start_lift_low"] < m["cold_start_lift"] < m["cold_start_lift_high"]
+    assert 5 < m["cold_start_lift_low"] and m["cold_start_lift_high"] < 15
+    one = pooled_metrics(draws[:1])
+    assert (one["cold_start_lift_high"] - one["cold_start_lift_low"]
+            > m["cold_start_lift_high"] - m["cold_start_lift_low"])  # more users, narrower
+    low, high = lift_interval(np.zeros(50), np.full(50, 0.01))
+    assert low == high == 0.0
