@@ -40,7 +40,7 @@ EXACT_PAIRS = 2_000_000_000
 # Items that lend their vectors to cold ones, chosen on the validation events of
 # held-out items of two sets (docs/experiments.md, Cold-start item vectors); all
 # items with interactions when fewer than NEIGHBOURS have this many.
-LENDER_MIN_INTERACTIONS = 20
+LENDER_MIN_INTERACTIONS = 50
 IVF_PROBES = 32
 IVF_TRAIN_PER_LIST = 64
 BOOTSTRAP = 2000  # resamples of the users for the lift's interval
