@@ -27,18 +27,16 @@ from infra import redis_server
 from infra.settings import Settings
 from training import registry
 
-# (source, generator sizes) per set
-SETS = {"built-in": (None, {}), "ML-100K": (ML100K, {}),
-        "generated, 10,000 items, sparse": (None, {"generator_users": 20_000,
-                                                    "generator_items": 10_000,
-                                                    "generator_events": 200_000})}
+# (state directory, source, generator sizes) per set
+SETS = {"built-in": ("built-in", None, {}), "ML-100K": ("ml-100k", ML100K, {}),
+        "generated, 10,000 items, sparse": ("generated-10k", None, {
+            "generator_users": 20_000, "generator_items": 10_000, "generator_events": 200_000})}
 SKIPPED = ("cold_start_evaluation",)  # measured below, over several draws
 COLD_START_DRAWS = (7, 8, 9)
 HELD_OUT = 0.1
 
 
-def _home(name: str) -> Path:
-    slug = name.split(",")[0].lower().replace(" ", "-") + ("-10k" if "10,000" in name else "")
+def _home(slug: str) -> Path:
     root = os.environ.get("BENCH_HOME")
     if root:
         return Path(root) / slug
@@ -64,8 +62,8 @@ def benchmark() -> dict:
 
     seconds = float(os.environ.get("BENCH_COLD_START_SECONDS", "60"))
     results = {"cold_start_seconds": seconds, "sets": {}}
-    for name, (source, knobs) in SETS.items():
-        settings = Settings(home=_home(name), source=source)
+    for name, (slug, source, knobs) in SETS.items():
+        settings = Settings(home=_home(slug), source=source)
         print(f"{name}: state in {settings.home}", flush=True)
         _pipeline(settings, knobs)
         uri = settings.tracking_uri()

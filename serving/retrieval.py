@@ -83,8 +83,7 @@ class TwoStage:
         even when the model blends nothing (as a query blend needs it)."""
         u = self._user(user)
         transitions = self.transitions
-        blended = standardise or (transitions is not None and bool(
-            transitions.weight or transitions.popularity_weight))
+        blended = standardise or (transitions is not None and transitions.blending)
         follow = None
         if transitions is not None and transitions.weight:
             follow = transitions.sparse_scores(seq[0].numpy())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -76,6 +77,12 @@ class ServedModel:
     queries: QueryEncoder | None = None
     query_blend: QueryBlend = DEFAULT_BLEND
     text_moments: TextMoments | None = None
+
+    @cached_property
+    def popularity_relevance(self) -> np.ndarray:
+        """(N + 1,) z(log popularity): the no-history query blend's popularity term,
+        the same for every request, so worked out once per loaded version."""
+        return popularity_relevance(self.popularity)
 
 
 @dataclass(frozen=True)
@@ -275,7 +282,7 @@ def _with_query(served: ServedModel, scores: np.ndarray | CandidateScores, query
 def _query_alone(served: ServedModel, query: np.ndarray) -> np.ndarray:
     """No history: the query's relevance plus weighted z(log popularity)."""
     return (relevance(served.content, query[None])[0] + served.query_blend.popularity_weight
-            * popularity_relevance(served.popularity))
+            * served.popularity_relevance)
 
 
 def _unit_rows(table: np.ndarray | torch.Tensor, rows: list[int]) -> np.ndarray:

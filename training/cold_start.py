@@ -189,11 +189,6 @@ def random_hit_rates(split: Split, index: ItemIndex) -> np.ndarray:
     return np.asarray(rates, dtype=np.float64)
 
 
-def random_hit_rate(split: Split, index: ItemIndex) -> float:
-    rates = random_hit_rates(split, index)
-    return float(rates.mean()) if len(rates) else float("nan")
-
-
 @dataclass(frozen=True)
 class ColdStartDraw:
     """One draw of held-out items: per test user whose target was held out,

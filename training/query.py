@@ -137,7 +137,7 @@ def behaviour_base(scores: np.ndarray, blended: bool) -> np.ndarray:
 def model_blends(model) -> bool:
     """Whether the model's served scores are already the standardised blend."""
     transitions = getattr(model, "transitions", None)
-    return transitions is not None and bool(transitions.weight or transitions.popularity_weight)
+    return transitions is not None and transitions.blending
 
 
 def _query_rows(split: Split, index: ItemIndex, stage: str, item_queries: dict[str, str],

@@ -116,6 +116,11 @@ class Transitions:
     def weighted(self, weight: float, popularity_weight: float = 0.0) -> Transitions:
         return replace(self, weight=weight, popularity_weight=popularity_weight)
 
+    @property
+    def blending(self) -> bool:
+        """Whether ``blend`` changes the encoder's scores (either weight is set)."""
+        return bool(self.weight or self.popularity_weight)
+
     def borrowing(self, borrowers: np.ndarray, lenders: np.ndarray, shares: np.ndarray,
                   ) -> Transitions:
         """Items ``borrowers`` (C,) take their transition scores and popularity
@@ -203,7 +208,7 @@ class Transitions:
         blended: z(scores) + weight * z(transition scores) + popularity_weight *
         z(popularity) over the catalogue (column 0, padding, is kept as it was).
         The encoder's scores as they are when both weights are 0."""
-        if self.weight == 0 and self.popularity_weight == 0:
+        if not self.blending:
             return scores
         out = scores.clone()
         out[:, 1:] = standardised(scores[:, 1:])

@@ -15,7 +15,7 @@ from training.cold_start import (
     lift_interval,
     neighbour_vectors,
     pooled_metrics,
-    random_hit_rate,
+    random_hit_rates,
     text_neighbours,
     without_items,
 )
@@ -118,7 +118,7 @@ def test_held_out_items_leave_training_but_stay_in_the_catalogue():
     assert measure.test == {"u": sorted(held)[1]}
     assert measure.train["u"] == split.train["u"]  # the protocol's history, as in the test
     # 20 items, u's history (4 items + validation) excluded: 10 of 15 rankable.
-    assert random_hit_rate(measure, index) == 10 / 15
+    assert random_hit_rates(measure, index).tolist() == [10 / 15]
 
 
 def test_only_items_seen_often_enough_lend_their_vectors_unless_too_few_are():
