@@ -18,7 +18,7 @@ QUERY_PRECISION = "int8"
 
 class QueryEncoder:
     def __init__(self, model_dir: Path, cache_size: int, precision: str = QUERY_PRECISION):
-        self.encoder = TextEncoder(model_dir, precision=precision)
+        self.encoder = TextEncoder(model_dir, precision=precision, traced=True)
         self.cache_size = cache_size
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()  # handler threads share the cache

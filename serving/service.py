@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import bentoml
 import redis
+import threadpoolctl
 import torch
 from fastapi import FastAPI, Path, Query
 from mlflow.exceptions import MlflowException
@@ -231,6 +232,11 @@ class Recommender:
         settings = Settings.from_env()
         self.settings = settings
         torch.set_num_threads(settings.serving_threads)
+        # numpy's BLAS too (the query path's catalogue x query products): OpenBLAS
+        # starts a thread per core in each worker, and with several workers on the
+        # cores those threads spin against each other's requests, so a request
+        # that costs milliseconds alone waits tens of them under load.
+        threadpoolctl.threadpool_limits(settings.serving_threads)
         # Handlers run in BentoML's thread pool while the event loop thread accepts and
         # parses requests: hand the GIL over more often than every 5 ms (the default),
         # so neither waits a whole interval for the other.

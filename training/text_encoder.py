@@ -13,7 +13,14 @@ emulated bfloat16 would be slower, so float32 stays.
 linear layers dynamically quantised, weights per output channel, about twice as
 fast as float32 on a short input and within a few hundredths in cosine of it
 (docs/experiments.md, Query encoder precision); for batches of item texts
-bfloat16 is faster."""
+bfloat16 is faster.
+
+``traced`` replaces the Python forward pass by a TorchScript graph of the whole
+encoder (model, pooling, normalisation), traced once at load. On a short text
+the eager forward is mostly Python dispatch, not arithmetic, so the graph is
+several times faster; the trace holds for any batch and sequence length because
+the attention mask is an input and the model has no length-dependent branches
+(the unit tests compare it with the eager one on lengths 1 to MAX_TOKENS)."""
 
 from __future__ import annotations
 
@@ -61,9 +68,36 @@ def _quantised(model: torch.nn.Module) -> torch.nn.Module:
         return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig})
 
 
+class _MeanPooled(torch.nn.Module):
+    """The encoder end to end: token states, their mean over the mask, unit length."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        states = self.model(input_ids=input_ids,
+                            attention_mask=attention_mask).last_hidden_state.float()
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+def _traced(pooled: _MeanPooled, tokenizer) -> torch.jit.ScriptModule:
+    example = tokenizer(["a short example text"], return_tensors="pt")
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings on the model's shape checks
+        graph = torch.jit.trace(pooled.eval(), (example["input_ids"],
+                                                example["attention_mask"]),
+                                check_trace=False)
+        return torch.jit.freeze(graph)
+
+
 class TextEncoder:
-    def __init__(self, model_dir: Path | None = None, precision: str | None = None):
-        """``precision``: one of PRECISIONS; None = bfloat16 where native_bfloat16()."""
+    def __init__(self, model_dir: Path | None = None, precision: str | None = None,
+                 traced: bool = False):
+        """``precision``: one of PRECISIONS; None = bfloat16 where native_bfloat16().
+        ``traced``: run a TorchScript trace of the encoder (float32 or int8)."""
         self.precision = precision or ("bfloat16" if native_bfloat16() else "float32")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r} is not one of {PRECISIONS}")
@@ -76,6 +110,12 @@ class TextEncoder:
         self.model = AutoModel.from_pretrained(self.model_dir).eval()
         if self.precision == "int8":
             self.model = _quantised(self.model)
+        if traced and self.precision == "bfloat16":
+            raise ValueError("a traced encoder runs float32 or int8, not bfloat16 autocast")
+        self.traced = traced
+        self._pooled = _MeanPooled(self.model)
+        if traced:
+            self._pooled = _traced(self._pooled, self.tokenizer)
 
     @property
     def dim(self) -> int:
@@ -88,20 +128,23 @@ class TextEncoder:
         masked: a text's vector does not depend on its batch beyond the rounding
         of the precision)."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = self._by_length(texts) if len(texts) > batch_size else np.arange(len(texts))
+        for at in range(0, len(texts), batch_size):
+            rows = order[at:at + batch_size]
+            batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
+                                   max_length=MAX_TOKENS, return_tensors="pt",
+                                   return_token_type_ids=False)
+            with torch.autocast("cpu", dtype=torch.bfloat16,
+                                enabled=self.precision == "bfloat16"):
+                pooled = self._pooled(batch["input_ids"], batch["attention_mask"])
+            out[rows] = pooled.numpy()
+        return out
+
+    def _by_length(self, texts: list[str]) -> np.ndarray:
+        """Positions of ``texts`` in order of token count (stable)."""
         lengths = []  # token counts, a slice at a time: a million texts' ids are GBs
         for at in range(0, len(texts), LENGTH_SLICE):
             lengths += [len(ids) for ids in self.tokenizer(
                 list(texts[at:at + LENGTH_SLICE]), truncation=True, max_length=MAX_TOKENS,
                 return_attention_mask=False, return_token_type_ids=False)["input_ids"]]
-        order = np.argsort(lengths, kind="stable")
-        for at in range(0, len(texts), batch_size):
-            rows = order[at:at + batch_size]
-            batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
-                                   max_length=MAX_TOKENS, return_tensors="pt")
-            with torch.autocast("cpu", dtype=torch.bfloat16,
-                                enabled=self.precision == "bfloat16"):
-                states = self.model(**batch).last_hidden_state.float()
-            mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
-            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out[rows] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
-        return out
+        return np.argsort(lengths, kind="stable")

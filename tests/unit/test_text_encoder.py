@@ -1,7 +1,8 @@
 """The pretrained text encoder: a text's vector does not depend on the batch it
 is encoded in (texts are batched by length, padding masked), in either
-precision, bfloat16 vectors are float32's to within rounding, and int8 (the
-query path's) ranks a catalogue for a query nearly as float32 does."""
+precision, bfloat16 vectors are float32's to within rounding, int8 (the
+query path's) ranks a catalogue for a query nearly as float32 does, and the
+traced graph computes what the eager model does at every length."""
 
 import numpy as np
 import pytest
@@ -59,6 +60,25 @@ def test_int8_ranks_items_for_queries_within_a_tolerance_of_float32(encoders):
     top = [np.argsort(-(q @ items.T), kind="stable")[:10] for q in (exact, quantised)]
     overlap = [len(set(a) & set(b)) / 10 for a, b in zip(*top, strict=True)]
     assert np.mean(overlap) >= 0.8 and min(overlap) >= 0.6
+
+
+@pytest.mark.parametrize("precision", ["float32", "int8"])
+def test_the_traced_encoder_is_the_eager_one_at_every_length(precision):
+    eager = TextEncoder(precision=precision)
+    traced = TextEncoder(precision=precision, traced=True)
+    # one token past the trace's example length and up to the truncation limit
+    texts = ["x", "comedy", "a romance in paris with a dog"] + TEXTS + ["word " * 300]
+    assert len(eager.tokenizer(texts[-1], truncation=True, max_length=512)["input_ids"]) > 128
+    alone = np.vstack([traced.encode([t]) for t in texts])
+    np.testing.assert_allclose(alone, eager.encode(texts, batch_size=1), atol=1e-5)
+    if precision == "float32":  # int8 scales activations per batch, so only float32
+        # a padded batch through the graph: the mask is an input, not a traced constant
+        np.testing.assert_allclose(traced.encode(texts, batch_size=4), alone, atol=1e-5)
+
+
+def test_a_traced_bfloat16_encoder_is_refused():
+    with pytest.raises(ValueError, match="traced"):
+        TextEncoder(precision="bfloat16", traced=True)
 
 
 def test_an_unknown_precision_is_refused():
