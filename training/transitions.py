@@ -83,8 +83,11 @@ class Transitions:
     popularity: np.ndarray | None = None
     popularity_weight: float = 0.0
     # Items without training interactions (C,) take their transition scores from
-    # the items in ``lenders`` (C, K) in the given ``shares`` (C, K) (their text
-    # neighbours: training.cold_start).
+    # the items in ``lenders`` (C, K), their text neighbours (training.cold_start):
+    # the largest of the lenders' scores, and their popularity in the given
+    # ``shares`` (C, K). A mix would spread a lender's score over all of its
+    # text neighbours' so thinly that, next to the peaks of warm items, a new
+    # item never reached a top 10 (docs/experiments.md, Cold items in the blend).
     borrowers: np.ndarray | None = None
     lenders: np.ndarray | None = None
     shares: np.ndarray | None = None
@@ -123,8 +126,8 @@ class Transitions:
 
     def borrowing(self, borrowers: np.ndarray, lenders: np.ndarray, shares: np.ndarray,
                   ) -> Transitions:
-        """Items ``borrowers`` (C,) take their transition scores and popularity
-        from ``lenders`` (C, K) in ``shares`` (C, K)."""
+        """Items ``borrowers`` (C,) take their transition scores from ``lenders``
+        (C, K) (the largest) and their popularity from them in ``shares`` (C, K)."""
         popularity = self.popularity
         if popularity is not None:
             popularity = popularity.copy()
@@ -151,7 +154,7 @@ class Transitions:
             for columns, values in self._rows(history):
                 out[row, columns] += values
         if self.borrowers is not None:
-            out[:, self.borrowers] = np.einsum("bck,ck->bc", out[:, self.lenders], self.shares)
+            out[:, self.borrowers] = out[:, self.lenders].max(axis=2)
         return out
 
     def sparse_scores(self, history: np.ndarray) -> SparseScores:
@@ -170,9 +173,9 @@ class Transitions:
         return SparseScores(items[keep].astype(np.int64), summed[keep], self.n_items)
 
     def _lent(self, items: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The borrowers' scores (their lenders' scores in their shares) in place of
-        their own, as ``scores`` sets them, for the sparse ``items``' ``values``."""
-        indptr, borrowers, shares, is_borrower = self.lent
+        """The borrowers' scores (the largest of their lenders') in place of their
+        own, as ``scores`` sets them, for the sparse ``items``' (positive) ``values``."""
+        indptr, borrowers, is_borrower = self.lent
         own = ~is_borrower[items]
         items, values = items[own], values[own]
         begin, end = indptr[items], indptr[items + 1]
@@ -182,17 +185,17 @@ class Transitions:
         lengths = end - begin
         starts = np.cumsum(lengths) - lengths
         picks = np.arange(lengths.sum()) + np.repeat(begin - starts, lengths)
-        weights = np.repeat(values, lengths) * shares[picks]
         merged, where = np.unique(np.concatenate([items, borrowers[picks]]),
                                   return_inverse=True)
-        summed = np.bincount(where, weights=np.concatenate([values, weights]))
-        return merged, summed
+        largest = np.zeros(len(merged))  # every value is positive
+        np.maximum.at(largest, where, np.concatenate([values, np.repeat(values, lengths)]))
+        return merged, largest
 
     @cached_property
-    def lent(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``borrowers``/``lenders``/``shares`` inverted: per lender item, its
-        borrowers and their shares, as compressed rows (indptr (N + 2,),
-        borrowers, shares), and (N + 1,) whether each item is a borrower."""
+    def lent(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``borrowers``/``lenders`` inverted: per lender item, its borrowers, as
+        compressed rows (indptr (N + 2,), borrowers), and (N + 1,) whether each
+        item is a borrower."""
         is_borrower = np.zeros(self.n_items + 1, dtype=bool)
         is_borrower[self.borrowers] = True
         lenders = self.lenders.reshape(-1)
@@ -200,8 +203,7 @@ class Transitions:
         order = np.argsort(lenders, kind="stable")
         indptr = np.zeros(self.n_items + 2, dtype=np.int64)
         np.add.at(indptr, lenders + 1, 1)
-        return (np.cumsum(indptr), borrowers[order].astype(np.int64),
-                self.shares.reshape(-1)[order].astype(np.float64), is_borrower)
+        return np.cumsum(indptr), borrowers[order].astype(np.int64), is_borrower
 
     def blend(self, scores: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
         """The encoder's (B, N + 1) ``scores`` for the (B, T) histories ``seq``,
