@@ -324,9 +324,20 @@ async def query_load(port: int, users: list[str], seconds: float) -> list[dict]:
                          (f"pool of {QUERY_POOL} queries, cached",
                           lambda i: query_text(i, False)),
                          ("distinct query, never cached", lambda i: query_text(i, True))):
-        rows.append({"scenario": label,
-                     **await open_loop(port, users, QUERY_RATE, seconds, query=query)})
+        before = query_cache_lookups(port)
+        row = await open_loop(port, users, QUERY_RATE, seconds, query=query)
+        after = query_cache_lookups(port)
+        rows.append({"scenario": label, **row, **{
+            f"cache_{kind}": int(after[kind] - before[kind]) for kind in after}})
     return rows
+
+
+def query_cache_lookups(port: int) -> dict[str, float]:
+    """The service's query-cache hits and misses so far, over its workers."""
+    from serving.query import cache_lookups
+
+    return cache_lookups(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10,
+                                   headers={"X-API-Key": API_KEY}).text)
 
 
 def paced(fn, users: list[str], rate: float, repeat: int) -> list[float]:
@@ -439,14 +450,15 @@ def query_tables(results: dict) -> list[dict]:
     encoder = [[name, r["p50_ms"], r["p99_ms"], r["cosine_mean"], r["cosine_min"],
                 r["top10_overlap"]] for name, r in variants.items()]
     load = [[r["scenario"], r["achieved_rps"], r.get("p50_ms"), r.get("p95_ms"),
-             r.get("p99_ms"), r["errors"]] for r in results["query_load"]]
+             r.get("p99_ms"), r["errors"], r.get("cache_miss")] for r in results["query_load"]]
     return [
         table("Query encoder, one short query, one thread (agreement with eager float32; "
               f"the top-10 overlap over the catalogue; served: {served})",
               ["variant", "p50 ms", "p99 ms", "cosine mean", "cosine min",
                "top-10 overlap"], encoder),
         table(f"/recommend with queries at {QUERY_RATE} req/s",
-              ["requests", "achieved", "p50 ms", "p95 ms", "p99 ms", "errors"], load),
+              ["requests", "achieved", "p50 ms", "p95 ms", "p99 ms", "errors",
+               "query embeddings (cache misses)"], load),
     ]
 
 

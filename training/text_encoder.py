@@ -112,7 +112,6 @@ class TextEncoder:
             self.model = _quantised(self.model)
         if traced and self.precision == "bfloat16":
             raise ValueError("a traced encoder runs float32 or int8, not bfloat16 autocast")
-        self.traced = traced
         self._pooled = _MeanPooled(self.model)
         if traced:
             self._pooled = _traced(self._pooled, self.tokenizer)

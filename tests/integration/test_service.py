@@ -121,6 +121,23 @@ def test_a_new_users_query_ranks_alone_and_an_empty_one_is_no_query(pipeline, se
         assert empty == none and empty["query"] is None
 
 
+def _query_lookups(service) -> dict[str, float]:
+    from serving.query import cache_lookups
+
+    return cache_lookups(httpx.get(f"{service}/metrics", timeout=10, headers=AUTH).text)
+
+
+def test_a_repeated_query_is_embedded_once_per_worker_and_counted_on_metrics(service):
+    before = _query_lookups(service)
+    for _ in range(6):
+        assert post(service, "/recommend", {"user_id": "u00001",
+                                            "query": "a repeated metrics query"}).status_code == 200
+    after = _query_lookups(service)
+    misses, hits = after["miss"] - before["miss"], after["hit"] - before["hit"]
+    assert misses + hits == 6
+    assert 1 <= misses <= 2  # at most one embedding in each of the two workers
+
+
 def test_an_over_long_or_blank_query_is_a_400_with_the_reason(service):
     for query, reason in (("x" * 201, "200"), (" \t ", "blank")):
         answer = post(service, "/recommend", {"user_id": "u00001", "query": query})
