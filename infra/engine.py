@@ -83,7 +83,9 @@ def engine(settings: Settings) -> Iterator[Embedded | Ray]:
             ray.init(address=settings.ray_address, log_to_driver=False)
         else:
             memory = settings.ray_memory_mb * 2**20
-            ray.init(num_cpus=settings.ray_cpus, object_store_memory=int(
+            # "local", not None: Ray would otherwise join whatever cluster RAY_ADDRESS or
+            # the last `ray start` on this host names, and refuse the bounds given.
+            ray.init(address="local", num_cpus=settings.ray_cpus, object_store_memory=int(
                 memory * OBJECT_STORE_SHARE), _memory=memory, include_dashboard=False,
                 log_to_driver=False, configure_logging=False)
         log.info("Ray: %s", ray.cluster_resources())

@@ -29,13 +29,23 @@ from infra.settings import Settings
 SERVICE = "serving.service:Recommender"
 
 
+def service_env(settings: Settings, name: str,
+                env: dict[str, str] | None = None) -> dict[str, str]:
+    """A service process's own BENTOML_HOME, beside its pid file: BentoML keeps its
+    workers' metric counters (``/metrics``) in a directory there and empties that
+    directory whenever a server starts, so two services sharing one would erase each
+    other's counts. Serving from source reads nothing else there; ``env`` may name
+    another (a built bento's store)."""
+    return {"BENTOML_HOME": str(settings.run_dir / f"{name}.bentoml"), **(env or {})}
+
+
 def start_service(settings: Settings, port: int, log_path: Path | None = None,
                   env: dict[str, str] | None = None, name: str = "serve") -> subprocess.Popen:
     """``bentoml serve`` in its own process group (its workers die with it);
     ``env``: extra environment (e.g. ``RECSYS_API_KEY``); ``name``: its pid file's."""
     return start_process(settings, name, [
         sys.executable, "-m", "bentoml", "serve", SERVICE, "--port", str(port),
-        "--host", "127.0.0.1"], log_path, env)
+        "--host", "127.0.0.1"], log_path, service_env(settings, name, env))
 
 
 def wait_ready(port: int, process: subprocess.Popen, timeout: float = 180.0) -> None:
@@ -69,7 +79,7 @@ def serve(settings: Settings, port: int) -> int:
     redis_server.ensure(settings)
     return foreground(settings, "serve", [
         sys.executable, "-m", "bentoml", "serve", SERVICE, "--port", str(port),
-        "--host", "127.0.0.1"])
+        "--host", "127.0.0.1"], service_env(settings, "serve"))
 
 
 def ui(settings: Settings, port: int) -> int:

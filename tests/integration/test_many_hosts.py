@@ -85,10 +85,16 @@ def hosts(tmp_path_factory):
 
 
 def test_nothing_on_a_replicas_disk_but_logs(hosts):
+    """Its log, its pid and BentoML's state: the workers' metric counters (for
+    /metrics) and BentoML's client id."""
     for settings in hosts.settings.values():
         written = {p.relative_to(settings.home).as_posix()
                    for p in settings.home.rglob("*") if p.is_file()}
-        assert written == {"serve.log", "run/serve.pid"}
+        bentoml = {p for p in written if p.startswith("run/serve.bentoml/")}
+        assert written - bentoml == {"serve.log", "run/serve.pid"}
+        counters = {p for p in bentoml if p.endswith(".db") and p.startswith(
+            "run/serve.bentoml/prometheus_multiproc_dir/")}
+        assert counters and bentoml - counters == {"run/serve.bentoml/client_id"}
 
 
 def test_an_event_sent_to_one_replica_shows_in_the_next_answer_of_the_other(hosts):
