@@ -10,7 +10,7 @@ user forgotten in every copy under ``RECSYS_HOME``.
   the ingest ledger's counts and offsets true.
 - ``forget`` (``recsys forget``) does a whole request: Redis (online rows, the
   event stream, the tombstone every service worker honours) and the offline side.
-  ``apply_pending`` applies the requests the service took (``DELETE /users``) to
+  ``apply_pending`` applies the requests the service took (``POST /forget``) to
   the offline side: the service has no access to the pipeline host's disk.
 
 Every request is recorded in ``privacy/audit.jsonl`` under its tombstone key,

@@ -4,7 +4,7 @@ read or write, and forgotten users lose their learned vector at once.
 
 Each worker holds the set of tombstones, refreshed from Redis when the tombstone
 counter moves (checked with the fleet's reload counter, every watch tick), and
-adds its own at once when it answers ``DELETE /users/{id}``.
+adds its own at once when it answers ``POST /forget``.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ import bentoml
 import redis
 import threadpoolctl
 import torch
-from fastapi import FastAPI, Path, Query
 from mlflow.exceptions import MlflowException
 from pydantic import (
     AfterValidator,
@@ -139,6 +138,15 @@ class EventsAccepted(BaseModel):
     rejected: list[Rejected] = Field(description="Events not accepted, with the reason.")
 
 
+class Forgotten(BaseModel):
+    user_id: str = Field(description="The user, as the caller gave the id.")
+    forgotten: bool = Field(description="True if anything was held for the user.")
+    already_forgotten: bool = Field(description="True if an earlier request forgot them.")
+    removed: dict[str, int] = Field(description=(
+        "What went from the online side, by kind (online_rows, stream_events, ...)."))
+    offline: str = Field(description="What happens to the offline copies.")
+
+
 class Scores(BaseModel):
     user_id: str = Field(description="The user the scores are for.")
     model_version: str = Field(description="behaviour_encoder registry version that answered.")
@@ -219,14 +227,9 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 client_errors.install()
 
 
-# Routes BentoML's @api cannot express (another method than POST, a path parameter).
-users_app = FastAPI(title="users", docs_url=None, redoc_url=None, openapi_url=None)
-
-
 @bentoml.service(name="recommender", description=api_page.DESCRIPTION,
                  traffic={"timeout": 30}, workers=_startup.serving_workers,
                  logging={"access": {"enabled": _startup.access_log}})
-@bentoml.asgi_app(users_app, path="/users")
 class Recommender:
     def __init__(self) -> None:
         settings = Settings.from_env()
@@ -591,33 +594,39 @@ class Recommender:
                             reported_s_ago=round(now - entry["at"], 3))
                 for name, entry in sorted(workers.items())]
 
-    @users_app.delete("/{user_id}")
-    def forget_user(self, user_id: Annotated[str, Path(max_length=ID_MAX_LENGTH)],
-                    reason: Annotated[str, Query(max_length=200)] = "deletion request",
-                    ) -> JSONResponse:
+    @bentoml.api
+    def forget(self, user_id: IdLike,
+               reason: Annotated[str, Field(max_length=200, description=(
+                   "Why, for the privacy audit."))] = "deletion request",
+               ctx: bentoml.Context = None) -> Forgotten:
         """Forget a user: their online row and events on the stream go at once, the
         model stops using their learned vector, a tombstone keeps them from coming
         back, and the pipeline host removes the offline copies when it applies the
-        tombstone. Needs RECSYS_API_KEY; idempotent; an unknown user is a no-op."""
+        tombstone. Needs RECSYS_API_KEY; idempotent; an unknown user is a no-op.
+        The id travels in the body, not the path: BentoML labels its request
+        metrics with the path, which would keep the id in every worker's counters."""
         if not self.settings.api_key:
-            return JSONResponse({"error": "DELETE /users is refused while the service runs "
+            ctx.response.status_code = 403
+            return JSONResponse({"error": "/forget is refused while the service runs "
                                  "without RECSYS_API_KEY"}, status_code=403)
         key = self._key(user_id, self.served)
         try:
             result = self.privacy.forget(self.redis_writes, self.events_redis, key,
                                          self.served.model.has_user_vector(key), reason)
         except redis.RedisError as error:
+            ctx.response.status_code = 503
             return JSONResponse({"error": f"the online store is unavailable "
                                  f"({type(error).__name__}): nothing was forgotten, retry"},
                                 status_code=503)
         except PseudonymKeyError as error:
+            ctx.response.status_code = 503
             return JSONResponse({"error": str(error)}, status_code=503)
-        return JSONResponse({
-            "user_id": user_id, "forgotten": result["known"],
-            "already_forgotten": result["already_forgotten"], "removed": result["removed"],
-            "offline": ("pending: removed from the offline copies when the pipeline host "
-                        "applies the tombstone (next ingest, or recsys forget --pending)")
-            if result["known"] else "nothing held for this user: nothing to do"})
+        return Forgotten(
+            user_id=str(user_id), forgotten=result["known"],
+            already_forgotten=result["already_forgotten"], removed=result["removed"],
+            offline=("pending: removed from the offline copies when the pipeline host "
+                     "applies the tombstone (next ingest, or recsys forget --pending)")
+            if result["known"] else "nothing held for this user: nothing to do")
 
     @bentoml.api
     def events(self, events: Annotated[list[Any], Field(

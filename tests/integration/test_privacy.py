@@ -160,12 +160,16 @@ def test_forgotten_users_are_gone_everywhere_and_do_not_come_back(private):
     key = load_key(settings)
     pseudonyms = {u: pseudonym(key, u) for u in (by_cli, by_api)}
 
-    assert httpx.delete(f"{url}/users/{by_api}").status_code == 401
-    first = httpx.delete(f"{url}/users/{by_api}", headers=AUTH).json()
+    def forget_by_api(user, **headers):
+        return httpx.post(f"{url}/forget", json={"user_id": user, "reason": "test request"},
+                          headers=headers, timeout=30)
+
+    assert forget_by_api(by_api).status_code == 401
+    first = forget_by_api(by_api, **AUTH).json()
     assert first["forgotten"] is True and first["removed"]["online_rows"] == 1, first
-    again = httpx.delete(f"{url}/users/{by_api}", headers=AUTH).json()
+    again = forget_by_api(by_api, **AUTH).json()
     assert again["already_forgotten"] is True and again["removed"] == {}, again
-    unknown = httpx.delete(f"{url}/users/nobody-at-all", headers=AUTH).json()
+    unknown = forget_by_api("nobody-at-all", **AUTH).json()
     assert unknown["forgotten"] is False and "nothing" in unknown["offline"]
     [cli] = forget(settings, [by_cli], reason="test request")
     assert cli.known and cli.removed["validated_events"] == rows_of[by_cli], cli

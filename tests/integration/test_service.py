@@ -552,7 +552,8 @@ def test_fuzzing_every_operation_of_the_openapi_spec_gives_no_5xx(service, mode)
     assert {"/recommend", "/score", "/events"} <= set(checked)
 
 
-def test_reload_on_a_service_without_a_key_is_refused_with_an_error_body(pipeline, service):
+def test_reload_and_forget_on_a_service_without_a_key_are_refused_with_an_error_body(
+        pipeline, service):
     """A refusal says why and nothing about the deployment (no versions, no workers)."""
     import os
 
@@ -568,6 +569,11 @@ def test_reload_on_a_service_without_a_key_is_refused_with_an_error_body(pipelin
         answer = httpx.post(f"http://127.0.0.1:{port}/reload", json={}, timeout=30)
         assert answer.status_code == 403
         assert answer.json() == {"error": "/reload is refused while the service runs "
+                                          "without RECSYS_API_KEY"}
+        answer = httpx.post(f"http://127.0.0.1:{port}/forget", json={"user_id": "u00001"},
+                            timeout=30)
+        assert answer.status_code == 403
+        assert answer.json() == {"error": "/forget is refused while the service runs "
                                           "without RECSYS_API_KEY"}
     finally:
         stop_service(pipeline.settings, name="keyless")
