@@ -295,31 +295,56 @@ class Recommender:
             return DEFAULT_BLEND
 
     def _load(self) -> ServedModel:
-        """The champion, with the item text embeddings from the online store (for
-        cold starts and queries; left out, with a warning, while Redis is
-        unreachable)."""
-        served = load_served_model(self.settings.tracking_uri(), quantize=self.settings.quantize,
-                                   ann_min_items=self.settings.ann_min_items)
+        """The champion, with the item text embeddings from the online store."""
+        served = self._with_text(load_served_model(
+            self.settings.tracking_uri(), quantize=self.settings.quantize,
+            ann_min_items=self.settings.ann_min_items))
+        self._warm(served)
+        return served
+
+    def _with_text(self, served: ServedModel) -> ServedModel:
+        """``served`` with the item text embeddings (cold starts and queries) and the
+        query path; without them, with a warning, while Redis is unreachable (the
+        champion watch adds them once it answers: ``_complete_text``)."""
         if len(served.index) > CONTENT_MAX_ITEMS:
             log.warning("%d items: no content blend for users without history and no "
                         "queries (more than %d)", len(served.index), CONTENT_MAX_ITEMS)
-        else:
-            try:
-                served = with_content(served,
-                                      self.online.item_embeddings(served.index.item_ids))
-            except redis.RedisError as error:
-                log.warning("item embeddings unavailable (%s): no content blend",
-                            type(error).__name__)
+            return served
+        try:
+            served = with_content(served, self.online.item_embeddings(served.index.item_ids))
+        except redis.RedisError as error:
+            log.warning("item embeddings unavailable (%s): no content blend and no queries "
+                        "until the online store answers", type(error).__name__)
+            self._text_unread = True
+            return served
+        self._text_unread = False  # read (a catalogue without item text reads nothing)
         if self.queries is not None:
             served = with_queries(served, self.queries, self._query_blend(served.version))
-        # TorchScript's profiling executor specialises the traced encoder on its
-        # first calls, each several times slower than a warm one: make them here,
-        # before the version takes requests, not on the first users' requests.
+        return served
+
+    @staticmethod
+    def _warm(served: ServedModel) -> None:
+        """TorchScript's profiling executor specialises the traced encoder on its
+        first calls, each several times slower than a warm one: make them here,
+        before the version takes requests, not on the first users' requests."""
         history = served.index.item_ids[:3]
         for _ in range(WARM_UP_CALLS):
             recommend(served, history, 10, True, user_id=None)
             recommend(served, history, 10, True, user_id=None, query="warm up")
-        return served
+
+    def _complete_text(self) -> None:
+        """A worker that loaded its model while Redis was down serves it without
+        item text: add the text once Redis answers (the same model, one swap)."""
+        with self._swap_lock:
+            if not self._text_unread:
+                return
+            completed = self._with_text(self.served)
+            if self._text_unread:
+                return
+            self._warm(completed)
+            self.served = completed
+            log.info("item embeddings loaded for v%s: content blend and queries on",
+                     completed.version)
 
     def _swap_if_moved(self) -> tuple[str, str]:
         """Load the champion when the alias moved; one swap at a time. A request
@@ -367,6 +392,7 @@ class Recommender:
             self._reload_token = token if token is not None else self._reload_token
             last_poll = time.monotonic()
             try:
+                self._complete_text()
                 self._swap_if_moved()
             except Exception as error:  # keep serving the loaded model
                 log.warning("champion watch failed: %s: %s", type(error).__name__, error)
