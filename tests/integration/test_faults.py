@@ -15,7 +15,7 @@ from infra import redis_server
 from infra.processes import free_port
 from orchestration.cli import start_service, stop_service, wait_http, wait_ready
 from orchestration.offline import read_validated_events
-from tests.conftest import API_KEY, AUTH
+from tests.conftest import API_KEY, AUTH, wait_for
 
 pytestmark = pytest.mark.slow  # a real server under load
 
@@ -84,14 +84,11 @@ def test_a_worker_started_while_redis_is_down_takes_queries_once_it_answers(pipe
         assert "item embeddings unavailable" in log.read_text()
         late.open()
         wait_ready(port, process)
-        answers = []
-        for _ in range(40):
-            answer = httpx.post(f"http://127.0.0.1:{port}/recommend", headers=AUTH, timeout=10,
-                                json={"user_id": "u00001", "query": "comedy"}).json()
-            answers.append(answer["query"])
-            if answer["query"] == "comedy":
-                break
-            threading.Event().wait(0.25)
-        assert answers[-1] == "comedy", answers
+
+        def applied_query():
+            return httpx.post(f"http://127.0.0.1:{port}/recommend", headers=AUTH, timeout=10,
+                              json={"user_id": "u00001", "query": "comedy"}).json()["query"]
+
+        assert wait_for(applied_query, timeout=15, step=0.25) == "comedy"
     finally:
         stop_service(settings, name="late-redis")
