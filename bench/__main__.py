@@ -3,8 +3,8 @@
 (bench/features.py), ``models`` (bench/models.py), ``serving`` (bench/serving.py),
 ``faults`` (bench/faults.py), ``retrieval`` (bench/retrieval.py), ``text``
 (bench/text.py); not run by
-default, they take from tens of minutes to hours: ``engine`` (bench/engine.py)
-and ``scale`` (bench/scale.py).
+default, they take from tens of minutes to hours: ``engine`` (bench/engine.py),
+``scale`` (bench/scale.py) and ``scale_serving`` (bench/scale_serving.py).
 ``python -m bench --docs`` regenerates docs/benchmarks.md from the JSON.
 """
 
@@ -21,15 +21,16 @@ from bench import (
     report,
     retrieval,
     scale,
+    scale_serving,
     serving,
     text,
 )
 
 SECTIONS = {"data": data, "features": features, "models": models, "serving": serving,
             "faults": faults, "retrieval": retrieval, "text": text, "engine": engine,
-            "scale": scale}
+            "scale": scale, "scale_serving": scale_serving}
 # Not by default: each takes from tens of minutes to hours.
-DEFAULT = [name for name in SECTIONS if name not in ("engine", "scale")]
+DEFAULT = [name for name in SECTIONS if name not in ("engine", "scale", "scale_serving")]
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ DOCS = Path("docs")
 ELSEWHERE = {"models": DOCS / "models.md", "text": DOCS / "models.md"}
 ANCHORS = {"models": "results", "text": "queries-and-cold-start"}  # their section in that page
 ORDER = ("data", "features", "models", "serving", "serving_async", "serving_sync_default",
-         "serving_sync_final", "faults", "retrieval", "text", "engine", "scale")
+         "serving_sync_final", "faults", "retrieval", "text", "engine", "scale", "scale_serving")
 TITLES = {"data": "Data", "features": "Features", "models": "Models", "serving": "Serving",
           # Runs of other code, kept beside the latest for a comparison (their command
           # says which code).
@@ -28,7 +28,9 @@ TITLES = {"data": "Data", "features": "Features", "models": "Models", "serving":
           "faults": "Faults", "retrieval": "Retrieval: exact against two-stage",
           "text": "Text: queries and cold start",
           "engine": "Engines: the offline work embedded and on Ray",
-          "scale": "Scale: the pipeline and the service at a product catalogue's size"}
+          "scale": "Scale: the pipeline and the service at a product catalogue's size",
+          "scale_serving": "Scale: the service alone at a product catalogue's size, "
+                           "on a generated model"}
 
 
 def table(title: str, columns: list[str], rows: list[list]) -> dict:

@@ -27,29 +27,61 @@ HISTORIES = 300
 
 
 def structured_model(n_items: int, clusters: int, hidden: int = 32, sequences: int = 0,
-                     seed: int = 0) -> BehaviourEncoder:
+                     seed: int = 0, users: list[str] = (), popularity_exponent: float = 0.0,
+                     ) -> BehaviourEncoder:
     """Random encoder weights; item vectors around ``clusters`` centres; transitions
     counted over ``sequences`` (default 4 per item) of 8 items that stay within a
-    cluster, blended (0.15) with popularity (0.05)."""
+    cluster, blended (0.15) with popularity (0.05). ``users``: ids given a learned
+    vector each. ``popularity_exponent`` > 0: items are picked within their
+    cluster by a Zipf weight of a random rank (popular items' transition rows
+    grow long, as in real data); 0: uniformly."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     ids = [f"i{i}" for i in range(n_items)]
     model = BehaviourEncoder(EncoderConfig(n_items=n_items, max_len=20, hidden=hidden,
-                                           temperature=0.05), ids, ids).eval()
-    centre = rng.normal(size=(clusters, hidden))
-    home = rng.integers(0, clusters, n_items)
-    vectors = centre[home] + 0.5 * rng.normal(size=(n_items, hidden))
+                                           temperature=0.05, n_users=len(users)),
+                             ids, ids, list(users)).eval()
+    home, vectors = clustered_items(n_items, clusters, hidden, rng)
     with torch.no_grad():
         model.item_embedding.weight[1:] = torch.from_numpy(vectors).float()
-    order = np.argsort(home, kind="stable")
-    starts = np.searchsorted(home[order], np.arange(clusters + 1))
-    drawn = rng.integers(0, clusters, sequences or 4 * n_items)
-    drawn = drawn[starts[drawn + 1] > starts[drawn]]  # clusters with members
-    picks = starts[drawn, None] + (rng.random((len(drawn), 8)) * (
-        starts[drawn + 1] - starts[drawn])[:, None]).astype(np.int64)
-    model.transitions = Transitions.count((order[picks] + 1).tolist(), n_items,
+        if users:
+            model.user_embedding.weight[1:] = 0.1 * torch.randn(len(users), hidden)
+    picker = ClusterPicker(home, clusters, popularity_exponent, seed)
+    picks = picker.sequences(sequences or 4 * n_items, 8, rng)
+    model.transitions = Transitions.count((picks + 1).tolist(), n_items,
                                           lags=2).weighted(0.15, 0.05)
     return model
+
+
+def clustered_items(n_items: int, clusters: int, hidden: int, rng: np.random.Generator,
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) each item's cluster and (N, hidden) its vector (its centre plus noise)."""
+    centre = rng.normal(size=(clusters, hidden))
+    home = rng.integers(0, clusters, n_items)
+    return home, centre[home] + 0.5 * rng.normal(size=(n_items, hidden))
+
+
+class ClusterPicker:
+    """Draws sequences of items (indices 0..N-1) that stay within one cluster,
+    each item by its weight among its cluster's members: ``exponent`` > 0, a Zipf
+    weight of a rank drawn from ``seed`` (the same seed, the same popular items)."""
+
+    def __init__(self, home: np.ndarray, clusters: int, exponent: float, seed: int):
+        rank = np.random.default_rng(seed).permutation(len(home)) + 1.0
+        weight = rank ** -exponent if exponent else np.ones(len(home))
+        self.order = np.argsort(home, kind="stable")  # items grouped by cluster
+        self.cumulative = np.concatenate([[0.0], np.cumsum(weight[self.order])])
+        starts = np.searchsorted(home[self.order], np.arange(clusters + 1))
+        self.low, self.high = self.cumulative[starts[:-1]], self.cumulative[starts[1:]]
+        self.members = np.flatnonzero(starts[1:] > starts[:-1])  # clusters with members
+
+    def sequences(self, count: int, length: int, rng: np.random.Generator) -> np.ndarray:
+        """(count, length) item indices."""
+        drawn = self.members[rng.integers(0, len(self.members), count)]
+        at = self.low[drawn, None] + rng.random((count, length)) * (
+            self.high[drawn] - self.low[drawn])[:, None]
+        where = np.searchsorted(self.cumulative, at, side="right") - 1
+        return self.order[np.clip(where, 0, len(self.order) - 1)]
 
 
 def histories(n_items: int, count: int, seed: int = 2) -> list[list[str]]:

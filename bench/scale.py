@@ -305,9 +305,6 @@ def tables(results: dict) -> list[dict]:
          max((r.get("peak_rss_gib", 0) for r in ran), default=None),
          all(r.get("ok") for r in ran)]]
     model = results["model"]
-    serving = [[r["path"], r["items"], r["target_rps"], r["achieved_rps"], r.get("p50_ms"),
-                r.get("p95_ms"), r.get("p99_ms"), r["errors"],
-                max(r["worker_rss_gib"], default=None)] for r in results["serving"]]
     return [
         table(f"Pipeline stages on {generated['written']['items']:,} items, "
               f"{generated['written']['users']:,} users, "
@@ -318,21 +315,37 @@ def tables(results: dict) -> list[dict]:
               [[model["ndcg_at_10"], model["baseline_ease_ndcg_at_10"],
                 model["baseline_pop_ndcg_at_10"], model["train_seconds"], model["stopped_by"],
                 model["search_seconds"], model["ann_build_seconds"]]]),
-        table("Two-stage against exact (in process)",
-              ["users", "recall@10", "mean candidates", "two-stage p50 ms"],
-              [[results["retrieval"][k] for k in (
-                  "users", "recall_at_10", "mean_candidates", "two_stage_in_process_p50_ms")]]),
-        table(f"/recommend under open-loop load by catalogue size "
-              f"({results['seconds_per_rate']:g} s per rate; Redis "
-              f"{results['redis_used_memory_gib']} GiB)",
-              ["path", "items", "target req/s", "achieved", "p50 ms", "p95 ms", "p99 ms",
-               "errors", "largest worker RSS GiB"], serving),
+        retrieval_table(results["retrieval"]),
+        serving_table(results),
     ]
 
 
+def retrieval_table(retrieval: dict) -> dict:
+    return table("Two-stage against exact (in process)",
+                 ["users", "recall@10", "mean candidates", "two-stage p50 ms"],
+                 [[retrieval[k] for k in (
+                     "users", "recall_at_10", "mean_candidates", "two_stage_in_process_p50_ms")]])
+
+
+def serving_table(results: dict) -> dict:
+    """``serve_curve``'s rows, with the seconds per rate and Redis's memory."""
+    return table(f"/recommend under open-loop load by catalogue size "
+                 f"({results['seconds_per_rate']:g} s per rate; Redis "
+                 f"{results['redis_used_memory_gib']} GiB)",
+                 ["path", "items", "target req/s", "achieved", "p50 ms", "p95 ms", "p99 ms",
+                  "errors", "largest worker RSS GiB"],
+                 [[r["path"], r["items"], r["target_rps"], r["achieved_rps"], r.get("p50_ms"),
+                   r.get("p95_ms"), r.get("p99_ms"), r["errors"],
+                   max(r["worker_rss_gib"], default=None)] for r in results["serving"]])
+
+
 def figures(results: dict) -> dict[str, bytes]:
-    """``scale_latency.svg``: /recommend p50 and p99 against catalogue size, each
-    path at each rate (the latency-against-size curve)."""
+    return {"scale_latency.svg": latency_figure(results["serving"])}
+
+
+def latency_figure(serving: list[dict]) -> bytes:
+    """An SVG of /recommend p50 and p99 against catalogue size, each path at each
+    rate (the latency-against-size curve), from ``serve_curve``'s rows."""
     import io
 
     import matplotlib
@@ -341,9 +354,9 @@ def figures(results: dict) -> dict[str, bytes]:
     from matplotlib import pyplot
 
     figure, axis = pyplot.subplots(figsize=(7, 4))
-    lines = sorted({(r["path"], r["target_rps"]) for r in results["serving"]})
+    lines = sorted({(r["path"], r["target_rps"]) for r in serving})
     for path, rate in lines:
-        rows = sorted((r for r in results["serving"] if (r["path"], r["target_rps"])
+        rows = sorted((r for r in serving if (r["path"], r["target_rps"])
                        == (path, rate) and r.get("p99_ms") is not None),
                       key=lambda r: r["items"])
         sizes_ = [r["items"] for r in rows]
@@ -362,5 +375,5 @@ def figures(results: dict) -> dict[str, bytes]:
     buffer = io.StringIO()
     figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     pyplot.close(figure)
-    return {"scale_latency.svg": buffer.getvalue().encode()}
+    return buffer.getvalue().encode()
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from bench.retrieval import histories, popularity, structured_model
+from bench.retrieval import ClusterPicker, histories, popularity, structured_model
 from feature_repo.event_rules import EventRules
 from serving.retrieval import TwoStage
 from serving.scoring import recommend, score_items, serve
@@ -162,3 +162,24 @@ def test_a_no_history_answer_reads_the_ranked_popular_items_and_equals_the_full_
     answer = recommend(served, [], 10, True)
     assert answer.reason == "no history for this user: popularity"
     assert [i for i, *_ in answer.items][:2] == ["i7", "i9"]  # the recent counts lead
+
+
+def test_generated_sequences_stay_in_their_cluster_and_zipf_weights_favour_the_same_items():
+    """``bench.scale_serving`` draws its users' histories with the picker of the
+    model's own sequences: one seed, one set of popular items."""
+    home = np.random.default_rng(3).integers(0, 5, 2_000)
+    heaviest = np.random.default_rng(4).permutation(2_000) < 20  # ranks 1..20 of seed 4
+
+    def drawn(exponent: float, seed: int) -> np.ndarray:
+        return ClusterPicker(home, 5, exponent, seed).sequences(3_000, 8,
+                                                                np.random.default_rng(5))
+
+    shares = {}
+    for exponent in (0.9, 0.0):
+        sequences = drawn(exponent, 4)
+        assert sequences.shape == (3_000, 8)
+        assert (home[sequences] == home[sequences[:, :1]]).all()  # one cluster a sequence
+        counts = np.bincount(sequences.ravel(), minlength=2_000)
+        shares[exponent] = counts[heaviest].sum() / counts.sum()
+    assert shares[0.9] > 0.15 and shares[0.0] < 0.03  # of the draws, to 1% of the items
+    assert (drawn(0.9, 4) == drawn(0.9, 4)).all() and not (drawn(0.9, 6) == drawn(0.9, 4)).all()
