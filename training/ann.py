@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -76,7 +77,15 @@ def build(model: BehaviourEncoder) -> AnnIndex:
     n_items, dim = vectors.shape
     index = faiss.IndexHNSWFlat(dim, HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = EF_CONSTRUCTION
-    index.add(vectors)
+    # Every core for the build, whatever the caller limited torch to (faiss and
+    # torch share one OpenMP runtime, and torch.set_num_threads(1) also caps
+    # faiss's inserts to one thread); the caller's limit again afterwards.
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(len(os.sched_getaffinity(0)))
+    try:
+        index.add(vectors)
+    finally:
+        faiss.omp_set_num_threads(threads)
     index.hnsw.efSearch = EF_SEARCH
     wide = vectors.astype(np.float64)
     params = AnnParams(kind=f"HNSW{HNSW_LINKS},Flat,IP", links=HNSW_LINKS,

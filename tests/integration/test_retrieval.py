@@ -183,3 +183,23 @@ def test_generated_sequences_stay_in_their_cluster_and_zipf_weights_favour_the_s
         shares[exponent] = counts[heaviest].sum() / counts.sum()
     assert shares[0.9] > 0.15 and shares[0.0] < 0.03  # of the draws, to 1% of the items
     assert (drawn(0.9, 4) == drawn(0.9, 4)).all() and not (drawn(0.9, 6) == drawn(0.9, 4)).all()
+
+
+def test_the_build_leaves_the_callers_thread_limit_as_it_was():
+    """The index builds on every core (faiss and torch share one OpenMP runtime, so
+    a caller that limited torch to one thread also limits faiss) and gives the
+    caller back its own limit, with an index that finds each item's own vector."""
+    import faiss
+
+    model = structured_model(3_000, 30)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        built = ann.build(model)
+        assert faiss.omp_get_max_threads() == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    vectors = ann.scored_items(model)
+    _, found = built.index.search(vectors[:200], 1)
+    assert (found[:, 0] == np.arange(200)).mean() >= 0.99
+
