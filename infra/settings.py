@@ -61,6 +61,11 @@ class Settings:
     ann_min_items: int = 10_000
     # Query embeddings each service worker keeps (LRU): 1.5 KB each.
     query_cache: int = 10_000
+    # Up to this catalogue size each service worker holds every item's text
+    # embedding (the no-history content blend and the query path); beyond it a
+    # million items would be 1.5 GB a worker and a scan of them per request, so
+    # those answers fall back to popularity.
+    content_max_items: int = 200_000
     # Validation and test (the evaluation protocol of DESIGN.md) on at most this
     # many users, drawn once with a fixed seed, so that the same users judge every
     # model: each rank is over the whole catalogue, which at a million items costs
@@ -104,6 +109,7 @@ class Settings:
         ann_min_items = given("RECSYS_ANN_MIN_ITEMS", "ann_min_items")
         evaluation_users = given("RECSYS_EVALUATION_USERS", "evaluation_users")
         query_cache = given("RECSYS_QUERY_CACHE", "query_cache")
+        content_max_items = given("RECSYS_CONTENT_MAX_ITEMS", "content_max_items")
         engine = given("RECSYS_ENGINE", "engine").strip().lower()
         if engine not in ENGINES:
             raise ValueError(f"RECSYS_ENGINE must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -117,6 +123,7 @@ class Settings:
                             ("RECSYS_ANN_MIN_ITEMS", ann_min_items),
                             ("RECSYS_EVALUATION_USERS", evaluation_users),
                             ("RECSYS_QUERY_CACHE", query_cache),
+                            ("RECSYS_CONTENT_MAX_ITEMS", content_max_items),
                             ("RECSYS_RAY_CPUS", ray_cpus), ("RECSYS_RAY_MEMORY_MB", ray_memory)):
             if not value.isdigit() or int(value) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -143,6 +150,7 @@ class Settings:
             ann_min_items=int(ann_min_items),
             evaluation_users=int(evaluation_users),
             query_cache=int(query_cache),
+            content_max_items=int(content_max_items),
             engine=engine,
             ray_address=env.get("RECSYS_RAY_ADDRESS") or None,
             ray_cpus=int(ray_cpus),

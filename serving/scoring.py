@@ -43,10 +43,6 @@ BECAUSE = 2  # recent items named as the reason for each recommended item
 BECAUSE_WINDOW = 20  # how many of the newest history items are candidates for it
 CONTENT_WEIGHT = 0.7  # share of content similarity in the cold-start blend
 POPULAR_RANKED = 1_000
-# Up to this catalogue size each worker holds every item's text embedding for the
-# no-history content blend; beyond it (a million items would be 1.5 GB a worker,
-# and a scan of them per request) the blend is left out and popularity answers.
-CONTENT_MAX_ITEMS = 200_000
 # With two-stage retrieval, the items of highest text relevance to a query join
 # the candidates (the behaviour index cannot find what only the query asks for).
 QUERY_CANDIDATES = 100

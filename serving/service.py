@@ -44,7 +44,6 @@ from serving.online import OnlineFeatures
 from serving.privacy import PrivacyBoundary
 from serving.query import QueryEncoder
 from serving.scoring import (
-    CONTENT_MAX_ITEMS,
     ServedModel,
     load_served_model,
     recommend,
@@ -74,6 +73,22 @@ SAMPLE_USERS = 2000  # online users whose history lengths /sample_users compares
 STATUS_METRICS = ("best_val_ndcg_at_10", "best_val_hr_at_10", "ndcg_at_10", "hr_at_10",
                   "baseline_pop_ndcg_at_10")
 PAST_DEADLINE = "past the request deadline: popularity"
+
+
+def settle_collector() -> float:
+    """Keep the long-lived objects (the imports, the served model) out of the cyclic
+    collector's full passes, which otherwise stall a request now and then; the
+    seconds it took. Call it when a model was loaded. It collects first: tracing the
+    encoder leaves garbage cycles that reach the whole model, and a frozen object is
+    never collected, so frozen uncollected they would keep every swapped-out model
+    (more than a GiB at a million items) in the worker. Frozen and acyclic, the old
+    model is freed as soon as the last request that holds it ends. The collection
+    passes over the objects made since the last freeze only (the new model's)."""
+    started = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    return time.perf_counter() - started
+
 
 def _as_id(value: object) -> str | int:
     """An id as the batch validation accepts it, with one message when it is not."""
@@ -265,10 +280,8 @@ class Recommender:
         self.future_tolerance_s = settings.future_tolerance_s  # as in batch validation
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
+        settle_collector()
         threading.Thread(target=self._watch, name="champion-watch", daemon=True).start()
-        # The imports and the model are long-lived: keep them out of the collector's
-        # full passes, which otherwise stall a request now and then.
-        gc.freeze()
         log.info("serving behaviour_encoder version %s from %s", self.served.version,
                  settings.home)
 
@@ -305,10 +318,14 @@ class Recommender:
     def _with_text(self, served: ServedModel) -> ServedModel:
         """``served`` with the item text embeddings (cold starts and queries) and the
         query path; without them, with a warning, while Redis is unreachable (the
-        champion watch adds them once it answers: ``_complete_text``)."""
-        if len(served.index) > CONTENT_MAX_ITEMS:
+        champion watch adds them once it answers: ``_complete_text``). Sets
+        ``_text_unread``: whether the text is still to be read."""
+        self._text_unread = False  # read, or not to be read
+        limit = self.settings.content_max_items
+        if len(served.index) > limit:
             log.warning("%d items: no content blend for users without history and no "
-                        "queries (more than %d)", len(served.index), CONTENT_MAX_ITEMS)
+                        "queries (more than RECSYS_CONTENT_MAX_ITEMS, %d)",
+                        len(served.index), limit)
             return served
         try:
             served = with_content(served, self.online.item_embeddings(served.index.item_ids))
@@ -317,7 +334,6 @@ class Recommender:
                         "until the online store answers", type(error).__name__)
             self._text_unread = True
             return served
-        self._text_unread = False  # read (a catalogue without item text reads nothing)
         if self.queries is not None:
             served = with_queries(served, self.queries, self._query_blend(served.version))
         return served
@@ -343,6 +359,7 @@ class Recommender:
                 return
             self._warm(completed)
             self.served = completed
+            settle_collector()
             log.info("item embeddings loaded for v%s: content blend and queries on",
                      completed.version)
 
@@ -354,8 +371,10 @@ class Recommender:
             current = registry.alias_version(self.settings.tracking_uri(), registry.CHAMPION)
             if current is not None and current != before:
                 self.served = self._load()
+                settled_s = settle_collector()
                 self._report()
-                log.info("champion moved: v%s -> v%s", before, self.served.version)
+                log.info("champion moved: v%s -> v%s (collector settled in %.0f ms)",
+                         before, self.served.version, 1000 * settled_s)
             return before, self.served.version
 
     def _report(self) -> None:

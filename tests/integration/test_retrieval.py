@@ -203,3 +203,32 @@ def test_the_build_leaves_the_callers_thread_limit_as_it_was():
     _, found = built.index.search(vectors[:200], 1)
     assert (found[:, 0] == np.arange(200)).mean() >= 0.99
 
+
+def test_a_swapped_out_model_is_freed_once_the_collector_was_settled():
+    """Tracing the encoder leaves garbage cycles that reach the model: frozen
+    uncollected (``gc.freeze`` alone), a swapped-out model would stay in the worker
+    for good; ``settle_collector`` collects them first, so the old model is freed
+    as soon as the last reference to it goes."""
+    import gc
+    import weakref
+
+    from serving.service import settle_collector
+
+    def served_and_ref():
+        model = structured_model(500, 5)
+        return serve(model, "1", RULES, popularity(500), {}), weakref.ref(model)
+
+    try:
+        served, kept = served_and_ref()
+        gc.freeze()
+        del served
+        assert kept() is not None  # held by the trace's frozen cycles
+        gc.unfreeze()
+        gc.collect()
+        assert kept() is None
+        served, freed = served_and_ref()
+        settle_collector()
+        del served  # the swap: the last reference goes
+        assert freed() is None
+    finally:
+        gc.unfreeze()

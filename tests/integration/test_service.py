@@ -406,7 +406,9 @@ def test_champion_swap_under_load_fails_no_request_and_switches_cleanly(pipeline
 def test_a_swap_and_rollback_of_two_stage_versions_swap_their_registered_indexes(pipeline):
     """A service on the two-stage path (every catalogue size): each version's item
     index is registered with it, so no worker builds one, and under a stream of
-    requests every answer is the one its ``model_version``'s own index gives."""
+    requests every answer is the one its ``model_version``'s own index gives. The
+    catalogue is also above the content limit, as a million items are: no worker
+    holds item text, and both workers swap at each /reload."""
     from infra.processes import free_port
     from orchestration.cli import start_service, stop_service, wait_ready
     from serving.scoring import load_served_model, recommend
@@ -430,7 +432,8 @@ def test_a_swap_and_rollback_of_two_stage_versions_swap_their_registered_indexes
     registry.set_champion(uri, first)
     port, log = free_port(), pipeline.settings.home / "serve-two-stage.log"
     process = start_service(pipeline.settings, port, log, name="serve-two-stage", env={
-        "RECSYS_API_KEY": API_KEY, "RECSYS_MODEL_POLL_S": "1", "RECSYS_ANN_MIN_ITEMS": "1"})
+        "RECSYS_API_KEY": API_KEY, "RECSYS_MODEL_POLL_S": "3600", "RECSYS_ANN_MIN_ITEMS": "1",
+        "RECSYS_CONTENT_MAX_ITEMS": "1"})
     url = f"http://127.0.0.1:{port}"
     failures, answers, fallbacks, stop = [], [], [], threading.Event()
     try:
@@ -480,10 +483,10 @@ def test_a_swap_and_rollback_of_two_stage_versions_swap_their_registered_indexes
             thread.start()
         time.sleep(1)
         registry.set_champion(uri, second)
-        assert post(url, "/reload", {}).json()["model_version"] == second
+        reloads = [post(url, "/reload", {}).json()]
         time.sleep(1)
         assert registry.rollback_champion(uri) == first
-        assert post(url, "/reload", {}).json()["model_version"] == first
+        reloads.append(post(url, "/reload", {}).json())
         time.sleep(0.5)
     finally:
         stop.set()
@@ -495,6 +498,13 @@ def test_a_swap_and_rollback_of_two_stage_versions_swap_their_registered_indexes
     assert [(v, items, expected[v]) for v, items in answers
             if not as_expected(v, items)][:3] == []
     assert "building the item index" not in log.read_text()
+    # Each /reload reached every worker (those it did not answer through their
+    # champion watch), this service's two and any other replica's on the same Redis.
+    assert [r["model_version"] for r in reloads] == [second, first]
+    assert all(r["workers_on_version"] == r["workers"] >= 2 for r in reloads), reloads
+    text = log.read_text()
+    assert "no content blend for users without history" in text
+    assert "champion watch failed" not in text
 
 
 def test_a_failing_model_degrades_to_popularity(pipeline, service):

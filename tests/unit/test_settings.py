@@ -32,9 +32,10 @@ def test_settings_travel_whole_through_json(tmp_path):
                            "RECSYS_FEAST_OFFLINE_STORE": '{"type": "file"}',
                            "RECSYS_RECENT_ITEMS": "7", "RECSYS_QUANTIZE": "1",
                            "RECSYS_ENGINE": "Ray", "RECSYS_RAY_ADDRESS": "ray://head:10001",
-                           "RECSYS_RAY_CPUS": "8"})
+                           "RECSYS_RAY_CPUS": "8", "RECSYS_CONTENT_MAX_ITEMS": "500000"})
     back = Settings.from_json(s.to_json())
     assert back == s and back.redis_cluster and back.recent_items == 7
+    assert back.content_max_items == 500_000
     assert (back.engine, back.ray_address, back.ray_cpus, back.ray_memory_mb) == (
         "ray", "ray://head:10001", 8, 4096)
     assert isinstance(back.home, Path) and back.source == tmp_path / "src"
