@@ -39,13 +39,18 @@ def service_env(settings: Settings, name: str,
     return {"BENTOML_HOME": str(settings.run_dir / f"{name}.bentoml"), **(env or {})}
 
 
+def service_argv(port: int) -> list[str]:
+    """The service's command line, on loopback at ``port``."""
+    return [sys.executable, "-m", "bentoml", "serve", SERVICE, "--port", str(port),
+            "--host", "127.0.0.1"]
+
+
 def start_service(settings: Settings, port: int, log_path: Path | None = None,
                   env: dict[str, str] | None = None, name: str = "serve") -> subprocess.Popen:
     """``bentoml serve`` in its own process group (its workers die with it);
     ``env``: extra environment (e.g. ``RECSYS_API_KEY``); ``name``: its pid file's."""
-    return start_process(settings, name, [
-        sys.executable, "-m", "bentoml", "serve", SERVICE, "--port", str(port),
-        "--host", "127.0.0.1"], log_path, service_env(settings, name, env))
+    return start_process(settings, name, service_argv(port), log_path,
+                         service_env(settings, name, env))
 
 
 def wait_ready(port: int, process: subprocess.Popen, timeout: float = 180.0) -> None:
@@ -77,9 +82,7 @@ def foreground(settings: Settings, name: str, argv: list[str],
 
 def serve(settings: Settings, port: int) -> int:
     redis_server.ensure(settings)
-    return foreground(settings, "serve", [
-        sys.executable, "-m", "bentoml", "serve", SERVICE, "--port", str(port),
-        "--host", "127.0.0.1"], service_env(settings, "serve"))
+    return foreground(settings, "serve", service_argv(port), service_env(settings, "serve"))
 
 
 def ui(settings: Settings, port: int) -> int:

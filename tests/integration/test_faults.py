@@ -46,17 +46,26 @@ class LateRedis:
 
     def __init__(self, target: str):
         self.port, self.target = free_port(), (urlparse(target).hostname, urlparse(target).port)
+        self.listener: socket.socket | None = None
 
     def open(self) -> None:
-        listener = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def close(self) -> None:
+        """Stop listening (the connections pumping end with their ends)."""
+        if self.listener is not None:
+            self.listener.close()
 
     def _accept(self, listener: socket.socket) -> None:
-        while True:
-            near, _ = listener.accept()
-            far = socket.create_connection(self.target)
-            for a, b in ((near, far), (far, near)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+        try:
+            while True:
+                near, _ = listener.accept()
+                far = socket.create_connection(self.target)
+                for a, b in ((near, far), (far, near)):
+                    threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+        except OSError:  # closed
+            pass
 
     @staticmethod
     def _pump(source: socket.socket, sink: socket.socket) -> None:
@@ -92,3 +101,4 @@ def test_a_worker_started_while_redis_is_down_takes_queries_once_it_answers(pipe
         assert wait_for(applied_query, timeout=15, step=0.25) == "comedy"
     finally:
         stop_service(settings, name="late-redis")
+        late.close()
