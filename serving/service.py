@@ -81,7 +81,7 @@ def settle_collector() -> float:
     seconds it took. Call it when a model was loaded. It collects first: tracing the
     encoder leaves garbage cycles that reach the whole model, and a frozen object is
     never collected, so frozen uncollected they would keep every swapped-out model
-    (more than a GiB at a million items) in the worker. Frozen and acyclic, the old
+    (item and user tables, index, transitions) in the worker. Frozen and acyclic, the old
     model is freed as soon as the last request that holds it ends. The collection
     passes over the objects made since the last freeze only (the new model's)."""
     started = time.perf_counter()
