@@ -81,9 +81,10 @@ def settle_collector() -> float:
     seconds it took. Call it when a model was loaded. It collects first: tracing the
     encoder leaves garbage cycles that reach the whole model, and a frozen object is
     never collected, so frozen uncollected they would keep every swapped-out model
-    (item and user tables, index, transitions) in the worker. Frozen and acyclic, the old
-    model is freed as soon as the last request that holds it ends. The collection
-    passes over the objects made since the last freeze only (the new model's)."""
+    (item and user tables, index, transitions) in the worker. Frozen and acyclic,
+    the old model is freed as soon as the last request that holds it ends. The
+    collection passes over the objects made since the last freeze only (the new
+    model's)."""
     started = time.perf_counter()
     gc.collect()
     gc.freeze()
