@@ -24,13 +24,11 @@ from bench.serving import ML100K, prepare
 from infra.settings import Settings
 from orchestration.assets.training import EncoderTraining, item_text_table
 from orchestration.offline import read_validated_events
-from training.cold_start import cold_start_draw, fill_cold_items, pooled_metrics
+from training.cold_start import cold_items_from_text, cold_start_draw, pooled_metrics
 from training.evaluate import (
     ease_baseline,
     evaluate,
-    interaction_counts,
     popularity_scorer,
-    warm_items,
 )
 from training.inference import quantized
 from training.sequences import ItemIndex, histories_from_training_set, leave_one_out
@@ -70,8 +68,7 @@ def benchmark() -> dict:
             len(index), settings.recent_items)
         result = train_encoder(histories, split, index, titles, model_config, train_config,
                                users=users)
-        fill_cold_items(result.model, text, warm_items(split, index),
-                        interaction_counts(split, index))
+        cold_items_from_text(result.model, text, split, index, train_config)
         rows[f"encoder seed {seed}"] = {
             **evaluate(model_scorer(result.model), split, index, "test"),
             "train_seconds": result.train_seconds, "best_epoch": result.best_epoch,

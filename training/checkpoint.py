@@ -116,6 +116,7 @@ def _read_manifest(directory: Path) -> dict:
 def _transition_arrays(transitions: Transitions) -> dict[str, np.ndarray]:
     arrays = {"n_items": np.array(transitions.n_items), "weight": np.array(transitions.weight),
               "popularity_weight": np.array(transitions.popularity_weight),
+              "borrowed_weight": np.array(transitions.borrowed_weight),
               "lags": np.array(len(transitions.lags))}
     for lag, table in enumerate(transitions.lags):
         arrays |= {f"lag{lag}_indptr": table.indptr, f"lag{lag}_indices": table.indices,
@@ -132,6 +133,8 @@ def _transitions_from(arrays: dict[str, np.ndarray]) -> Transitions:
                      values=arrays[f"lag{lag}_values"]) for lag in range(int(arrays["lags"])))
     return Transitions(n_items=int(arrays["n_items"]), lags=lags, weight=float(arrays["weight"]),
                        popularity_weight=float(arrays["popularity_weight"]),
+                       # a checkpoint without it: the borrowers take the whole score
+                       borrowed_weight=float(arrays.get("borrowed_weight", 1.0)),
                        **{name: arrays.get(name) for name in
                           ("popularity", "borrowers", "lenders", "shares")})
 

@@ -24,10 +24,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from training.evaluate import K, evaluation_rows, interaction_counts, stage_ranks, warm_items
+from training.evaluate import (
+    K,
+    evaluation_batch,
+    evaluation_rows,
+    interaction_counts,
+    ndcg_at_k,
+    rank_of_targets,
+    stage_ranks,
+    warm_items,
+)
 from training.model import BehaviourEncoder, EncoderConfig
-from training.sequences import ItemIndex, Split
-from training.train import TrainConfig, model_scorer, train_encoder
+from training.sequences import ItemIndex, Split, pad_left
+from training.train import TrainConfig, model_scorer, train_encoder, validation_sample
+from training.transitions import standardised
 
 # How many text neighbours a cold item's vector is drawn from, chosen on the
 # validation events of held-out items (docs/experiments.md, Cold-start item vectors).
@@ -41,6 +51,9 @@ EXACT_PAIRS = 2_000_000_000
 # held-out items of two sets (docs/experiments.md, Cold-start item vectors); all
 # items with interactions when fewer than NEIGHBOURS have this many.
 LENDER_MIN_INTERACTIONS = 50
+# How much of their lenders' transition score cold items take, tried in this
+# order on the validation events of the filled model (the earlier on a tie).
+BORROWED_WEIGHTS = (1.0, 0.5, 0.25, 0.0)
 IVF_PROBES = 32
 IVF_TRAIN_PER_LIST = 64
 BOOTSTRAP = 2000  # resamples of the users for the lift's interval
@@ -146,6 +159,51 @@ def fill_cold_items(model: BehaviourEncoder, text: np.ndarray, warm: np.ndarray,
     return len(cold_rows)
 
 
+def choose_borrowed_weight(model: BehaviourEncoder, split: Split, index: ItemIndex) -> float:
+    """Set the model's ``Transitions.borrowed_weight`` to the one of
+    BORROWED_WEIGHTS with the best validation NDCG@10 on ``split`` (the earlier
+    on a tie) and return it. The encoder's scores and the transition scores
+    before lending are worked out once per batch; each weight only relends them
+    and blends (``Transitions.blend``'s arithmetic)."""
+    transitions = getattr(model, "transitions", None)
+    if transitions is None or transitions.borrowers is None or not transitions.weight:
+        return transitions.borrowed_weight if transitions is not None else 1.0
+    variants = [transitions.lending(weight) for weight in BORROWED_WEIGHTS]
+    histories, targets, users = evaluation_rows(split, index, "validation")
+    gains = np.zeros(len(variants))
+    batch = evaluation_batch(len(index))
+    for start in range(0, len(histories), batch):
+        chunk = histories[start:start + batch]
+        seq = pad_left(chunk, model.config.max_len)
+        with torch.inference_mode():
+            encoder = model.logits(model.encode(seq, model.user_rows(users[start:start + batch])),
+                                   model.item_table())
+            encoder[:, 1:] = standardised(encoder[:, 1:])
+        own = transitions.own_scores(seq.numpy())
+        largest = transitions.largest_lent(own)
+        for j, variant in enumerate(variants):
+            scores = variant.blend_standardised(encoder.clone(), seq,
+                                                variant.lent_scores(own, largest))
+            ranks, _ = rank_of_targets(scores.numpy(), np.asarray(targets[start:start + batch]),
+                                       chunk)
+            gains[j] += ndcg_at_k(ranks).sum()
+    model.transitions = variants[int(np.argmax(gains))]
+    return model.transitions.borrowed_weight
+
+
+def cold_items_from_text(model: BehaviourEncoder, text: np.ndarray, split: Split,
+                         index: ItemIndex, config: TrainConfig) -> int:
+    """``fill_cold_items`` for the items without interactions in ``split``'s
+    training events, then ``choose_borrowed_weight`` on the validation users the
+    model's blend was chosen on (``validation_sample``); returns how many items
+    were filled."""
+    filled = fill_cold_items(model, text, warm_items(split, index),
+                             interaction_counts(split, index))
+    if filled:
+        choose_borrowed_weight(model, validation_sample(split, len(index), config), index)
+    return filled
+
+
 def hold_out_items(index: ItemIndex, fraction: float, seed: int) -> set[str]:
     rng = np.random.default_rng(seed)
     n = max(1, int(round(fraction * len(index))))
@@ -247,8 +305,7 @@ def cold_start_draw(histories: list[list[int]], users: list[str], split: Split,
     histories, users = without_items(histories, users, set(index.encode(sorted(held_out))))
     result = train_encoder(histories, fit, index, titles, model_config, train_config,
                            users=users)
-    fill_cold_items(result.model, text, warm_items(fit, index),
-                    interaction_counts(fit, index))
+    cold_items_from_text(result.model, text, fit, index, train_config)
     ranks, _ = stage_ranks(model_scorer(result.model), measure, index, "test")
     return ColdStartDraw(seed=seed, held_out_items=len(held_out), hits=ranks < K,
                          random_rates=random_hit_rates(measure, index),

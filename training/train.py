@@ -247,8 +247,7 @@ def train_encoder(histories: list[list[int]], split: Split, index: ItemIndex, ti
         averaged = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=ema_with_warm_up(config.ema_decay), use_buffers=True)
     generator = torch.Generator().manual_seed(config.seed)
-    watched = split.sample(users_within(config.validation_users, len(index), VALIDATION_CELLS),
-                           config.seed)
+    watched = validation_sample(split, len(index), config)
     history: list[dict[str, float]] = []
     best, best_state, best_epoch, stale = -1.0, None, 0, 0
     stopped_by = "epochs"
@@ -330,6 +329,14 @@ def train_encoder(histories: list[list[int]], split: Split, index: ItemIndex, ti
                        validation=validation, train_seconds=train_seconds,
                        stopped_by=stopped_by,
                        search_seconds=time.perf_counter() - started - train_seconds)
+
+
+def validation_sample(split: Split, n_items: int, config: TrainConfig) -> Split:
+    """The users a model is validated on while it trains and its blend is chosen:
+    a fixed sample (``TrainConfig.validation_users``, fewer on a catalogue too
+    large to score for that many)."""
+    return split.sample(users_within(config.validation_users, n_items, VALIDATION_CELLS),
+                        config.seed)
 
 
 def blend_transitions(model: BehaviourEncoder, transitions: Transitions, split: Split,

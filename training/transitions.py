@@ -84,13 +84,17 @@ class Transitions:
     popularity_weight: float = 0.0
     # Items without training interactions (C,) take their transition scores from
     # the items in ``lenders`` (C, K), their text neighbours (training.cold_start):
-    # the largest of the lenders' scores, and their popularity in the given
-    # ``shares`` (C, K). A mix would spread a lender's score over all of its
-    # text neighbours' so thinly that, next to the peaks of warm items, a new
-    # item never reached a top 10 (docs/experiments.md, Cold items in the blend).
+    # ``borrowed_weight`` times the largest of the lenders' scores, and their
+    # popularity in the given ``shares`` (C, K). A mix would spread a lender's
+    # score over all of its text neighbours' so thinly that, next to the peaks
+    # of warm items, a new item never reached a top 10; the full largest score
+    # lets a catalogue with many cold items fill the top 10 with them, so the
+    # weight is chosen on validation (docs/experiments.md, Cold-start item
+    # vectors).
     borrowers: np.ndarray | None = None
     lenders: np.ndarray | None = None
     shares: np.ndarray | None = None
+    borrowed_weight: float = 1.0
 
     @classmethod
     def count(cls, sequences: list[list[int]], n_items: int, lags: int,
@@ -127,7 +131,8 @@ class Transitions:
     def borrowing(self, borrowers: np.ndarray, lenders: np.ndarray, shares: np.ndarray,
                   ) -> Transitions:
         """Items ``borrowers`` (C,) take their transition scores from ``lenders``
-        (C, K) (the largest) and their popularity from them in ``shares`` (C, K)."""
+        (C, K) (``borrowed_weight`` times the largest) and their popularity from
+        them in ``shares`` (C, K)."""
         popularity = self.popularity
         if popularity is not None:
             popularity = popularity.copy()
@@ -147,15 +152,35 @@ class Transitions:
             begin, end = table.indptr[item], table.indptr[item + 1]
             yield table.indices[begin:end], table.values[begin:end]
 
+    def lending(self, borrowed_weight: float) -> Transitions:
+        return replace(self, borrowed_weight=borrowed_weight)
+
     def scores(self, seq: np.ndarray) -> np.ndarray:
         """(B, T) left-padded item indices -> (B, N + 1) transition scores."""
+        return self.lent_scores(self.own_scores(seq))
+
+    def own_scores(self, seq: np.ndarray) -> np.ndarray:
+        """``scores`` before the borrowers take their lenders' (their own: 0)."""
         out = np.zeros((len(seq), self.n_items + 1), dtype=np.float32)
         for row, history in enumerate(seq):
             for columns, values in self._rows(history):
                 out[row, columns] += values
-        if self.borrowers is not None:
-            out[:, self.borrowers] = out[:, self.lenders].max(axis=2)
         return out
+
+    def lent_scores(self, own: np.ndarray, largest: np.ndarray | None = None) -> np.ndarray:
+        """``own_scores`` -> ``scores``: a copy with the borrowers' columns set
+        from their lenders' (``largest``: ``largest_lent(own)`` when already
+        worked out)."""
+        out = own.copy()
+        if self.borrowers is not None:
+            out[:, self.borrowers] = self.borrowed_weight * (
+                self.largest_lent(own) if largest is None else largest)
+        return out
+
+    def largest_lent(self, own: np.ndarray) -> np.ndarray:
+        """(B, C) the largest of each borrower's lenders' ``own_scores``."""
+        # gathered from the transpose, whose rows (items) are contiguous
+        return np.ascontiguousarray(own.T)[self.lenders].max(axis=1).T
 
     def sparse_scores(self, history: np.ndarray) -> SparseScores:
         """The transition scores of one (T,) left-padded history, as ``scores``
@@ -173,8 +198,9 @@ class Transitions:
         return SparseScores(items[keep].astype(np.int64), summed[keep], self.n_items)
 
     def _lent(self, items: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The borrowers' scores (the largest of their lenders') in place of their
-        own, as ``scores`` sets them, for the sparse ``items``' (positive) ``values``."""
+        """The borrowers' scores (``borrowed_weight`` times the largest of their
+        lenders') in place of their own, as ``scores`` sets them, for the sparse
+        ``items``' (positive) ``values``."""
         indptr, borrowers, is_borrower = self.lent
         own = ~is_borrower[items]
         items, values = items[own], values[own]
@@ -188,7 +214,8 @@ class Transitions:
         merged, where = np.unique(np.concatenate([items, borrowers[picks]]),
                                   return_inverse=True)
         largest = np.zeros(len(merged))  # every value is positive
-        np.maximum.at(largest, where, np.concatenate([values, np.repeat(values, lengths)]))
+        np.maximum.at(largest, where, np.concatenate(
+            [values, self.borrowed_weight * np.repeat(values, lengths)]))
         return merged, largest
 
     @cached_property
@@ -205,17 +232,25 @@ class Transitions:
         np.add.at(indptr, lenders + 1, 1)
         return np.cumsum(indptr), borrowers[order].astype(np.int64), is_borrower
 
-    def blend(self, scores: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+    def blend(self, scores: torch.Tensor, seq: torch.Tensor,
+              follow: np.ndarray | None = None) -> torch.Tensor:
         """The encoder's (B, N + 1) ``scores`` for the (B, T) histories ``seq``,
         blended: z(scores) + weight * z(transition scores) + popularity_weight *
         z(popularity) over the catalogue (column 0, padding, is kept as it was).
-        The encoder's scores as they are when both weights are 0."""
+        The encoder's scores as they are when both weights are 0. ``follow``:
+        the transition scores when already worked out (``scores(seq)``)."""
         if not self.blending:
             return scores
         out = scores.clone()
         out[:, 1:] = standardised(scores[:, 1:])
+        return self.blend_standardised(out, seq, follow)
+
+    def blend_standardised(self, out: torch.Tensor, seq: torch.Tensor,
+                           follow: np.ndarray | None = None) -> torch.Tensor:
+        """``blend`` of encoder scores already standardised (``out``, changed in
+        place and returned), for trying several blends of one encoder pass."""
         if self.weight:
-            extra = torch.from_numpy(self.scores(seq.numpy()))
+            extra = torch.from_numpy(self.scores(seq.numpy()) if follow is None else follow)
             out[:, 1:] += self.weight * standardised(extra[:, 1:])
         if self.popularity_weight:
             out[:, 1:] += self.popularity_weight * self.standardised_popularity

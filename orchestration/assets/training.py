@@ -25,14 +25,13 @@ from infra.fingerprint import file_sha256, tree_sha256
 from orchestration.offline import read_validated_events
 from orchestration.resources import FeatureStoreResource, MlflowResource, RecsysState
 from training import ann, registry
-from training.cold_start import evaluate_cold_start, fill_cold_items
+from training.cold_start import cold_items_from_text, evaluate_cold_start
 from training.evaluate import (
     ease_baseline,
     evaluate,
     evaluated_users,
     interaction_counts,
     popularity_scorer,
-    warm_items,
 )
 from training.model import EncoderConfig
 from training.query import evaluate_query, genre_query, model_blends
@@ -183,8 +182,8 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
             on_epoch=lambda e, m: context.log.info(f"epoch {e}: {m}"), users=users)
     # Items without training interactions get their vector from their text.
     content = item_text_table(settings, index)
-    cold_filled = fill_cold_items(result.model, content, warm_items(split, index),
-                                  interaction_counts(split, index))
+    cold_filled = cold_items_from_text(result.model, content, split, index,
+                                       train_config)
     query_started = time.perf_counter()
     query_blend, query_metrics = _query_evaluation(mlflow.tracking_uri, result.model, split,
                                                    index, items, content)

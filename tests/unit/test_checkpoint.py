@@ -19,7 +19,8 @@ def small_model() -> BehaviourEncoder:
     model = BehaviourEncoder(config, ITEMS, [f"Title {i}" for i in ITEMS], ["u1", "u2"]).eval()
     counts = Transitions.count([[1, 2, 3], [2, 3, 4], [1, 5]], n_items=6, lags=2)
     model.transitions = counts.weighted(0.2, 0.1).borrowing(
-        np.array([6]), np.array([[1, 2]]), np.array([[0.5, 0.5]], dtype=np.float32))
+        np.array([6]), np.array([[1, 2]]), np.array([[0.5, 0.5]], dtype=np.float32),
+    ).lending(0.25)
     return model
 
 
@@ -38,4 +39,5 @@ def test_saved_model_scores_exactly_as_the_trained_one(tmp_path):
     assert load_model(save_model(loaded, tmp_path / "again")).user_rows(["u2"]).tolist() == [2]
     assert loaded.transitions.weight == 0.2 and loaded.transitions.popularity_weight == 0.1
     assert loaded.transitions.borrowers.tolist() == [6]
+    assert loaded.transitions.borrowed_weight == 0.25
     assert not loaded.training

@@ -101,6 +101,43 @@ def test_a_cold_item_borrows_its_text_neighbours_transitions():
         (shares[0] + shares[1]) * np.log(4) + (shares[2] + shares[3]) * np.log(2), rel=1e-5)
 
 
+def test_the_share_of_the_borrowed_transition_score_is_chosen_on_validation():
+    """Item 1 was always followed by item 2, and cold item 5 borrows item 2's
+    score (its text is item 2's). Every item has the same vector, so the blend
+    is the transitions'. When the validation users who read item 1 went on to
+    item 2, item 5's whole borrowed score ties item 2 and costs it the first
+    place: half of it is the first weight that does not. When they went on to
+    item 5, only no borrowed score at all loses it its place: the whole score is kept."""
+    from training.cold_start import BORROWED_WEIGHTS, choose_borrowed_weight
+    from training.sequences import pad_left
+    from training.transitions import Transitions
+
+    index = ItemIndex(list("abcde"))
+    a, b = np.eye(2)
+    text = np.stack([np.zeros(2), a, b, a, a, b]).astype(np.float32)
+    chosen = {}
+    for went_on_to in ("b", "e"):
+        model = BehaviourEncoder(EncoderConfig(n_items=5, hidden=4), list("abcde"),
+                                 list("ABCDE"))
+        with torch.no_grad():
+            model.item_embedding.weight[1:] = torch.tensor([1.0, -0.5, 0.25, 2.0])
+        model.transitions = Transitions.count([[1, 2]] * 3 + [[4, 3]], n_items=5,
+                                              lags=1).weighted(1.0)
+        assert fill_cold_items(model, text, warm=np.array([1, 2, 3, 4])) == 1
+        assert model.transitions.borrowed_weight == 1.0
+        with torch.no_grad():  # item 5's vector too, to the last bit
+            model.item_embedding.weight[5] = model.item_embedding.weight[1]
+        split = Split(train={f"u{k}": ["a"] for k in range(4)},
+                      validation={f"u{k}": went_on_to for k in range(4)},
+                      test={f"u{k}": "c" for k in range(4)})
+        chosen[went_on_to] = choose_borrowed_weight(model, split, index)
+        assert model.transitions.borrowed_weight == chosen[went_on_to]
+        after_1 = model.transitions.scores(pad_left([[1]], 3).numpy())[0]
+        assert after_1[5] == pytest.approx(chosen[went_on_to] * np.log(4), rel=1e-5)
+    assert chosen == {"b": 0.5, "e": 1.0}
+    assert BORROWED_WEIGHTS[:2] == (1.0, 0.5)
+
+
 def test_held_out_items_leave_training_but_stay_in_the_catalogue():
     index = ItemIndex([f"i{k}" for k in range(20)])
     held = hold_out_items(index, 0.1, seed=3)

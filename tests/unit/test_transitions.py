@@ -114,9 +114,10 @@ def test_sparse_scores_equal_the_dense_ones_with_borrowers_and_their_moments():
     borrowers = np.arange(41, 61)
     lenders = rng.integers(1, 41, size=(20, 4))
     shares = rng.dirichlet(np.ones(4), size=20).astype(np.float32)
-    for transitions in (Transitions.count(sequences, n_items, lags=3),
-                        Transitions.count(sequences, n_items, lags=3).borrowing(
-                            borrowers, lenders, shares)):
+    borrowing = Transitions.count(sequences, n_items, lags=3).borrowing(
+        borrowers, lenders, shares)
+    for transitions in (Transitions.count(sequences, n_items, lags=3), borrowing,
+                        borrowing.lending(0.5), borrowing.lending(0.0)):
         for history in ([], [5], [7, 3, 9], rng.integers(1, 61, size=8).tolist()):
             seq = pad_left([history], 10).numpy()
             dense = transitions.scores(seq)[0, 1:].astype(np.float64)
@@ -129,8 +130,15 @@ def test_sparse_scores_equal_the_dense_ones_with_borrowers_and_their_moments():
             assert (mean, spread) == pytest.approx((dense.mean(), dense.std()), abs=1e-5)
             picked = np.array([1, 5, 41, 60])
             assert sparse.at(picked) == pytest.approx(dense[picked - 1], abs=1e-5)
-    # The borrowed path was exercised: cold items got scores from their lenders.
-    assert np.isin(sparse.items, borrowers).sum() >= 5
+    # The borrowed path was exercised: cold items got scores from their lenders,
+    # the weight's share of them, and none at weight 0.
+    seq = pad_left([rng.integers(1, 41, size=8).tolist()], 10).numpy()
+    whole = borrowing.sparse_scores(seq[0])
+    assert np.isin(whole.items, borrowers).sum() >= 5
+    half = borrowing.lending(0.5).sparse_scores(seq[0])
+    assert half.at(borrowers) == pytest.approx(0.5 * whole.at(borrowers))
+    assert half.at(np.arange(1, 41)) == pytest.approx(whole.at(np.arange(1, 41)))
+    assert not np.isin(borrowing.lending(0.0).sparse_scores(seq[0]).items, borrowers).any()
 
 
 def test_the_weight_search_ranks_equal_a_full_pass_per_pair_ties_and_exclusions_included():
