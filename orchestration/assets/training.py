@@ -249,6 +249,8 @@ def _test_metrics(result, split, index: ItemIndex) -> dict[str, float]:
         # validation (0: none).
         "transition_weight": getattr(result.model.transitions, "weight", 0.0),
         "popularity_weight": getattr(result.model.transitions, "popularity_weight", 0.0),
+        # how much of their text neighbours' transition score cold items take
+        "borrowed_transition_weight": getattr(result.model.transitions, "borrowed_weight", 1.0),
     }
 
 

@@ -133,6 +133,7 @@ def test_champion_registered_and_beats_popularity(pipeline):
     assert len(served.transitions.lags) == int(run.data.params["transition_lags"]) == 3
     assert m["transition_weight"] == served.transitions.weight
     assert m["popularity_weight"] == served.transitions.popularity_weight
+    assert m["borrowed_transition_weight"] == served.transitions.borrowed_weight
     assert run.data.params["random_tiling"] == "True"
     info = mlflow.models.get_model_info(f"models:/{registry.MODEL_NAME}/{champion}")
     # The pyfunc's signature is inferred from its input example: histories of item ids.
