@@ -157,7 +157,8 @@ class Transitions:
 
     def scores(self, seq: np.ndarray) -> np.ndarray:
         """(B, T) left-padded item indices -> (B, N + 1) transition scores."""
-        return self.lent_scores(self.own_scores(seq))
+        own = self.own_scores(seq)
+        return own if self.borrowers is None else self.lent_scores(own)
 
     def own_scores(self, seq: np.ndarray) -> np.ndarray:
         """``scores`` before the borrowers take their lenders' (their own: 0)."""
@@ -172,7 +173,11 @@ class Transitions:
         from their lenders' (``largest``: ``largest_lent(own)`` when already
         worked out)."""
         out = own.copy()
-        if self.borrowers is not None:
+        if self.borrowers is None:
+            return out
+        if not self.borrowed_weight:
+            out[:, self.borrowers] = 0.0
+        else:
             out[:, self.borrowers] = self.borrowed_weight * (
                 self.largest_lent(own) if largest is None else largest)
         return out
@@ -205,7 +210,7 @@ class Transitions:
         own = ~is_borrower[items]
         items, values = items[own], values[own]
         begin, end = indptr[items], indptr[items + 1]
-        if not (end > begin).any():
+        if not self.borrowed_weight or not (end > begin).any():
             return items, values
         # every lender's range of borrowers, gathered by index (no loop over items)
         lengths = end - begin
