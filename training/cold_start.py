@@ -176,8 +176,7 @@ def choose_borrowed_weight(model: BehaviourEncoder, split: Split, index: ItemInd
         chunk = histories[start:start + batch]
         seq = pad_left(chunk, model.config.max_len)
         with torch.inference_mode():
-            encoder = model.logits(model.encode(seq, model.user_rows(users[start:start + batch])),
-                                   model.item_table())
+            encoder = model.encoder_scores(seq, model.user_rows(users[start:start + batch]))
             encoder[:, 1:] = standardised(encoder[:, 1:])
         own = transitions.own_scores(seq.numpy())
         largest = transitions.largest_lent(own)

@@ -209,10 +209,15 @@ class BehaviourEncoder(nn.Module):
         transitions = self.transitions
         return scores if transitions is None else transitions.blend(scores, seq)
 
+    def encoder_scores(self, seq: torch.Tensor, users: torch.Tensor | None = None,
+                       ) -> torch.Tensor:
+        """(B, T) [, (B,) ``user_rows``] -> (B, N + 1) the encoder's own ``logits``
+        over the catalogue, before any blend."""
+        return self.logits(self.encode(seq, users), self.item_table())
+
     def score(self, seq: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) [, (B,) ``user_rows``] -> (B, N + 1) scores over the catalogue;
         padding scores -inf."""
-        scores = self.blend_transitions(self.logits(self.encode(seq, users), self.item_table()),
-                                        seq)
+        scores = self.blend_transitions(self.encoder_scores(seq, users), seq)
         scores[:, PAD] = float("-inf")
         return scores

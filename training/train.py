@@ -361,9 +361,8 @@ def blend_transitions(model: BehaviourEncoder, transitions: Transitions, split: 
         chunk = histories[start:start + batch]
         seq = pad_left(chunk, model.config.max_len)
         with torch.inference_mode():
-            encoder = standardised(model.logits(
-                model.encode(seq, model.user_rows(users[start:start + batch])),
-                model.item_table())[:, 1:])
+            encoder = standardised(model.encoder_scores(
+                seq, model.user_rows(users[start:start + batch]))[:, 1:])
             follow = standardised(torch.from_numpy(transitions.scores(seq.numpy()))[:, 1:])
         ranks = _blended_ranks(encoder, follow, popularity,
                                torch.as_tensor(targets[start:start + batch]) - 1, chunk, pairs)

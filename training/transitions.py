@@ -237,23 +237,22 @@ class Transitions:
         np.add.at(indptr, lenders + 1, 1)
         return np.cumsum(indptr), borrowers[order].astype(np.int64), is_borrower
 
-    def blend(self, scores: torch.Tensor, seq: torch.Tensor,
-              follow: np.ndarray | None = None) -> torch.Tensor:
+    def blend(self, scores: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
         """The encoder's (B, N + 1) ``scores`` for the (B, T) histories ``seq``,
         blended: z(scores) + weight * z(transition scores) + popularity_weight *
         z(popularity) over the catalogue (column 0, padding, is kept as it was).
-        The encoder's scores as they are when both weights are 0. ``follow``:
-        the transition scores when already worked out (``scores(seq)``)."""
+        The encoder's scores as they are when both weights are 0."""
         if not self.blending:
             return scores
         out = scores.clone()
         out[:, 1:] = standardised(scores[:, 1:])
-        return self.blend_standardised(out, seq, follow)
+        return self.blend_standardised(out, seq)
 
     def blend_standardised(self, out: torch.Tensor, seq: torch.Tensor,
                            follow: np.ndarray | None = None) -> torch.Tensor:
         """``blend`` of encoder scores already standardised (``out``, changed in
-        place and returned), for trying several blends of one encoder pass."""
+        place and returned), for trying several blends of one encoder pass;
+        ``follow``: the transition scores when already worked out (``scores(seq)``)."""
         if self.weight:
             extra = torch.from_numpy(self.scores(seq.numpy()) if follow is None else follow)
             out[:, 1:] += self.weight * standardised(extra[:, 1:])

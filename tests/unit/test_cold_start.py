@@ -104,10 +104,11 @@ def test_a_cold_item_borrows_its_text_neighbours_transitions():
 def test_the_share_of_the_borrowed_transition_score_is_chosen_on_validation():
     """Item 1 was always followed by item 2, and cold item 5 borrows item 2's
     score (its text is item 2's). Every item's vector is 0, so the encoder
-    scores every item exactly 0 and the blend is the transitions'. When the validation users who read item 1 went on to
-    item 2, item 5's whole borrowed score ties item 2 and costs it the first
-    place: half of it is the first weight that does not. When they went on to
-    item 5, only no borrowed score at all loses it its place: the whole score is kept."""
+    scores every item exactly 0 and the blend is the transitions'. When the
+    validation users who read item 1 went on to item 2, item 5's whole borrowed
+    score ties item 2 and costs it the first place: half of it is the first
+    weight that does not. When they went on to item 5, only no borrowed score at
+    all loses it its place: the whole score is kept."""
     from training.cold_start import BORROWED_WEIGHTS, choose_borrowed_weight
     from training.sequences import pad_left
     from training.transitions import Transitions
