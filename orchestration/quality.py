@@ -68,14 +68,19 @@ def event_keys(frame: pd.DataFrame) -> np.ndarray:
     return pd.util.hash_pandas_object(frame[KEY_COLUMNS], index=False).to_numpy()
 
 
-def _prepare(raw: pd.DataFrame, catalogue_ids: set[str], seen: SeenKeys) -> pd.DataFrame:
-    frame = raw[["user_id", "item_id", "event_type"]].apply(lambda s: s.str.strip())
-    frame["parse_error"] = raw["parse_error"]
-    frame["ts_seconds"] = parse_timestamps(raw["timestamp"])
+def _prepare(raw: pd.DataFrame, catalogue: pd.Index, seen: SeenKeys) -> pd.DataFrame:
+    ids = {c: raw[c].str.strip() for c in ("user_id", "item_id", "event_type")}
     rating_text = raw["rating"].astype("string").str.strip().replace("", pd.NA)
-    frame["rating_value"] = pd.to_numeric(rating_text, errors="coerce")
-    frame["rating_is_number"] = rating_text.isna() | frame["rating_value"].notna()
-    frame["item_known"] = frame["item_id"].isin(catalogue_ids)
+    rating_value = pd.to_numeric(rating_text, errors="coerce")
+    frame = pd.DataFrame({
+        **ids,
+        "parse_error": raw["parse_error"],
+        "ts_seconds": parse_timestamps(raw["timestamp"]),
+        "rating_value": rating_value,
+        "rating_is_number": rating_text.isna() | rating_value.notna(),
+        # The catalogue's hash table is built once per validator, not per chunk.
+        "item_known": catalogue.get_indexer(ids["item_id"]) >= 0,
+    })
     keys = event_keys(frame)
     frame["event_key"] = keys
     # Only an event whose time is known can repeat an earlier one.
@@ -127,7 +132,7 @@ class EventValidator:
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         logging.getLogger("great_expectations").setLevel(logging.ERROR)
-        self.catalogue_ids = catalogue_ids
+        self.catalogue = pd.Index(list(set(catalogue_ids)), dtype=object)
         self.docs_index = docs_dir / "index.html"
         now = time.time() if now is None else now
         context = gx.get_context(mode="file", project_root_dir=str(gx_root))
@@ -189,7 +194,7 @@ class EventValidator:
         if raw.empty:
             raise ValueError("raw_events has no rows: nothing to validate")
         raw = raw.reset_index(drop=True)
-        frame = _prepare(raw, self.catalogue_ids, seen)
+        frame = _prepare(raw, self.catalogue, seen)
         reasons, success_percent = self._failing_rows(frame)
         seen.add(frame["event_key"].to_numpy())
         bad = np.zeros(len(raw), dtype=bool)
