@@ -45,7 +45,8 @@ class CanonicalSource(Source):
         _check_columns(path, header)
         # An empty field is a missing value, as in every CSV reader.
         return LineFormat(split=lambda line: _empty_to_none(csv_split(line)),
-                          columns=tuple(header), header=True)
+                          columns=tuple(header), header=True, delimiter=",",
+                          empty_is_missing=True)
 
     def appendable(self, path: Path) -> bool:
         return path.suffix != ".parquet"

@@ -24,10 +24,10 @@ NUMERIC_ID = r"^[0-9]{1,10}$"
 RATING_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 
 
-def ratings_format(split, encoding: str, header: bool = False) -> LineFormat:
+def ratings_format(split, delimiter: str, encoding: str, header: bool = False) -> LineFormat:
     """A MovieLens ratings file: user, item, rating, timestamp; every line a rating."""
     return LineFormat(split=split, columns=RATING_COLUMNS, encoding=encoding, header=header,
-                      constants={"event_type": "rating"})
+                      constants={"event_type": "rating"}, delimiter=delimiter)
 
 
 def _tab_split(line: str) -> list[str]:
@@ -41,7 +41,7 @@ def _colons_split(line: str) -> list[str]:
 @dataclass(frozen=True)
 class MovieLens100K(Source):
     def line_format(self, path: Path) -> LineFormat:
-        return ratings_format(_tab_split, "latin-1")
+        return ratings_format(_tab_split, "\t", "latin-1")
 
     def items(self) -> pd.DataFrame:
         (path,) = self.item_files
@@ -64,7 +64,7 @@ class MovieLens1M(Source):
     (``MovieID::Title::Genres``, genres ``|``-separated), latin-1."""
 
     def line_format(self, path: Path) -> LineFormat:
-        return ratings_format(_colons_split, "latin-1")
+        return ratings_format(_colons_split, "::", "latin-1")
 
     def items(self) -> pd.DataFrame:
         (path,) = self.item_files
@@ -81,7 +81,7 @@ class MovieLensLatest(Source):
     UTF-8 with a header row; tags become the item description."""
 
     def line_format(self, path: Path) -> LineFormat:
-        return ratings_format(csv_split, "utf-8", header=True)
+        return ratings_format(csv_split, ",", "utf-8", header=True)
 
     def items(self) -> pd.DataFrame:
         movies = self.item_files[0]

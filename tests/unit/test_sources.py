@@ -165,3 +165,45 @@ def test_movielens_100k_malformed_line(ml100k_dir):
     rows = detect_source(ml100k_dir).events().to_dict("records")
     assert rows[-1]["parse_error"] == "line has 2 fields, expected 4"
     assert rows[-1]["user_id"] == "5" and rows[-1]["timestamp"] is None
+
+
+@pytest.mark.parametrize("name, header, delimiter, lines", [
+    ("events.csv", b"user_id,item_id,event_type,timestamp,rating\n",
+     b",", [b"u1,a1,view,1600000000,", b"u1,a1,view,16,,extra", b"", b"\r", b"u\xe9,a1,c,1,2",
+            b'"u3","a,1","click","2020-09-13T12:26:40Z",""', b",,,,", b"u4,a2,view,17,4\r"]),
+    ("u.data", b"", b"\t", [b"196\t1\t3\t881250949", b"5\t1", b"", b"7\t\t\t", b'"8"\t1\t3\t9',
+                           b"9\t2\t5\t891717742\r"]),
+])
+def test_blocks_of_plain_lines_are_cut_as_their_lines_are(tmp_path, monkeypatch, name, header,
+                                                          delimiter, lines):
+    """The reader's Arrow path over whole blocks gives every row the per-line
+    ``split`` gives it (quotes, empty fields, short and long lines, a stray
+    carriage return), across block and chunk boundaries."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from orchestration.sources import base
+
+    (tmp_path / "items.csv").write_text("item_id,title\na1,First\n")
+    if name == "u.data":
+        (tmp_path / "u.item").write_bytes(U_ITEM.encode("latin-1"))
+    rng = np.random.default_rng(0)
+    body = [lines[i] for i in rng.integers(0, len(lines), 400)]
+    (tmp_path / name).write_bytes(header + b"\n".join(body) + b"\n")
+    source = detect_source(tmp_path)
+    path = source.event_files[0]
+    fmt = source.line_format(path)
+    assert fmt.delimiter == delimiter.decode()
+    monkeypatch.setattr(base, "BLOCK_BYTES", 97)
+    blocks = list(base.read_line_chunks(path, fmt, chunk_rows=64))
+    lines_only = list(base.read_line_chunks(path, replace(fmt, delimiter=None), chunk_rows=64))
+    assert [len(c) for c in blocks] == [64] * 6 + [16]
+    got = [r for c in blocks for r in c.to_dict("records")]
+    assert got == [r for c in lines_only for r in c.to_dict("records")]
+    assert [r["source_row"] for r in got] == list(range(1, 401))
+    first = body.index(lines[0])
+    want = (["u1", "a1", "view", "1600000000", None] if name == "events.csv"
+            else ["196", "1", "3", "881250949"])
+    assert [got[first][c] for c in fmt.columns] == want
+    assert got[body.index(b"")]["parse_error"] == f"line has 0 fields, expected {len(want)}"
