@@ -7,6 +7,8 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from dagster import (
     AssetExecutionContext,
@@ -147,15 +149,17 @@ def logged_recipe(params: dict[str, str]) -> EncoderTraining:
 
 def item_text_table(settings, index: ItemIndex) -> np.ndarray:
     """(N + 1, T) text embeddings by model index from the offline ``item_content``
-    table; zero rows for padding and for items without one."""
-    content = pd.read_parquet(settings.offline_dir / ITEM_CONTENT_FILE,
-                              columns=["item_id", "text_embedding"])
-    vectors = dict(zip(content["item_id"], content["text_embedding"], strict=True))
-    dim = len(next(iter(vectors.values())))
+    table; zero rows for padding and for items without one. Read as one Arrow
+    column into the table: a million items' vectors as Python objects would
+    hold several GB during training."""
+    content = pq.read_table(settings.offline_dir / ITEM_CONTENT_FILE,
+                            columns=["item_id", "text_embedding"])
+    embeddings = content["text_embedding"].combine_chunks()
+    dim = len(embeddings[0])
+    vectors = pc.list_flatten(embeddings).to_numpy().reshape(len(content), dim)
+    rows = np.array([index.index.get(item, -1) for item in content["item_id"].to_pylist()])
     table = np.zeros((len(index) + 1, dim), dtype=np.float32)
-    for item, row in index.index.items():
-        if item in vectors:
-            table[row] = vectors[item]
+    table[rows[rows >= 0]] = vectors[rows >= 0]
     return table
 
 
