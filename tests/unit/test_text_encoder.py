@@ -76,6 +76,20 @@ def test_the_traced_encoder_is_the_eager_one_at_every_length(precision):
         np.testing.assert_allclose(traced.encode(texts, batch_size=4), alone, atol=1e-5)
 
 
+def test_token_ids_are_the_tokenizers_own(encoders):
+    """The Rust backend called directly gives each text the ids the Hugging Face
+    tokenizer gives it: special tokens, truncation at 128, an empty text."""
+    from training.text_encoder import MAX_TOKENS
+
+    encoder = encoders["float32"]
+    texts = TEXTS + ["", "Ça va? Crème brûlée, naïve café.", "word " * 300]
+    ids, lengths = encoder.token_ids(texts)
+    want = encoder.tokenizer(texts, truncation=True, max_length=MAX_TOKENS)["input_ids"]
+    assert lengths.tolist() == [len(w) for w in want] and lengths[-1] == MAX_TOKENS
+    assert ids.tolist() == [i for w in want for i in w]
+    assert encoder.encode([]).shape == (0, encoder.dim)
+
+
 def test_a_traced_bfloat16_encoder_is_refused():
     with pytest.raises(ValueError, match="traced"):
         TextEncoder(precision="bfloat16", traced=True)
