@@ -87,6 +87,15 @@ def test_seen_keys_finds_exactly_the_keys_added():
     seen = SeenKeys(np.array([5, 1, 9], dtype=np.uint64))
     seen.add(np.array([9, 3, 3, 2**64 - 1], dtype=np.uint64))
     assert len(seen) == 5
-    probe = np.array([0, 1, 2, 3, 5, 9, 10, 2**64 - 1], dtype=np.uint64)
-    assert seen.contains(probe).tolist() == [False, True, False, True, True, True, False, True]
+    probe = np.array([10, 1, 2**64 - 1, 3, 0, 9, 5, 2, 1], dtype=np.uint64)
+    assert seen.contains(probe).tolist() == [False, True, True, True, False, True, True, False,
+                                             True]
     assert not SeenKeys().contains(probe).any()
+    rng = np.random.default_rng(0)
+    first, second = rng.integers(0, 1000, (2, 300), dtype=np.uint64)
+    many = SeenKeys(first)
+    many.add(second)
+    added = np.union1d(first, second)
+    probe = rng.integers(0, 1000, 500, dtype=np.uint64)
+    assert len(many) == len(added)
+    assert (many.contains(probe) == np.isin(probe, added)).all()
