@@ -15,7 +15,7 @@ import mlflow.pyfunc
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model
+from mlflow.models import Model, infer_signature
 
 from infra.fingerprint import tree_sha256
 from training.checkpoint import NO_PICKLES, ModelFormatError, load_model, save_model
@@ -38,6 +38,11 @@ QUERY_BLEND_DOCUMENT = "query_blend.json"
 TRAINED_UNTIL_TAG = "training_events_until"
 # The pyfunc's code file ("models from code": MLflow stores the file, no pickle).
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+# What the pyfunc takes and answers, stated: given only an input example, MLflow
+# loads the whole model twice while logging it (to infer this, then to check the
+# example serves), which at a million items costs minutes and GBs.
+PYFUNC_SIGNATURE = infer_signature(pd.DataFrame({"item_ids": [["i1", "i2"]]}),
+                                   pd.DataFrame({"item_ids": [["i3"]], "scores": [[0.5]]}))
 TEXT_PYFUNC_CODE = Path(__file__).with_name("pyfunc_text_model.py")
 ENCODER_ARTIFACT = "encoder"  # the pyfunc artifact holding training.checkpoint's files
 TEXT_MODEL_NAME = "item_text_encoder"  # the pretrained item text encoder
@@ -119,11 +124,10 @@ def log_and_register(tracking_uri: str, artifact_location: str | None,
             mlflow.log_dict(document, name)
         with tempfile.TemporaryDirectory() as scratch:
             encoder_dir = save_model(model, Path(scratch) / ENCODER_ARTIFACT)
-            example = pd.DataFrame({"item_ids": [model.item_ids[:3]]})
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(PYFUNC_CODE),
                 artifacts={ENCODER_ARTIFACT: str(encoder_dir)},
-                registered_model_name=MODEL_NAME, input_example=example,
+                registered_model_name=MODEL_NAME, signature=PYFUNC_SIGNATURE,
                 # faiss: training.checkpoint reads a large catalogue's item index
                 pip_requirements=["torch==2.13.0", "transformers==5.23.0", "safetensors==0.8.0",
                                   "faiss-cpu==1.15.1"],

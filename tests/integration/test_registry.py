@@ -22,17 +22,27 @@ class Planted:
         return (open, (str(self.marker), "w"))
 
 
-def test_a_pickle_planted_in_the_registry_is_rejected_and_never_runs(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    artifacts = (tmp_path / "artifacts").as_uri()
-    registered = registry.log_and_register(
-        uri, artifacts, small_model(), {"purpose": "test"}, [], {"ndcg_at_10": 0.5}, {})
-    served = registry.load_version(uri, registered.version)
-    assert served.item_ids == ITEMS
-    # The pyfunc wrapper for the UI and `mlflow models serve` answers its input example.
+def test_a_pickle_planted_in_the_registry_is_rejected_and_never_runs(tmp_path, monkeypatch):
     import mlflow.pyfunc
 
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}/{registered.version}")
+    from training import checkpoint
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    artifacts = (tmp_path / "artifacts").as_uri()
+    loads = []
+    load = checkpoint.load_model
+    monkeypatch.setattr(checkpoint, "load_model", lambda *a, **k: loads.append(a) or load(*a, **k))
+    registered = registry.log_and_register(
+        uri, artifacts, small_model(), {"purpose": "test"}, [], {"ndcg_at_10": 0.5}, {})
+    # Logging states the pyfunc's signature: MLflow loads no copy of the model.
+    assert loads == []
+    model_uri = f"models:/{registry.MODEL_NAME}/{registered.version}"
+    assert mlflow.models.get_model_info(model_uri).signature == registry.PYFUNC_SIGNATURE
+    served = registry.load_version(uri, registered.version)
+    assert served.item_ids == ITEMS
+    # The pyfunc wrapper for the UI and `mlflow models serve` answers a history.
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    assert len(loads) == 1
     top = pyfunc.predict(pd.DataFrame({"item_ids": [["i1", "i2"]]}))
     assert len(top["item_ids"][0]) == 4 and not {"i1", "i2"} & set(top["item_ids"][0])
 
