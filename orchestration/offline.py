@@ -21,6 +21,8 @@ VALIDATED_SCHEMA = pa.schema([
     ("event_timestamp", pa.timestamp("us", tz="UTC")), ("rating", pa.float64()),
     ("source_file", pa.string()), ("source_row", pa.int64()), ("event_key", pa.uint64()),
 ])
+# A validated event's own fields, without where it was read and its key.
+EVENT_FIELDS = ["user_id", "item_id", "event_type", "event_timestamp", "rating"]
 
 
 class PartWriter:

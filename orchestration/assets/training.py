@@ -24,7 +24,7 @@ from feature_repo.recent_items import feature_times
 from feature_repo.store import historical_features
 from infra.engine import engine
 from infra.fingerprint import file_sha256, tree_sha256
-from orchestration.offline import read_validated_events
+from orchestration.offline import EVENT_FIELDS, read_validated_events
 from orchestration.resources import FeatureStoreResource, MlflowResource, RecsysState
 from training import ann, registry
 from training.cold_start import cold_items_from_text, evaluate_cold_start
@@ -170,7 +170,7 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
     registered in MLflow as a new version with alias ``challenger``."""
     started = time.time()
     settings = state.settings()
-    events = read_validated_events(settings)
+    events = read_validated_events(settings, columns=EVENT_FIELDS)
     items = pd.read_parquet(settings.items_path)
     frame = pd.read_parquet(settings.training_set_path)
     index = ItemIndex(items["item_id"].tolist())
@@ -221,8 +221,7 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
             registry.EVENT_RULES_DOCUMENT:
             state.open_source().rules(settings.future_tolerance_s,
                                      settings.pseudonymise).to_dict()},
-        inputs=[(events.drop(columns=["source_file", "source_row", "event_key"]),
-                 "validated_events", str(settings.validated_events_dir), "training")],
+        inputs=[(events, "validated_events", str(settings.validated_events_dir), "training")],
         started_at=started)
     return MaterializeResult(metadata={
         "version": registered.version, "run_id": registered.run_id,
