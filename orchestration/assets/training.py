@@ -208,6 +208,9 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
                      f"{len(result.history)} ({result.train_seconds:.0f} s; budget "
                      f"{train_config.max_seconds:.0f} s); blend search and validation "
                      f"{result.search_seconds:.0f} s")
+    # Released before the index build and registration, which add the serialised
+    # model on top: at a million items and users these hold GBs.
+    del frame, histories, users, split, content
     if len(index) >= settings.ann_min_items:
         # The two-stage path's item index, cold items' vectors included, is built
         # once here and registered with the weights (training.ann).
