@@ -68,3 +68,24 @@ def test_an_unreachable_registry_is_an_error_not_a_missing_champion(tmp_path, mo
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     with pytest.raises(MlflowException, match="failed with exception"):
         registry.alias_version(f"http://127.0.0.1:{free_port()}", "champion")
+
+
+def test_the_logged_dataset_is_mlflows_own_without_its_pass_over_every_value():
+    """Digest and schema equal ``mlflow.data.from_pandas``'s on a frame longer
+    than the rows the digest reads, whose only missing value is past them."""
+    import mlflow.data
+    import numpy as np
+    from mlflow.data.digest_utils import MAX_ROWS
+
+    n = MAX_ROWS + 50
+    frame = pd.DataFrame({
+        "user_id": [f"u{i % 97}" for i in range(n)], "item_id": [f"i{i % 31}" for i in range(n)],
+        "event_type": ["view"] * n,
+        "event_timestamp": pd.to_datetime(np.arange(n), unit="s", utc=True),
+        "rating": np.where(np.arange(n) == n - 3, np.nan, 4.0)})
+    ours = registry.logged_dataset(frame, "/data/events", "validated_events")
+    theirs = mlflow.data.from_pandas(frame, source="/data/events", name="validated_events")
+    assert ours.digest == theirs.digest
+    assert ours.schema == theirs.schema
+    assert [c.required for c in ours.schema.inputs] == [True, True, True, True, False]
+    assert ours.to_dict() == theirs.to_dict()
