@@ -136,9 +136,10 @@ def test_champion_registered_and_beats_popularity(pipeline):
     assert m["borrowed_transition_weight"] == served.transitions.borrowed_weight
     assert run.data.params["random_tiling"] == "True"
     info = mlflow.models.get_model_info(f"models:/{registry.MODEL_NAME}/{champion}")
-    # The pyfunc's signature is inferred from its input example: histories of item ids.
-    assert info.signature.inputs.to_dict()[0]["name"] == "item_ids"
-    assert info.saved_input_example_info["type"] == "dataframe"
+    # The pyfunc states its signature (histories of item ids in; item ids and their
+    # scores out) instead of MLflow inferring it by loading the model.
+    assert info.signature == registry.PYFUNC_SIGNATURE
+    assert [c["name"] for c in info.signature.outputs.to_dict()] == ["item_ids", "scores"]
     assert pipeline.metadata("behaviour_encoder_version")["version"] == "1"
 
 
