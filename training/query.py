@@ -85,10 +85,13 @@ DEFAULT_BLEND = QueryBlend(weight=1.0, popularity_weight=0.25)
 def standardised_rows(scores: np.ndarray) -> np.ndarray:
     """(B, N + 1) -> per row z-scores over columns 1..N (column 0, padding, 0); a
     constant row is all 0."""
-    items = scores[:, 1:].astype(np.float64)
-    spread = items.std(axis=1, keepdims=True)
-    out = np.zeros(scores.shape, dtype=np.float64)
-    out[:, 1:] = (items - items.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
+    out = np.empty(scores.shape, dtype=np.float64)
+    out[:, 0] = 0.0
+    items = out[:, 1:]  # worked on in place: a batch over a large catalogue is big
+    items[:] = scores[:, 1:]
+    items -= items.mean(axis=1, keepdims=True)
+    spread = np.sqrt(np.einsum("ij,ij->i", items, items) / max(1, items.shape[1]))[:, None]
+    items /= np.where(spread > 0, spread, 1.0)
     return out
 
 
@@ -171,38 +174,44 @@ def _stage_gains(scorer: Scorer, blended: bool, split: Split, index: ItemIndex,
         chunk, goal = histories[rows], np.asarray(targets[rows])
         base = behaviour_base(scorer(chunk, users[rows]), blended)
         relevant = relevance(content, np.stack([vectors[q] for q in queries[rows]]))
+        blend = np.empty_like(relevant)  # each ranking's scores, in one buffer
 
         def add(name: str, column: int, scores: np.ndarray, chunk=chunk, goal=goal) -> None:
             ranks = target_ranks(scores, goal, chunk)
             sums[name][:, column] += (ndcg_at_k(ranks).sum(), (ranks < K).sum())
         add("behaviour", 0, base)
         for j, w in enumerate(weights):
-            add("blend", j, base + w * relevant)
+            add("blend", j, np.add(base, np.multiply(w, relevant, out=blend), out=blend))
         for j, p in enumerate(popularity_weights):
-            add("only", j, relevant + p * popular)
+            add("only", j, np.add(relevant, p * popular, out=blend))
     return len(histories), sums
 
 
 def evaluate_query(scorer: Scorer, blended: bool, split: Split, index: ItemIndex,
                    content: np.ndarray, embed: Callable[[list[str]], np.ndarray],
                    item_queries: dict[str, str], popularity: np.ndarray,
-                   ) -> tuple[QueryBlend, dict[str, float]]:
+                   validation: Split | None = None) -> tuple[QueryBlend, dict[str, float]]:
     """The query blend chosen on validation (the weights of best NDCG@10, the
     earlier on a tie), and NDCG@10 / HR@10 of behaviour alone, the query alone and
     the blend on test at those weights (``query_*`` metrics; val_ ones too).
     ``scorer``: the model's served scores; ``blended``: ``model_blends``;
     ``content``: (N + 1, T) item text embeddings; ``embed``: texts -> unit
     embeddings (the item text encoder); ``item_queries``: item id -> its genre
-    query; ``popularity``: (N + 1,) training counts."""
-    common = (scorer, blended, split, index, content, embed, item_queries, popularity)
-    events, val = _stage_gains(*common, "validation", QUERY_WEIGHTS, POPULARITY_WEIGHTS)
+    query; ``popularity``: (N + 1,) training counts; ``validation``: the users the
+    weights are chosen on (default: all of ``split``'s), e.g. the sample the
+    behaviour blend was chosen on (``train.validation_sample``)."""
+    def gains(users: Split, stage: str, weights: tuple[float, ...],
+              popularity_weights: tuple[float, ...]) -> tuple[int, dict[str, np.ndarray]]:
+        return _stage_gains(scorer, blended, users, index, content, embed, item_queries,
+                            popularity, stage, weights, popularity_weights)
+    events, val = gains(split if validation is None else validation, "validation",
+                        QUERY_WEIGHTS, POPULARITY_WEIGHTS)
     if events == 0:
         return DEFAULT_BLEND, {"query_events": 0}
     weight = int(np.argmax(val["blend"][0]))
     pop = int(np.argmax(val["only"][0]))
     chosen = QueryBlend(weight=QUERY_WEIGHTS[weight], popularity_weight=POPULARITY_WEIGHTS[pop])
-    test_events, test = _stage_gains(*common, "test", (chosen.weight,),
-                                     (chosen.popularity_weight,))
+    test_events, test = gains(split, "test", (chosen.weight,), (chosen.popularity_weight,))
     metrics = {"query_events": test_events, "val_query_events": events,
                "query_weight": chosen.weight,
                "query_popularity_weight": chosen.popularity_weight}

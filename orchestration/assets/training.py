@@ -44,7 +44,7 @@ from training.sequences import (
     training_targets,
 )
 from training.text_encoder import TextEncoder
-from training.train import TrainConfig, model_scorer, train_encoder
+from training.train import TrainConfig, model_scorer, train_encoder, validation_sample
 
 
 @asset(group_name="training", deps=["online_user_features", "validated_events"])
@@ -159,7 +159,8 @@ def item_text_table(settings, index: ItemIndex) -> np.ndarray:
     vectors = pc.list_flatten(embeddings).to_numpy().reshape(len(content), dim)
     rows = np.array([index.index.get(item, -1) for item in content["item_id"].to_pylist()])
     table = np.zeros((len(index) + 1, dim), dtype=np.float32)
-    table[rows[rows >= 0]] = vectors[rows >= 0]
+    known = rows >= 0
+    table[rows[known]] = vectors[known]
     return table
 
 
@@ -189,8 +190,9 @@ def behaviour_encoder_version(context: AssetExecutionContext, config: EncoderTra
     cold_filled = cold_items_from_text(result.model, content, split, index,
                                        train_config)
     query_started = time.perf_counter()
-    query_blend, query_metrics = _query_evaluation(mlflow.tracking_uri, result.model, split,
-                                                   index, items, content)
+    query_blend, query_metrics = _query_evaluation(
+        mlflow.tracking_uri, result.model, split, index, items, content,
+        validation_sample(split, len(index), train_config))
     metrics = {**_test_metrics(result, split, index), **query_metrics,
                "query_seconds": time.perf_counter() - query_started,
                "cold_items_from_text": cold_filled, "search_seconds": result.search_seconds}
@@ -261,8 +263,9 @@ def _test_metrics(result, split, index: ItemIndex) -> dict[str, float]:
 
 
 def _query_evaluation(tracking_uri: str, model, split, index: ItemIndex, items: pd.DataFrame,
-                      content: np.ndarray):
-    """The query blend chosen on validation and its three-way test metrics
+                      content: np.ndarray, validation):
+    """The query blend chosen on ``validation`` (the users the behaviour blend
+    was chosen on) and its three-way test metrics on ``split``
     (``training.query.evaluate_query``), queries embedded by the registered
     ``item_text_encoder``."""
     version = registry.alias_version(tracking_uri, registry.CHAMPION, registry.TEXT_MODEL_NAME)
@@ -270,7 +273,7 @@ def _query_evaluation(tracking_uri: str, model, split, index: ItemIndex, items: 
     queries = dict(zip(items["item_id"], items["genres"].map(genre_query), strict=True))
     counts = interaction_counts(split, index)
     return evaluate_query(model_scorer(model), model_blends(model), split, index, content,
-                          encoder.encode, queries, counts)
+                          encoder.encode, queries, counts, validation)
 
 
 def _lineage_tags(context: AssetExecutionContext, settings, events: pd.DataFrame,

@@ -18,6 +18,7 @@ from training.evaluate import (
     metrics_from_ranks,
     popularity_scorer,
     rank_of_targets,
+    target_ranks,
 )
 from training.registry import decide_promotion
 from training.sequences import (
@@ -226,3 +227,21 @@ def test_large_catalogues_rank_the_same_top_k_through_torch():
     expected = np.argsort(-rankable, axis=1, kind="stable")[:, :K]
     np.testing.assert_array_equal(top, expected)
     assert (ranks == (rankable > rankable[np.arange(4), targets][:, None]).sum(axis=1)).all()
+
+
+def test_target_ranks_count_as_ranking_with_the_exclusions_at_minus_infinity():
+    from training.evaluate import _ranks
+
+    rng = np.random.default_rng(11)
+    users, n_items = 40, 60
+    for dtype in (np.float32, np.float64):
+        scores = np.round(rng.normal(size=(users, n_items + 1)), 1).astype(dtype)  # many ties
+        targets = rng.integers(1, n_items + 1, users)
+        exclude = [rng.integers(1, n_items + 1, int(rng.integers(0, 12))).tolist()
+                   for _ in range(users)]  # repeats included
+        exclude[0].append(int(targets[0]))  # a target that is itself excluded
+        scores[1, targets[1]] = -np.inf  # one the model cannot score
+        scores[2, 0] = 99.0  # the padding column never counts
+        fast = target_ranks(scores, targets, exclude)
+        assert fast.tolist() == _ranks(_rankable(scores, exclude), targets).tolist()
+        assert fast[0] == fast[1] == n_items and 0 < np.median(fast) < n_items

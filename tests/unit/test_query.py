@@ -118,3 +118,49 @@ def test_events_whose_target_has_no_query_are_left_out():
     _, none = evaluate_query(scorer, False, split, index, content, embed,
                              dict.fromkeys(queries, ""), popularity)
     assert none == {"query_events": 0}
+
+
+def test_the_evaluation_ranks_as_a_full_pass_per_weight_does():
+    from training.evaluate import K, ndcg_at_k, target_ranks
+    from training.query import POPULARITY_WEIGHTS, _query_rows, _stage_gains, popularity_relevance
+
+    scorer, split, index, content, embed, queries, popularity = _genre_world(seed=3)
+
+    def coarse(histories, users):  # rounded scores: many ties
+        return np.round(scorer(histories, users))
+
+    histories, targets, users, texts = _query_rows(split, index, "validation", queries)
+    base = behaviour_base(coarse(histories, users), blended=False)
+    relevant = relevance(content, embed(texts))
+    popular = popularity_relevance(popularity)[None]
+
+    def full_pass(scores):
+        ranks = target_ranks(scores, np.asarray(targets), histories)
+        return [ndcg_at_k(ranks).sum(), (ranks < K).sum()]
+
+    for weights, popularity_weights in ((QUERY_WEIGHTS, POPULARITY_WEIGHTS), ((2.0,), (0.5,))):
+        events, sums = _stage_gains(coarse, False, split, index, content, embed, queries,
+                                    popularity, "validation", weights, popularity_weights)
+        assert events == len(targets) == 400
+        expected = {"behaviour": [full_pass(base)],
+                    "blend": [full_pass(base + w * relevant) for w in weights],
+                    "only": [full_pass(relevant + p * popular) for p in popularity_weights]}
+        for name, columns in expected.items():
+            np.testing.assert_allclose(sums[name], np.array(columns).T, rtol=1e-12)
+        assert sums["blend"][1].max() > sums["behaviour"][1, 0] > 0  # the weights matter
+
+
+def test_the_weights_are_chosen_on_the_validation_users_given_and_tested_on_all():
+    scorer, split, index, content, embed, queries, popularity = _genre_world()
+    sample = split.sample(100, seed=1)
+    blend, metrics = evaluate_query(scorer, False, split, index, content, embed, queries,
+                                    popularity, validation=sample)
+    assert metrics["val_query_events"] == 100 and metrics["query_events"] == 400
+    # the validation figures are the sample's own
+    on_sample, sample_metrics = evaluate_query(scorer, False, sample, index, content, embed,
+                                               queries, popularity)
+    assert blend == on_sample
+    for name in ("behaviour", "only", "blend"):
+        key = f"val_query_{name}_ndcg_at_10"
+        assert metrics[key] == pytest.approx(sample_metrics[key])
+    assert sample_metrics["query_events"] == 100
