@@ -33,6 +33,14 @@ SECTIONS = {"data": data, "features": features, "models": models, "serving": ser
 DEFAULT = [name for name in SECTIONS if name not in ("engine", "scale", "scale_serving")]
 
 
+def _noted(document: dict, module) -> dict:
+    """``document`` with the section's own note on its results, if it has one
+    (``report`` prints it above the tables)."""
+    note = module.notes(document["results"]) if hasattr(module, "notes") else None
+    document.pop("notes", None)
+    return {**document, "notes": note} if note else document
+
+
 def main() -> None:
     """``python -m bench [data] [serving] ...`` (all sections when none is named)."""
     args = sys.argv[1:]
@@ -43,6 +51,7 @@ def main() -> None:
             path = report.RESULTS_DIR / f"{name}.json"
             if path.exists():
                 document = json.loads(path.read_text())
+                document = _noted(document, module)
                 document["tables"] = module.tables(document["results"])
                 if hasattr(module, "figures"):  # charts beside the tables, in docs/
                     charts = module.figures(document["results"])
@@ -67,7 +76,7 @@ def main() -> None:
         knobs = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
                          if k.startswith("BENCH_") and k != "BENCH_HOME")
         command = f"{knobs} make bench SECTIONS={name}".strip()
-        document = report.record(name, command, results, tables)
+        document = _noted(report.record(name, command, results, tables), module)
         path = report.RESULTS_DIR / f"{name}.json"
         path.write_text(json.dumps(document, indent=2))
         print(f"written to {path}\n")

@@ -299,7 +299,8 @@ def tables(results: dict) -> list[dict]:
     generated = results["generate"]
     ran = results["stages"].values()
     stages = [["generate data", generated.get("wall_s"), None, True]] + [
-        [name, r.get("wall_s"), r.get("peak_rss_gib"), r.get("ok")]
+        [name + (" (earlier run)" if r.get("from_earlier_run") else ""), r.get("wall_s"),
+         r.get("peak_rss_gib"), r.get("ok")]
         for name, r in results["stages"].items()] + [
         ["pipeline, ingest to champion", round(sum(r.get("wall_s", 0) for r in ran), 1),
          max((r.get("peak_rss_gib", 0) for r in ran), default=None),
@@ -318,6 +319,16 @@ def tables(results: dict) -> list[dict]:
         retrieval_table(results["retrieval"]),
         serving_table(results),
     ]
+
+
+def notes(results: dict) -> str | None:
+    """What the tables cannot say: which stages a resumed run took from before."""
+    if not any(r.get("from_earlier_run") for r in results["stages"].values()):
+        return None
+    return ("This run resumed a `BENCH_HOME`: the stages marked *(earlier run)* were not "
+            "run again, and their figures (and the champion's, when training is one of "
+            "them) are those of the run that did them; retrieval and serving are this "
+            "run's.")
 
 
 def retrieval_table(retrieval: dict) -> dict:

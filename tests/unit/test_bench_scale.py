@@ -1,0 +1,28 @@
+"""The scale benchmark's report says which figures a resumed run did not measure."""
+
+import copy
+import json
+from pathlib import Path
+
+from bench.scale import notes, tables
+
+RESULTS = Path(__file__).resolve().parents[2] / "bench_results" / "scale.json"
+
+
+def test_a_resumed_run_marks_the_stages_it_took_from_the_run_that_did_them():
+    measured = json.loads(RESULTS.read_text())["results"]
+    for stage in measured["stages"].values():
+        stage.pop("from_earlier_run", None)
+    resumed = copy.deepcopy(measured)
+    first = next(iter(resumed["stages"]))
+    resumed["stages"][first]["from_earlier_run"] = True
+
+    assert notes(measured) is None
+    assert "(earlier run)" in notes(resumed)
+    names = [row[0] for row in tables(resumed)[0]["rows"]]
+    assert names[1] == f"{first} (earlier run)"
+    assert [row[0] for row in tables(measured)[0]["rows"]][1] == first
+    assert sum("(earlier run)" in name for name in names) == 1
+    # the figures themselves are the same either way
+    assert [row[1:] for row in tables(resumed)[0]["rows"]] == \
+        [row[1:] for row in tables(measured)[0]["rows"]]
