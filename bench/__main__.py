@@ -37,8 +37,8 @@ def _noted(document: dict, module) -> dict:
     """``document`` with the section's own note on its results, if it has one
     (``report`` prints it above the tables)."""
     note = module.notes(document["results"]) if hasattr(module, "notes") else None
-    document.pop("notes", None)
-    return {**document, "notes": note} if note else document
+    rest = {key: value for key, value in document.items() if key != "notes"}
+    return {**rest, "notes": note} if note else rest
 
 
 def main() -> None:
@@ -50,8 +50,7 @@ def main() -> None:
         for name, module in SECTIONS.items():
             path = report.RESULTS_DIR / f"{name}.json"
             if path.exists():
-                document = json.loads(path.read_text())
-                document = _noted(document, module)
+                document = _noted(json.loads(path.read_text()), module)
                 document["tables"] = module.tables(document["results"])
                 if hasattr(module, "figures"):  # charts beside the tables, in docs/
                     charts = module.figures(document["results"])
