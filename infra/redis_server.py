@@ -73,11 +73,34 @@ def _port_to_use(path: Path) -> int:
     return port
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str) -> bool | None:
+    """True if the server answers, None while it loads its data (it answers LOADING),
+    False if it does not answer."""
     try:
         return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+    except redis.BusyLoadingError:
+        return None
     except redis.RedisError:
         return False
+
+
+def _wait_loaded(url: str, pid: int | None, timeout: float) -> bool:
+    """Whether the server at ``url`` answers within ``timeout`` s, not counting the
+    time it spends loading its append-only file: loading is progress, and takes as
+    long as the data is big (about 15 s for a few GiB), so a store that grew is not
+    mistaken for one that failed. False at once if ``pid`` (when known) exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = _answers(url)
+        if state:
+            return True
+        if pid is not None and not pid_alive(pid):
+            return False
+        if state is None:
+            deadline = time.monotonic() + timeout
+        elif time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def _state_path(settings: Settings) -> Path:
@@ -90,7 +113,7 @@ def running(settings: Settings) -> RedisServer | None:
     if not path.exists():
         return None
     state = json.loads(path.read_text())
-    if pid_alive(state["pid"]) and _answers(state["url"]):
+    if pid_alive(state["pid"]) and _wait_loaded(state["url"], state["pid"], timeout=1.0):
         return RedisServer(url=state["url"], pid=state["pid"], socket=state.get("socket"))
     return None
 
@@ -127,19 +150,19 @@ def ensure(settings: Settings, timeout: float = 15.0) -> RedisServer:
         socket_path = None
     else:
         cmd += ["--unixsocket", socket_path, "--unixsocketperm", "700"]
+    pidfile.unlink(missing_ok=True)  # a killed server's, not to be read as the new one's
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
+    # daemonized: the pid file is written once the server runs, before it loads
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pidfile.exists() and _answers(url):
-            pid = int(pidfile.read_text().strip())
-            _state_path(settings).write_text(json.dumps(
-                {"url": url, "pid": pid, "socket": socket_path}))
-            return RedisServer(url=url, pid=pid, socket=socket_path)
+    while not pidfile.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    raise RuntimeError(
-        f"embedded Redis did not answer on {url} within {timeout}s; see {directory / 'redis.log'}"
-    )
+    pid = int(pidfile.read_text().strip()) if pidfile.exists() else None
+    if pid is None or not _wait_loaded(url, pid, max(0.0, deadline - time.monotonic())):
+        raise RuntimeError(f"embedded Redis did not answer on {url} within {timeout}s "
+                           f"(loading its data not counted); see {directory / 'redis.log'}")
+    _state_path(settings).write_text(json.dumps({"url": url, "pid": pid, "socket": socket_path}))
+    return RedisServer(url=url, pid=pid, socket=socket_path)
 
 
 def stop(settings: Settings, timeout: float = 15.0) -> bool:

@@ -1,5 +1,9 @@
 """The embedded Redis lifecycle (a real redis-server)."""
 
+import re
+import time
+
+import pytest
 import redis
 
 from infra import redis_server
@@ -41,3 +45,34 @@ def test_external_redis_url_is_honoured(home):
     assert redis_server.ensure(settings).pid is None
     assert redis_server.ensure(settings).socket is None
     assert not (settings.redis_dir / "server.json").exists()
+
+
+def test_restart_waits_for_a_store_that_loads_longer_than_the_timeout(home):
+    """A big store loads its append-only file for longer than ``ensure``'s timeout:
+    it answers LOADING meanwhile, which is waited for, not taken for a failure."""
+    server = redis_server.ensure(home)
+    client = server.client()
+    client.execute_command("DEBUG", "POPULATE", 1_000_000, "key", 64)
+    client.bgrewriteaof()  # into the append-only file (the populate is not logged)
+    while client.info("persistence")["aof_rewrite_in_progress"]:
+        time.sleep(0.05)
+    assert redis_server.stop(home) is True
+    timeout = 0.05
+    restarted = redis_server.ensure(home, timeout=timeout)
+    assert restarted.client().dbsize() == 1_000_000
+    loaded = re.findall(r"DB loaded from append only file: ([0-9.]+) seconds",
+                        (home.redis_dir / "redis.log").read_text())
+    assert float(loaded[-1]) > timeout  # it did load for longer than the timeout
+    assert redis_server.stop(home) is True
+
+
+def test_a_server_that_exits_while_loading_fails_at_once(home):
+    """A server that exits while loading (here: an append-only file it cannot read)
+    is an error naming its log, without waiting out the timeout."""
+    home.redis_dir.mkdir(parents=True, exist_ok=True)
+    (home.redis_dir / "appendonly.aof").write_bytes(b"not an append-only file\r\n")
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="redis.log"):
+        redis_server.ensure(home, timeout=30.0)
+    assert time.monotonic() - started < 10.0
+    assert "Bad file format" in (home.redis_dir / "redis.log").read_text()
