@@ -27,6 +27,7 @@ from infra.settings import Settings
 
 STATE_FILE = "server.json"
 PORT_FILE = "port"  # kept across stops: a restart comes back at the same address
+PID_FILE = "redis.pid"  # the server's own, removed when it exits cleanly
 
 
 SOCKET_FILE = "redis.sock"
@@ -108,14 +109,55 @@ def _state_path(settings: Settings) -> Path:
 
 
 def running(settings: Settings) -> RedisServer | None:
-    """The embedded server recorded under home, if it is alive and answers."""
+    """The embedded server of this home, if it is alive and answers: the one
+    recorded, else one started here whose starter did not live to record it
+    (found by its pid file and port), recorded now, so that a home never gets a
+    second server appending to the same file."""
     path = _state_path(settings)
-    if not path.exists():
+    if path.exists():
+        state = json.loads(path.read_text())
+        if pid_alive(state["pid"]) and _wait_loaded(state["url"], state["pid"], timeout=1.0):
+            return RedisServer(url=state["url"], pid=state["pid"], socket=state.get("socket"))
+    return _unrecorded(settings)
+
+
+def _unrecorded(settings: Settings) -> RedisServer | None:
+    """The server whose pid file and port are under home, when it is alive and is
+    the process answering there; recorded."""
+    directory = settings.redis_dir
+    pid, port = _pid(directory / PID_FILE), _pid(directory / PORT_FILE)
+    if pid is None or port is None:
         return None
-    state = json.loads(path.read_text())
-    if pid_alive(state["pid"]) and _wait_loaded(state["url"], state["pid"], timeout=1.0):
-        return RedisServer(url=state["url"], pid=state["pid"], socket=state.get("socket"))
-    return None
+    url = f"redis://127.0.0.1:{port}/0"
+    if not (pid_alive(pid) and _wait_loaded(url, pid, timeout=1.0)):
+        return None
+    try:
+        if redis.Redis.from_url(url, socket_timeout=1).info("server")["process_id"] != pid:
+            return None
+    except redis.RedisError:
+        return None
+    server = RedisServer(url=url, pid=pid, socket=_socket_path(directory))
+    _record(settings, server)
+    return server
+
+
+def _pid(path: Path) -> int | None:
+    """The number in a pid (or port) file; None while it is missing or being written."""
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _socket_path(directory: Path) -> str | None:
+    """The Unix socket the server listens on, where the path fits AF_UNIX."""
+    path = str(directory / SOCKET_FILE)
+    return path if len(path) <= MAX_SOCKET_PATH else None
+
+
+def _record(settings: Settings, server: RedisServer) -> None:
+    _state_path(settings).write_text(json.dumps(
+        {"url": server.url, "pid": server.pid, "socket": server.socket}))
 
 
 def ensure(settings: Settings, timeout: float = 15.0) -> RedisServer:
@@ -131,7 +173,7 @@ def ensure(settings: Settings, timeout: float = 15.0) -> RedisServer:
     directory = settings.redis_dir
     directory.mkdir(parents=True, exist_ok=True)
     port = _port_to_use(directory / PORT_FILE)
-    pidfile = directory / "redis.pid"
+    pidfile = directory / PID_FILE
     cmd = [
         _executable(),
         "--bind", "127.0.0.1",
@@ -145,24 +187,22 @@ def ensure(settings: Settings, timeout: float = 15.0) -> RedisServer:
         "--logfile", str(directory / "redis.log"),
         "--protected-mode", "yes",
     ]
-    socket_path = str(directory / SOCKET_FILE)
-    if len(socket_path) > MAX_SOCKET_PATH:
-        socket_path = None
-    else:
+    socket_path = _socket_path(directory)
+    if socket_path:
         cmd += ["--unixsocket", socket_path, "--unixsocketperm", "700"]
     pidfile.unlink(missing_ok=True)  # a killed server's, not to be read as the new one's
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     # daemonized: the pid file is written once the server runs, before it loads
     deadline = time.monotonic() + timeout
-    while not pidfile.exists() and time.monotonic() < deadline:
+    while (pid := _pid(pidfile)) is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    pid = int(pidfile.read_text().strip()) if pidfile.exists() else None
     if pid is None or not _wait_loaded(url, pid, max(0.0, deadline - time.monotonic())):
         raise RuntimeError(f"embedded Redis did not answer on {url} within {timeout}s "
                            f"(loading its data not counted); see {directory / 'redis.log'}")
-    _state_path(settings).write_text(json.dumps({"url": url, "pid": pid, "socket": socket_path}))
-    return RedisServer(url=url, pid=pid, socket=socket_path)
+    server = RedisServer(url=url, pid=pid, socket=socket_path)
+    _record(settings, server)
+    return server
 
 
 def stop(settings: Settings, timeout: float = 15.0) -> bool:

@@ -7,6 +7,7 @@ import pytest
 import redis
 
 from infra import redis_server
+from infra.processes import pid_alive
 from infra.settings import Settings
 
 
@@ -76,3 +77,18 @@ def test_a_server_that_exits_while_loading_fails_at_once(home):
         redis_server.ensure(home, timeout=30.0)
     assert time.monotonic() - started < 10.0
     assert "Bad file format" in (home.redis_dir / "redis.log").read_text()
+
+
+def test_a_server_started_but_not_recorded_is_reused_not_doubled(home):
+    """When the process that started the server died before recording it, the
+    next one finds it by its pid file and port: one server per home, not a second
+    appending to the same file."""
+    first = redis_server.ensure(home)
+    first.client().set("feature", "kept")
+    (home.redis_dir / "server.json").unlink()
+    again = redis_server.ensure(home)
+    assert again == first
+    assert again.client().get("feature") == b"kept"
+    assert (home.redis_dir / "server.json").exists()
+    assert redis_server.stop(home) is True
+    assert not pid_alive(first.pid)
