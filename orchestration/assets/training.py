@@ -147,20 +147,35 @@ def logged_recipe(params: dict[str, str]) -> EncoderTraining:
                               if name in params})
 
 
+TEXT_BATCH_ROWS = 65_536  # item text rows read at once
+
+
 def item_text_table(settings, index: ItemIndex) -> np.ndarray:
     """(N + 1, T) text embeddings by model index from the offline ``item_content``
-    table; zero rows for padding and for items without one. Read as one Arrow
-    column into the table: a million items' vectors as Python objects would
-    hold several GB during training."""
-    content = pq.read_table(settings.offline_dir / ITEM_CONTENT_FILE,
-                            columns=["item_id", "text_embedding"])
-    embeddings = content["text_embedding"].combine_chunks()
-    dim = len(embeddings[0])
-    vectors = pc.list_flatten(embeddings).to_numpy().reshape(len(content), dim)
-    rows = np.array([index.index.get(item, -1) for item in content["item_id"].to_pylist()])
-    table = np.zeros((len(index) + 1, dim), dtype=np.float32)
-    known = rows >= 0
-    table[rows[known]] = vectors[known]
+    table; zero rows for padding and for items without one. Read in batches
+    straight into the table: a million items' vectors are 1.5 GB, and the whole
+    column read at once (with its copies) would hold several times that on top of
+    training's data."""
+    table = None
+    # a buffered stream, not the whole column chunk read ahead (one chunk holds
+    # every row of a file written at once)
+    source = pq.ParquetFile(settings.offline_dir / ITEM_CONTENT_FILE, buffer_size=1 << 22,
+                            pre_buffer=False)
+    for batch in source.iter_batches(batch_size=TEXT_BATCH_ROWS,
+                                     columns=["item_id", "text_embedding"]):
+        embeddings = batch.column("text_embedding")
+        if not len(embeddings):
+            continue
+        dim = len(embeddings[0])
+        if table is None:
+            table = np.zeros((len(index) + 1, dim), dtype=np.float32)
+        vectors = pc.list_flatten(embeddings).to_numpy().reshape(len(embeddings), dim)
+        rows = np.array([index.index.get(item, -1) for item in batch.column("item_id")
+                         .to_pylist()], dtype=np.int64)
+        known = rows >= 0
+        table[rows[known]] = vectors[known]
+    if table is None:
+        raise ValueError(f"{settings.offline_dir / ITEM_CONTENT_FILE} holds no item text")
     return table
 
 

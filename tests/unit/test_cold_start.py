@@ -216,19 +216,24 @@ def test_the_pooled_lift_and_its_interval():
     assert low == high == 0.0
 
 
-def test_the_text_table_puts_each_items_vector_at_its_model_index(tmp_path):
+@pytest.mark.parametrize("batch_rows", [65_536, 2])
+def test_the_text_table_puts_each_items_vector_at_its_model_index(tmp_path, monkeypatch,
+                                                                   batch_rows):
     """Rows by model index; padding, and a catalogue item with no content row,
-    zero; a content row for an item the model does not know, left out."""
+    zero; a content row for an item the model does not know, left out; the same
+    when the file is read in several batches."""
     from types import SimpleNamespace
 
     import pandas as pd
 
     from feature_repo.data_sources import ITEM_CONTENT_FILE
-    from orchestration.assets.training import item_text_table
+    from orchestration.assets import training
 
+    monkeypatch.setattr(training, "TEXT_BATCH_ROWS", batch_rows)
     pd.DataFrame({"item_id": ["c", "x", "a"],
                   "text_embedding": [[0.5, 1.5, 2.5], [9.0, 9.0, 9.0], [-1.0, 0.0, 1.0]]}
                  ).to_parquet(tmp_path / ITEM_CONTENT_FILE)
-    table = item_text_table(SimpleNamespace(offline_dir=tmp_path), ItemIndex(["a", "b", "c"]))
+    table = training.item_text_table(SimpleNamespace(offline_dir=tmp_path),
+                                     ItemIndex(["a", "b", "c"]))
     assert table.dtype == np.float32
     assert table.tolist() == [[0, 0, 0], [-1, 0, 1], [0, 0, 0], [0.5, 1.5, 2.5]]
