@@ -10,7 +10,8 @@
    on loopback: requests are sent on a fixed schedule (``rate`` per second, for
    ``BENCH_SERVING_SECONDS``, default 30) whatever the answers do, for random
    users; latency is measured from each request's scheduled time, so a slow
-   server cannot hide queueing by slowing the client down. At most
+   server cannot hide queueing by slowing the client down. Requests take turns
+   on ``CONNECTIONS`` keep-alive connections, as many clients' would. At most
    ``MAX_IN_FLIGHT`` requests are outstanding; a request over that is an error.
 4. Event-to-visible: ``/events`` with an item, then ``/recommend`` no longer
    offers it; the time from sending the event to that answer.
@@ -21,8 +22,10 @@
 """
 
 import asyncio
+import collections
 import os
 import random
+import re
 import tempfile
 import threading
 import time
@@ -47,6 +50,9 @@ ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-10
 RATES = (50, 100, 200, 400)
 BATCH_SIZES = (1, 2, 4, 8, 16)
 MAX_IN_FLIGHT = 256
+# Keep-alive connections the load generator opens before a schedule starts, used
+# in turn: many clients' share of the traffic, which the server's workers divide.
+CONNECTIONS = 16
 # A worker's share of 200 req/s over the default two workers.
 PACED_RATE = 100
 API_KEY = "bench"
@@ -89,13 +95,15 @@ class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  api_key: str = API_KEY):
         self.reader, self.writer, self.api_key = reader, writer, api_key
+        self.closing = False
 
     @classmethod
     async def open(cls, host: str, port: int, api_key: str = API_KEY) -> "Connection":
         return cls(*await asyncio.open_connection(host, port), api_key=api_key)
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        """(status, body) of one request on this connection."""
+        """(status, body) of one request on this connection; ``closing`` is set
+        when the server answered ``Connection: close``."""
         self.writer.write(
             f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
             f"X-API-Key: {self.api_key}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
@@ -105,6 +113,8 @@ class Connection:
         for line in head.lower().split(b"\r\n"):
             if line.startswith(b"content-length:"):
                 length = int(line.split(b":", 1)[1])
+            elif line.startswith(b"connection:") and b"close" in line:
+                self.closing = True
         return status, await self.reader.readexactly(length)
 
     def close(self) -> None:
@@ -130,20 +140,27 @@ class Sample:
 
 async def drive(port: int, users: list[str], rate: float, seconds: float,
                 timeout_s: float = 10.0, api_key: str = API_KEY,
-                query: Callable[[int], str] | None = None) -> list[Sample]:
+                query: Callable[[int], str] | None = None,
+                connections: int = CONNECTIONS) -> list[Sample]:
     """``/recommend`` for random users on a fixed schedule (open loop), ``rate`` per
     second for ``seconds``: every request's sample, in schedule order; with
-    ``query``, request i asks ``query(i)``."""
+    ``query``, request i asks ``query(i)``.
+
+    Each request goes out on the connection idle longest among ``connections``
+    opened beforehand; one is opened when none is idle, as a client's pool does,
+    and one the server answered ``Connection: close`` on is closed. A connection
+    is served by one worker of the server, so reusing the one idle shortest would,
+    at rates where requests seldom overlap, put nearly all of them on one worker."""
     clock = time.perf_counter  # not loop.time(): uvloop's has millisecond resolution
     samples: list[Sample] = []
-    idle: list[Connection] = []
-    opened: list[Connection] = []
+    opened = [await Connection.open("127.0.0.1", port, api_key) for _ in range(connections)]
+    idle = collections.deque(opened)
     in_flight = 0
 
     async def one(sample: Sample, user: str, asked: str | None) -> None:
         nonlocal in_flight
         in_flight += 1
-        connection = idle.pop() if idle else None
+        connection = idle.popleft() if idle else None
         if connection is not None and connection.reader.at_eof():
             connection.close()  # the server closed it while idle (keep-alive timeout)
             connection = None
@@ -157,7 +174,10 @@ async def drive(port: int, users: list[str], rate: float, seconds: float,
             sample.status, sample.body = await asyncio.wait_for(
                 connection.post("/recommend", body), timeout_s)
             sample.done = clock()
-            idle.append(connection)
+            if connection.closing:  # the server closes it (a later request opens anew)
+                connection.close()
+            else:
+                idle.append(connection)
         except TimeoutError:
             sample.error = "timeout"
         except (OSError, asyncio.IncompleteReadError, ValueError):
@@ -199,6 +219,13 @@ async def drive(port: int, users: list[str], rate: float, seconds: float,
     return samples
 
 
+def degraded_reason(body: bytes) -> str:
+    """A degraded answer's reason up to its first colon ("past the request deadline",
+    "no history", ...): the kind, without the details that vary per request."""
+    found = re.search(rb'"reason":"([^":]*)', body)
+    return found.group(1).decode() if found else "unknown"
+
+
 async def open_loop(port: int, users: list[str], rate: float, seconds: float,
                     query: Callable[[int], str] | None = None) -> dict:
     """``drive``, summarised: achieved rate, latency percentiles of the 200s, errors."""
@@ -209,9 +236,14 @@ async def open_loop(port: int, users: list[str], rate: float, seconds: float,
         if x.error:
             errors[x.error] = errors.get(x.error, 0) + 1
     elapsed = max(x.done or x.scheduled for x in samples) - samples[0].scheduled
+    reasons: dict[str, int] = {}
+    for x in ok:
+        if b'"degraded":true' in x.body:
+            reason = degraded_reason(x.body)
+            reasons[reason] = reasons.get(reason, 0) + 1
     row = {"target_rps": rate, "achieved_rps": round(len(ok) / elapsed, 1),
            "requests": len(samples), "errors": sum(errors.values()),
-           "degraded": sum(b'"degraded":true' in x.body for x in ok), **{
+           "degraded": sum(reasons.values()), "degraded_reasons": reasons, **{
                f"errors_{k}": v for k, v in errors.items() if v}}
     if ok:
         row.update(percentiles([x.latency for x in ok]))

@@ -38,6 +38,7 @@ from infra.settings import Settings
 from serving import api_page, client_errors
 from serving.api_page import ApiPage
 from serving.breaker import CircuitBreaker
+from serving.connections import ConnectionRotation
 from serving.guard import Guard, arrival
 from serving.intake import check_request
 from serving.online import OnlineFeatures
@@ -727,6 +728,8 @@ class Recommender:
         return EventsAccepted(accepted=len(accepted), rejected=rejected)
 
 
+# Outermost of ours: every answer counts, a 401 too.
+Recommender.add_asgi_middleware(ConnectionRotation)
 Recommender.add_asgi_middleware(Guard, api_key=_startup.api_key,
                                 max_body_bytes=_startup.max_body_bytes)
 Recommender.add_asgi_middleware(ApiPage)
