@@ -9,7 +9,8 @@ answered ``Connection: close`` (which HTTP clients honour by connecting again,
 and the new connection goes to whichever worker accepts it):
 
 - when its worker is answering another request at the same time, i.e. the worker
-  is queueing, so the connections leave a busy worker first;
+  is queueing, so the connections leave a busy worker first (one per
+  ``SHED_INTERVAL_S`` at most);
 - after ``REQUESTS_PER_CONNECTION`` answers in any case, so a lasting imbalance
   between workers that are not queueing yet is redrawn too.
 
@@ -18,9 +19,14 @@ The cost is one TCP handshake per closed connection.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 
 REQUESTS_PER_CONNECTION = 20
+# At most one connection handed back for queueing per this many seconds: when
+# every worker queues (the service at capacity), closing more would only add
+# handshakes.
+SHED_INTERVAL_S = 0.05
 TRACKED_CONNECTIONS = 10_000  # counters kept (the least recently used dropped)
 
 
@@ -37,6 +43,7 @@ class ConnectionRotation:
         # connection on this worker; the ASGI app runs on one event loop, so no lock
         self.answered: OrderedDict[tuple, int] = OrderedDict()
         self.in_flight = 0  # requests this worker is answering now
+        self.shed_at = float("-inf")  # when a connection was last handed back for queueing
 
     def _last(self, client: tuple) -> bool:
         """Count a request on ``client``'s connection; True when it is its last."""
@@ -48,6 +55,13 @@ class ConnectionRotation:
             self.answered.popitem(last=False)
         return False
 
+    def _shed(self) -> bool:
+        """Whether to hand this connection back because its worker is queueing."""
+        if self.in_flight < 2 or time.monotonic() - self.shed_at < SHED_INTERVAL_S:
+            return False
+        self.shed_at = time.monotonic()
+        return True
+
     async def __call__(self, scope, receive, send):
         client = scope.get("client")
         if scope["type"] != "http" or not client:
@@ -57,7 +71,7 @@ class ConnectionRotation:
         async def closing_send(message):
             # A worker answering another request meanwhile is queueing: its
             # connections are handed back to be accepted by whichever worker can.
-            if message["type"] == "http.response.start" and (last or self.in_flight > 1):
+            if message["type"] == "http.response.start" and (last or self._shed()):
                 self.answered.pop(tuple(client), None)
                 message = {**message, "headers": [*message.get("headers", ()),
                                                   (b"connection", b"close")]}

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from serving.connections import ConnectionRotation
+from serving.connections import SHED_INTERVAL_S, ConnectionRotation
 
 
 class App:
@@ -59,13 +59,20 @@ def test_an_answer_given_while_another_is_in_flight_closes_its_connection():
         await asyncio.sleep(0.01)  # the first request is in flight, unanswered
         app.hold = None
         busy = await _closes(rotation, ("127.0.0.1", 5001))
+        # queueing still, but one connection was just handed back: at capacity,
+        # closing every connection would only add handshakes
+        busy_again = await _closes(rotation, ("127.0.0.1", 5003))
+        await asyncio.sleep(SHED_INTERVAL_S)
+        busy_later = await _closes(rotation, ("127.0.0.1", 5004))
         release.set()
         held = await held
         alone = await _closes(rotation, ("127.0.0.1", 5002))
-        return busy, held, alone
+        return busy, busy_again, busy_later, held, alone
 
-    busy, held, alone = asyncio.run(run())
+    busy, busy_again, busy_later, held, alone = asyncio.run(run())
     assert busy is True  # answered while another waited: this worker is queueing
+    assert busy_again is False
+    assert busy_later is True
     assert held is False  # answered once the other had gone
     assert alone is False  # nothing else in flight
 
