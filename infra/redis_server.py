@@ -125,7 +125,7 @@ def _unrecorded(settings: Settings) -> RedisServer | None:
     """The server whose pid file and port are under home, when it is alive and is
     the process answering there; recorded."""
     directory = settings.redis_dir
-    pid, port = _pid(directory / PID_FILE), _pid(directory / PORT_FILE)
+    pid, port = _read_int(directory / PID_FILE), _read_int(directory / PORT_FILE)
     if pid is None or port is None:
         return None
     url = f"redis://127.0.0.1:{port}/0"
@@ -141,8 +141,8 @@ def _unrecorded(settings: Settings) -> RedisServer | None:
     return server
 
 
-def _pid(path: Path) -> int | None:
-    """The number in a pid (or port) file; None while it is missing or being written."""
+def _read_int(path: Path) -> int | None:
+    """The number in a pid or port file; None while it is missing or being written."""
     try:
         return int(path.read_text().strip())
     except (OSError, ValueError):
@@ -195,7 +195,7 @@ def ensure(settings: Settings, timeout: float = 15.0) -> RedisServer:
     url = f"redis://127.0.0.1:{port}/0"
     # daemonized: the pid file is written once the server runs, before it loads
     deadline = time.monotonic() + timeout
-    while (pid := _pid(pidfile)) is None and time.monotonic() < deadline:
+    while (pid := _read_int(pidfile)) is None and time.monotonic() < deadline:
         time.sleep(0.05)
     if pid is None or not _wait_loaded(url, pid, max(0.0, deadline - time.monotonic())):
         raise RuntimeError(f"embedded Redis did not answer on {url} within {timeout}s "

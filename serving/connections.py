@@ -66,13 +66,14 @@ class ConnectionRotation:
         client = scope.get("client")
         if scope["type"] != "http" or not client:
             return await self.app(scope, receive, send)
-        last = self._last(tuple(client))
+        key = tuple(client)
+        last = self._last(key)
 
         async def closing_send(message):
             # A worker answering another request meanwhile is queueing: its
             # connections are handed back to be accepted by whichever worker can.
             if message["type"] == "http.response.start" and (last or self._shed()):
-                self.answered.pop(tuple(client), None)
+                self.answered.pop(key, None)
                 message = {**message, "headers": [*message.get("headers", ()),
                                                   (b"connection", b"close")]}
             await send(message)
