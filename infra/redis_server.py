@@ -64,11 +64,11 @@ def _executable() -> str:
 
 
 def _port_to_use(path: Path) -> int:
-    """The port this home's server had before, if it is free again; else a new one."""
-    if path.exists():
-        port = int(path.read_text())
-        if port_free(port):
-            return port
+    """The port this home's server had before, if it is free again; else a new one
+    (also when the file cannot be read, e.g. cut short by a crash while written)."""
+    port = _read_int(path)
+    if port is not None and port_free(port):
+        return port
     port = free_port()
     path.write_text(str(port))
     return port

@@ -2,6 +2,7 @@
 
 import re
 import time
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -92,3 +93,15 @@ def test_a_server_started_but_not_recorded_is_reused_not_doubled(home):
     assert (home.redis_dir / "server.json").exists()
     assert redis_server.stop(home) is True
     assert not pid_alive(first.pid)
+
+
+def test_an_unreadable_port_file_gets_a_new_port(home):
+    """A port file cut short (a crash while it was written) is no reason not to
+    start: the server gets a new port, and the file says which."""
+    home.redis_dir.mkdir(parents=True, exist_ok=True)
+    (home.redis_dir / "port").write_text("")
+    server = redis_server.ensure(home)
+    port = urlsplit(server.url).port
+    assert (home.redis_dir / "port").read_text() == str(port)
+    assert server.client().ping() is True
+    assert redis_server.stop(home) is True
