@@ -186,6 +186,36 @@ def test_a_weaker_model_never_becomes_champion(pipeline):
                                                     "1")
 
 
+def test_a_resumed_scale_run_promotes_its_version_as_a_fresh_run_would(pipeline):
+    """``bench.scale`` re-running training on a home with a champion forgets the
+    champion first: the promotion check then passes as on a fresh home, instead
+    of failing the stage for a version no better than the earlier run's."""
+    from dagster import AssetSelection
+
+    from bench.scale import forget_champion
+    from orchestration.definitions import ASSETS, CHECKS
+
+    uri = pipeline.settings.tracking_uri()
+    assert registry.alias_version(uri, registry.CHAMPION) == "1"
+    assert registry.alias_version(uri, registry.CHALLENGER) == "1"
+    forget_champion(uri)
+    try:
+        assert registry.alias_version(uri, registry.CHAMPION) is None
+        result = materialize(
+            [*ASSETS, *CHECKS], resources=resources_from_settings(pipeline.settings),
+            selection=AssetSelection.assets("champion_model")
+            | AssetSelection.checks_for_assets("behaviour_encoder_version"),
+            raise_on_error=False)
+        assert result.success
+        (check,) = result.get_asset_check_evaluations()
+        assert check.passed and check.metadata["reason"].value == "no champion yet"
+        assert registry.alias_version(uri, registry.CHAMPION) == "1"
+    finally:
+        registry.client(uri).set_registered_model_alias(registry.MODEL_NAME,
+                                                        registry.CHAMPION, "1")
+    assert registry.champion_history(uri) == ["1"]
+
+
 def test_dagster_cli_materializes_ingest_headless(tmp_path):
     """The fixed command, on a small MovieLens-100K-format source with one bad row."""
     import os
