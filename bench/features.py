@@ -8,7 +8,6 @@ and what the embedded Redis's ``appendfsync always`` costs the writes against
 ``everysec``.
 """
 
-import gc
 import os
 import random
 import tempfile
@@ -27,6 +26,7 @@ from feature_repo.online_rows import RecentItemsRows
 from feature_repo.recent_items import recent_items_table
 from feature_repo.store import apply_definitions, open_store
 from infra import event_stream, redis_server
+from infra.collector import settle_collector
 from infra.settings import Settings
 from serving.online import OnlineFeatures
 
@@ -96,8 +96,7 @@ def benchmark() -> dict:
         while int(client.info("persistence").get("aof_rewrite_in_progress", 0)):
             time.sleep(0.5)
         del events, users
-        gc.collect()
-        gc.freeze()
+        settle_collector()
         reader = RecentItemsRows(client, settings.feast_project)
 
         def feast_read(user):

@@ -4,7 +4,6 @@ champion behaviour encoder over online features, and real-time event intake."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import sys
@@ -34,6 +33,7 @@ from feature_repo.event_rules import is_id
 from feature_repo.privacy import PseudonymKeyError
 from feature_repo.schema import EVENT_TYPES, ID_MAX_LENGTH, ID_PATTERN
 from infra import event_stream, redis_server
+from infra.collector import settle_collector
 from infra.settings import Settings
 from serving import api_page, client_errors
 from serving.api_page import ApiPage
@@ -74,22 +74,6 @@ SAMPLE_USERS = 2000  # online users whose history lengths /sample_users compares
 STATUS_METRICS = ("best_val_ndcg_at_10", "best_val_hr_at_10", "ndcg_at_10", "hr_at_10",
                   "baseline_pop_ndcg_at_10")
 PAST_DEADLINE = "past the request deadline: popularity"
-
-
-def settle_collector() -> float:
-    """Keep the long-lived objects (the imports, the served model) out of the cyclic
-    collector's full passes, which otherwise stall a request now and then; the
-    seconds it took. Call it when a model was loaded. It collects first: tracing the
-    encoder leaves garbage cycles that reach the whole model, and a frozen object is
-    never collected, so frozen uncollected they would keep every swapped-out model
-    (item and user tables, index, transitions) in the worker. Frozen and acyclic,
-    the old model is freed as soon as the last request that holds it ends. The
-    collection passes over the objects made since the last freeze only (the new
-    model's)."""
-    started = time.perf_counter()
-    gc.collect()
-    gc.freeze()
-    return time.perf_counter() - started
 
 
 def _as_id(value: object) -> str | int:

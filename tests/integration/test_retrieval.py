@@ -212,7 +212,7 @@ def test_a_swapped_out_model_is_freed_once_the_collector_was_settled():
     import gc
     import weakref
 
-    from serving.service import settle_collector
+    from infra.collector import settle_collector
 
     def served_and_ref():
         model = structured_model(500, 5)

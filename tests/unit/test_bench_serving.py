@@ -65,3 +65,25 @@ def test_degraded_answers_are_counted_by_reason():
     assert row["degraded_reasons"] == {"past the request deadline": 10,
                                        "no history for this user": 4}
     assert row["degraded"] == 14
+
+
+def test_the_schedule_runs_with_the_generators_heap_out_of_the_collector():
+    """A full collection over the generator's process (the stack, a loaded model)
+    would stall the pacer past requests' deadlines: while the schedule runs, what
+    existed before it is frozen; afterwards it is back in the collector's care."""
+    import gc
+
+    frozen_while_serving = []
+
+    def answer(n):
+        frozen_while_serving.append(gc.get_freeze_count())
+        return ANSWERED
+
+    async def run(port, per_connection):
+        return await drive(port, ["u1"], rate=200, seconds=0.25, connections=2)
+
+    samples = asyncio.run(_serving(run, answer))
+    assert len(samples) == 50 and all(s.status == 200 for s in samples)
+    assert gc.get_freeze_count() == 0
+    # every object alive when the schedule began, this test's included
+    assert len(frozen_while_serving) == 50 and min(frozen_while_serving) > 10_000
