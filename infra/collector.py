@@ -1,8 +1,8 @@
 """Python's cyclic garbage collector in processes that must not stall: a full
-pass over a process holding the stack's libraries (and a loaded model) takes a
-third of a second or more on this machine, longer than a request's deadline, and
-it runs whenever enough objects have survived. Objects frozen (``gc.freeze``)
-are left out of every pass."""
+pass walks every container object of a process holding the stack's libraries
+(and a loaded model), which can take longer than a request's deadline, and it
+runs whenever enough objects have survived. Objects frozen (``gc.freeze``) are
+left out of every pass."""
 
 from __future__ import annotations
 
