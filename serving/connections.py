@@ -57,9 +57,10 @@ class ConnectionRotation:
 
     def _shed(self) -> bool:
         """Whether to hand this connection back because its worker is queueing."""
-        if self.in_flight < 2 or time.monotonic() - self.shed_at < SHED_INTERVAL_S:
+        now = time.monotonic()
+        if self.in_flight < 2 or now - self.shed_at < SHED_INTERVAL_S:
             return False
-        self.shed_at = time.monotonic()
+        self.shed_at = now
         return True
 
     async def __call__(self, scope, receive, send):
