@@ -8,9 +8,10 @@ others idle, and the service has the capacity of one worker. So a connection is
 answered ``Connection: close`` (which HTTP clients honour by connecting again,
 and the new connection goes to whichever worker accepts it):
 
-- when its worker is answering another request at the same time, i.e. the worker
-  is queueing, so the connections leave a busy worker first (one per
-  ``SHED_INTERVAL_S`` at most);
+- when its worker is queueing: it is answering another request at the same
+  time, or this request waited for the worker's event loop (behind the requests
+  answered on it, ``serving.arrivals``), so the connections leave a busy worker
+  first (one per ``SHED_INTERVAL_S`` at most);
 - after ``REQUESTS_PER_CONNECTION`` answers in any case, so a lasting imbalance
   between workers that are not queueing yet is redrawn too.
 
@@ -22,7 +23,13 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 
+from serving.arrivals import task_created
+
 REQUESTS_PER_CONNECTION = 20
+# A request whose task started later than this after its arrival had others
+# ahead of it: longer than the loop takes to start a waiting task, shorter than
+# any answer.
+WAITED_S = 0.001
 # At most one connection handed back for queueing per this many seconds: when
 # every worker queues (the service at capacity), closing more would only add
 # handshakes.
@@ -55,10 +62,11 @@ class ConnectionRotation:
             self.answered.popitem(last=False)
         return False
 
-    def _shed(self) -> bool:
-        """Whether to hand this connection back because its worker is queueing."""
+    def _shed(self, waited: bool) -> bool:
+        """Whether to hand this connection back because its worker is queueing
+        (``waited``: the request waited for the worker's event loop)."""
         now = time.monotonic()
-        if self.in_flight < 2 or now - self.shed_at < SHED_INTERVAL_S:
+        if not (waited or self.in_flight >= 2) or now - self.shed_at < SHED_INTERVAL_S:
             return False
         self.shed_at = now
         return True
@@ -69,11 +77,13 @@ class ConnectionRotation:
             return await self.app(scope, receive, send)
         key = tuple(client)
         last = self._last(key)
+        waited = time.monotonic() - task_created() > WAITED_S
 
         async def closing_send(message):
-            # A worker answering another request meanwhile is queueing: its
-            # connections are handed back to be accepted by whichever worker can.
-            if message["type"] == "http.response.start" and (last or self._shed()):
+            # A worker answering another request meanwhile, or whose requests wait
+            # for it, is queueing: its connections are handed back to be accepted
+            # by whichever worker can.
+            if message["type"] == "http.response.start" and (last or self._shed(waited)):
                 self.answered.pop(key, None)
                 message = {**message, "headers": [*message.get("headers", ()),
                                                   (b"connection", b"close")]}

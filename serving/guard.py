@@ -10,6 +10,7 @@ import json
 import time
 
 from serving import api_page, web_page
+from serving.arrivals import task_created
 
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz"})
 ARRIVED = "recsys_arrived"  # scope["state"] key: monotonic time the request arrived
@@ -23,7 +24,8 @@ def _open(path: str) -> bool:
 
 def arrival(ctx) -> float:
     """When the request behind a BentoML context arrived (now, when unknown): the
-    start of its deadline, which counts the time it queued for a handler thread."""
+    start of its deadline, which counts the time it waited for the event loop or
+    for a handler thread."""
     request = getattr(ctx, "request", None)
     state = getattr(request, "scope", {}).get("state") or {}
     return state.get(ARRIVED, time.monotonic())
@@ -58,7 +60,7 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        scope.setdefault("state", {})[ARRIVED] = time.monotonic()
+        scope.setdefault("state", {})[ARRIVED] = task_created()
         headers = dict(scope.get("headers") or [])
         if self.api_key and not _open(scope["path"]) and not self._authorised(headers):
             return await _reply(send, 401, "missing or wrong API key: send 'Authorization: "

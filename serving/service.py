@@ -37,6 +37,7 @@ from infra.collector import settle_collector
 from infra.settings import Settings
 from serving import api_page, client_errors
 from serving.api_page import ApiPage
+from serving.arrivals import stamp_task_creation
 from serving.breaker import CircuitBreaker
 from serving.connections import ConnectionRotation
 from serving.guard import Guard, arrival
@@ -241,9 +242,10 @@ class Recommender:
         # cores those threads spin against each other's requests, so a request
         # that costs milliseconds alone waits tens of them under load.
         threadpoolctl.threadpool_limits(settings.serving_threads)
-        # Handlers run in BentoML's thread pool while the event loop thread accepts and
-        # parses requests: hand the GIL over more often than every 5 ms (the default),
-        # so neither waits a whole interval for the other.
+        # Blocking handlers (/events, /history, ...) run in BentoML's thread pool while
+        # the event loop thread accepts, parses and scores requests: hand the GIL over
+        # more often than every 5 ms (the default), so neither waits a whole interval
+        # for the other.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         server = redis_server.ensure(settings)
         # Bounded calls and a breaker: a Redis that is down or hung costs a request
@@ -415,6 +417,12 @@ class Recommender:
                         type(error).__name__)
             return {self.board.name: self.served.version}
 
+    @bentoml.on_startup
+    async def _stamp_arrivals(self) -> None:
+        """Tasks of this worker's event loop record their creation: a request's
+        arrival, which its deadline counts from (``serving.arrivals``)."""
+        stamp_task_creation(asyncio.get_running_loop())
+
     @bentoml.on_shutdown
     def close(self) -> None:
         self._stop.set()
@@ -472,21 +480,27 @@ class Recommender:
             return None, PAST_DEADLINE
         return history, None
 
+    # /recommend and /score run on the event loop, not in a handler thread: their
+    # work is CPU (one torch thread) and one Redis read bounded by its timeout and
+    # the breaker, and handing every request to a thread and back costs a worker
+    # CPU of its own, more under load, when the two threads contend for the GIL
+    # (docs/experiments.md). Requests that come in meanwhile wait for the loop;
+    # their deadline counts that wait.
     @bentoml.api
-    def recommend(self, user_id: IdLike,
-                  k: Annotated[StrictInt, Field(ge=1, le=1000,
-                                                description="How many items.")] = 10,
-                  exclude_seen: Annotated[StrictBool, Field(
-                      description="Leave out items in the user's recent history.")] = True,
-                  context_item_ids: Annotated[list[IdLike], Field(
-                      max_length=1000, description=(
-                          "Items the user just interacted with, newest last, not yet sent "
-                          "to /events (e.g. an anonymous session). With an online history "
-                          "the model reads them after it; without one they steer the "
-                          "fallback by content similarity."))] = [],  # noqa: B006
-                  query: QueryText = "",
-                  ctx: bentoml.Context = None,
-                  ) -> Recommendation:
+    async def recommend(self, user_id: IdLike,
+                        k: Annotated[StrictInt, Field(ge=1, le=1000,
+                                                      description="How many items.")] = 10,
+                        exclude_seen: Annotated[StrictBool, Field(
+                            description="Leave out items in the user's recent history.")] = True,
+                        context_item_ids: Annotated[list[IdLike], Field(
+                            max_length=1000, description=(
+                                "Items the user just interacted with, newest last, not yet sent "
+                                "to /events (e.g. an anonymous session). With an online history "
+                                "the model reads them after it; without one they steer the "
+                                "fallback by content similarity."))] = [],  # noqa: B006
+                        query: QueryText = "",
+                        ctx: bentoml.Context = None,
+                        ) -> Recommendation:
         """Top-k items for a user from the champion model over online features."""
         user = str(user_id)
         served = self.served
@@ -506,11 +520,11 @@ class Recommender:
         )
 
     @bentoml.api
-    def score(self, user_id: IdLike,
-              item_ids: Annotated[list[IdLike], Field(
-                  min_length=1, max_length=1000, description="Candidate item ids.")],
-              ctx: bentoml.Context = None,
-              ) -> Scores:
+    async def score(self, user_id: IdLike,
+                    item_ids: Annotated[list[IdLike], Field(
+                        min_length=1, max_length=1000, description="Candidate item ids.")],
+                    ctx: bentoml.Context = None,
+                    ) -> Scores:
         """Scores of the given candidate items for a user."""
         user = str(user_id)
         served = self.served

@@ -1,10 +1,12 @@
 """ConnectionRotation: which answers close their connection."""
 
 import asyncio
+import time
 
 import pytest
 
-from serving.connections import SHED_INTERVAL_S, ConnectionRotation
+from serving.arrivals import stamp_task_creation
+from serving.connections import SHED_INTERVAL_S, WAITED_S, ConnectionRotation
 
 
 class App:
@@ -80,3 +82,20 @@ def test_an_answer_given_while_another_is_in_flight_closes_its_connection():
 def test_a_non_positive_count_is_refused():
     with pytest.raises(ValueError, match="at least 1"):
         ConnectionRotation(App(), requests_per_connection=0)
+
+
+def test_an_answer_to_a_request_that_waited_for_the_event_loop_closes_its_connection():
+    """Handlers that run on the loop answer one request at a time: a request that
+    came in meanwhile waits for its task to start, and its worker is queueing."""
+    rotation = ConnectionRotation(App(), requests_per_connection=100)
+
+    async def run():
+        stamp_task_creation(asyncio.get_running_loop())
+        prompt = await asyncio.create_task(_closes(rotation, ("127.0.0.1", 5000)))
+        queued = asyncio.create_task(_closes(rotation, ("127.0.0.1", 5001)))
+        time.sleep(10 * WAITED_S)  # the loop busy answering another request
+        return prompt, await queued
+
+    prompt, queued = asyncio.run(run())
+    assert prompt is False
+    assert queued is True
