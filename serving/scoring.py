@@ -21,6 +21,7 @@ import torch
 from mlflow.exceptions import MlflowException
 
 from feature_repo.event_rules import EventRules
+from infra.settings import Settings
 from serving.query import QueryEncoder
 from serving.retrieval import CandidateScores, TwoStage
 from training import ann, registry
@@ -43,6 +44,9 @@ BECAUSE = 2  # recent items named as the reason for each recommended item
 BECAUSE_WINDOW = 20  # how many of the newest history items are candidates for it
 CONTENT_WEIGHT = 0.7  # share of content similarity in the cold-start blend
 POPULAR_RANKED = 1_000
+# Up to the default two-stage threshold, where both paths answer equally fast, an
+# exact answer costs what a two-stage one does.
+QUICK_EXACT_ITEMS = Settings.ann_min_items
 # With two-stage retrieval, the items of highest text relevance to a query join
 # the candidates (the behaviour index cannot find what only the query asks for).
 QUERY_CANDIDATES = 100
@@ -73,6 +77,12 @@ class ServedModel:
     queries: QueryEncoder | None = None
     query_blend: QueryBlend = DEFAULT_BLEND
     text_moments: TextMoments | None = None
+
+    @property
+    def answers_quickly(self) -> bool:
+        """Whether one answer costs little next to a request's deadline: the
+        two-stage path, or the exact one over at most QUICK_EXACT_ITEMS items."""
+        return self.retrieval is not None or len(self.index) <= QUICK_EXACT_ITEMS
 
     @cached_property
     def popularity_relevance(self) -> np.ndarray:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Annotated, Any, TypeVar
 
+import anyio
 import bentoml
 import redis
 import threadpoolctl
@@ -267,6 +268,7 @@ class Recommender:
         self._report()
         self.future_tolerance_s = settings.future_tolerance_s  # as in batch validation
         self._swap_lock = threading.Lock()
+        self._handler: anyio.CapacityLimiter | None = None  # slow answers' thread
         self._stop = threading.Event()
         settle_collector()
         threading.Thread(target=self._watch, name="champion-watch", daemon=True).start()
@@ -480,12 +482,23 @@ class Recommender:
             return None, PAST_DEADLINE
         return history, None
 
-    # /recommend and /score run on the event loop, not in a handler thread: their
-    # work is CPU (one torch thread) and one Redis read bounded by its timeout and
-    # the breaker, and handing every request to a thread and back costs a worker
-    # CPU of its own, more under load, when the two threads contend for the GIL
-    # (docs/experiments.md). Requests that come in meanwhile wait for the loop;
-    # their deadline counts that wait.
+    # /recommend and /score answer on the event loop when the model answers
+    # quickly (``ServedModel.answers_quickly``: two-stage, or exact over a small
+    # catalogue): their work is then CPU (one torch thread) and one Redis read bounded
+    # by its timeout and the breaker, and handing every request to a thread and
+    # back costs a worker CPU of its own, more under load, when the two threads
+    # contend for the GIL (docs/experiments.md). Requests that come in meanwhile
+    # wait for the loop, and their deadline counts that wait from when the loop
+    # read them. A slow exact answer (a large catalogue without the two-stage path)
+    # goes to the worker's one handler thread instead, so that the loop keeps
+    # reading requests, and their arrival times stay true, while it is computed.
+    async def _answer(self, served: ServedModel, call: Callable[[], T]) -> T:
+        if served.answers_quickly:
+            return call()
+        if self._handler is None:  # made on the loop, by the first slow answer
+            self._handler = anyio.CapacityLimiter(1)
+        return await anyio.to_thread.run_sync(call, limiter=self._handler)
+
     @bentoml.api
     async def recommend(self, user_id: IdLike,
                         k: Annotated[StrictInt, Field(ge=1, le=1000,
@@ -502,8 +515,13 @@ class Recommender:
                         ctx: bentoml.Context = None,
                         ) -> Recommendation:
         """Top-k items for a user from the champion model over online features."""
-        user = str(user_id)
         served = self.served
+        return await self._answer(served, lambda: self._recommend(
+            served, user_id, k, exclude_seen, context_item_ids, query, ctx))
+
+    def _recommend(self, served: ServedModel, user_id: str | int, k: int, exclude_seen: bool,
+                   context_item_ids: list[str | int], query: str,
+                   ctx: bentoml.Context) -> Recommendation:
         key = self._key(user_id, served)
         history, unavailable = self._history(key, ctx)
         ranked = recommend(served, history or [], k, exclude_seen,
@@ -512,7 +530,7 @@ class Recommender:
         reason = unavailable or ranked.reason
         titles, position = served.model.titles, served.index.index
         return Recommendation(
-            user_id=user, model_version=served.version, degraded=reason is not None,
+            user_id=str(user_id), model_version=served.version, degraded=reason is not None,
             reason=reason, query=ranked.query, items=[RecommendedItem(
                 item_id=i, score=s, title=t,
                 because=[Because(item_id=b, title=titles[position[b] - 1]) for b in why])
@@ -526,14 +544,17 @@ class Recommender:
                     ctx: bentoml.Context = None,
                     ) -> Scores:
         """Scores of the given candidate items for a user."""
-        user = str(user_id)
         served = self.served
+        return await self._answer(served, lambda: self._score(served, user_id, item_ids, ctx))
+
+    def _score(self, served: ServedModel, user_id: str | int, item_ids: list[str | int],
+               ctx: bentoml.Context) -> Scores:
         ids = [str(i) for i in item_ids]
         key = self._key(user_id, served)
         history, unavailable = self._history(key, ctx)
         values, reason = score_items(served, history or [], ids, self._vector_user(key))
         reason = unavailable or reason
-        return Scores(user_id=user, model_version=served.version,
+        return Scores(user_id=str(user_id), model_version=served.version,
                       scores=dict(zip(ids, values, strict=True)),
                       degraded=reason is not None, reason=reason)
 

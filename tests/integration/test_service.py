@@ -1,6 +1,7 @@
 """The service as a real ``bentoml serve`` process on a free port, against the
 pipeline's state (embedded Redis, local MLflow)."""
 
+import asyncio
 import threading
 import time
 
@@ -657,6 +658,41 @@ def test_the_deadline_counts_the_wait_for_the_event_loop(pipeline):
         assert set(reasons) == {None, PAST_DEADLINE}, reasons
     finally:
         stop_service(pipeline.settings, name="deadline")
+
+
+def test_a_slow_answer_is_computed_off_the_event_loop_a_quick_one_on_it():
+    """While a slow exact answer is computed, the loop must keep reading requests
+    (their arrival times, the deadline's start, depend on it); quick ones stay on
+    the loop, one at a time, without a hand-off."""
+    from types import SimpleNamespace
+
+    from serving.service import Recommender
+
+    answer = Recommender.inner._answer
+
+    async def run():
+        worker = SimpleNamespace(_handler=None)
+        loop_thread = threading.get_ident()
+        quick = await answer(worker, SimpleNamespace(answers_quickly=True),
+                             threading.get_ident)
+        ticks = []
+
+        async def tick():
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.005)
+
+        ticker = asyncio.create_task(tick())
+        await asyncio.sleep(0)
+        slow = await answer(worker, SimpleNamespace(answers_quickly=False),
+                            lambda: (time.sleep(0.1), threading.get_ident())[1])
+        ticker.cancel()
+        return loop_thread, quick, slow, len(ticks)
+
+    loop_thread, quick, slow, ticks = asyncio.run(run())
+    assert quick == loop_thread
+    assert slow != loop_thread
+    assert ticks >= 5  # the loop ran on while the slow answer was computed
 
 
 def test_redis_down_degrades_then_recovers(pipeline, service):
