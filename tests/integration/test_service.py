@@ -606,22 +606,6 @@ def test_reload_and_forget_on_a_service_without_a_key_are_refused_with_an_error_
         stop_service(pipeline.settings, name="keyless")
 
 
-def _answer_body(connection) -> dict:
-    """The JSON body of the next HTTP/1.1 200 answer on a raw socket."""
-    import json
-
-    reply = b""
-    while b"\r\n\r\n" not in reply:
-        reply += connection.recv(65536)
-    head, _, rest = reply.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), head
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length:")))
-    while len(rest) < length:
-        rest += connection.recv(65536)
-    return json.loads(rest)
-
-
 def test_the_deadline_counts_the_wait_for_the_event_loop(pipeline):
     """/recommend answers on the worker's event loop, one request at a time: of
     requests that reach it together, those whose turn comes after their deadline
@@ -630,8 +614,8 @@ def test_the_deadline_counts_the_wait_for_the_event_loop(pipeline):
     import json
     import os
     import signal
-    import socket
 
+    from bench.serving import Connection
     from infra.processes import descendants, free_port
     from orchestration.cli import start_service, stop_service, wait_ready
 
@@ -639,29 +623,32 @@ def test_the_deadline_counts_the_wait_for_the_event_loop(pipeline):
     process = start_service(pipeline.settings, port, pipeline.settings.log_file("deadline"),
                             env={"RECSYS_API_KEY": API_KEY, "RECSYS_DEADLINE_MS": "5",
                                  "RECSYS_SERVING_WORKERS": "1"}, name="deadline")
+    body = json.dumps({"user_id": "u00001", "k": 10}).encode()
+
+    async def burst() -> list[dict]:
+        connections = [await Connection.open("127.0.0.1", port, API_KEY) for _ in range(30)]
+        try:
+            status, answer = await connections[0].post("/recommend", body)
+            assert status == 200 and json.loads(answer)["reason"] is None  # warm
+            stopped = [process.pid, *descendants(process.pid)]
+            try:
+                for pid in stopped:
+                    os.kill(pid, signal.SIGSTOP)
+                posts = [asyncio.create_task(c.post("/recommend", body)) for c in connections]
+                await asyncio.sleep(0.05)  # every request written, none read
+            finally:
+                for pid in stopped:
+                    os.kill(pid, signal.SIGCONT)
+            answers = await asyncio.gather(*posts)
+        finally:
+            for connection in connections:
+                connection.close()
+        assert {status for status, _ in answers} == {200}
+        return [json.loads(answer) for _, answer in answers]
+
     try:
         wait_ready(port, process)
-        payload = json.dumps({"user_id": "u00001", "k": 10}).encode()
-        request = (f"POST /recommend HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {API_KEY}"
-                   f"\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}"
-                   "\r\n\r\n").encode() + payload
-        connections = [socket.create_connection(("127.0.0.1", port), timeout=30)
-                       for _ in range(30)]
-        connections[0].sendall(request)
-        assert _answer_body(connections[0])["reason"] is None  # warm, and all accepted
-        stopped = [process.pid, *descendants(process.pid)]
-        try:
-            for pid in stopped:
-                os.kill(pid, signal.SIGSTOP)
-            for connection in connections:
-                connection.sendall(request)
-            time.sleep(0.05)
-        finally:
-            for pid in stopped:
-                os.kill(pid, signal.SIGCONT)
-        reasons = [_answer_body(connection)["reason"] for connection in connections]
-        for connection in connections:
-            connection.close()
+        reasons = [answer["reason"] for answer in asyncio.run(burst())]
         assert set(reasons) == {None, PAST_DEADLINE}, reasons
         assert reasons.count(PAST_DEADLINE) >= len(reasons) // 2, reasons
     finally:
